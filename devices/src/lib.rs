@@ -1,0 +1,1 @@
+//! PV device backends (console, xenstore; later blkback/netback) and event channels.

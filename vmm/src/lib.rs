@@ -1,0 +1,13 @@
+//! kxen: run Xen PV guests on Linux KVM.
+//!
+//! See `docs/ARCHITECTURE.md` for the layers and how a trap flows through them.
+
+pub mod builder;
+pub mod config;
+pub mod hypercall;
+pub mod image;
+pub mod inspect;
+pub mod memory;
+pub mod ring0;
+pub mod trap;
+pub mod vcpu;
