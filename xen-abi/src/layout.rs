@@ -548,7 +548,6 @@ impl Layout {
                             m1.levels[l].pfn * PAGE_SIZE + p * 8,
                             (pfn << PAGE_SHIFT) | prot,
                         );
-                        pfn += 1;
                     }
                 }
             }
