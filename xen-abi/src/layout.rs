@@ -704,7 +704,7 @@ mod tests {
     fn hostile_inputs_do_not_panic() {
         let cases = [
             LayoutInput {
-                virt_base: u64::MAX & !0xfff,
+                virt_base: !0xfff,
                 virt_kstart: u64::MAX,
                 virt_kend: u64::MAX,
                 nr_pages: 1 << 20,
