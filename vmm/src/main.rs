@@ -5,6 +5,7 @@
 //! input / kernel refused" are returned as [`Refused`] and exit with status 2 and one line
 //! on stderr; anything else is an internal failure (status 1).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,7 +48,8 @@ impl From<LogLevel> for tracing::Level {
 #[derive(Subcommand)]
 enum Command {
     /// Show what kxen would do with a kernel: format, Xen notes, features, launch verdicts,
-    /// start-of-day layout. Exits 2 if the kernel is refused for the requested mode.
+    /// start-of-day layout. Exits 2 if the kernel is refused for the requested mode or the
+    /// layout cannot be built with --memory (after printing the report).
     Inspect(InspectArgs),
 }
 
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_max_level(tracing::Level::from(cli.log_level))
         .init();
     match run(cli.command) {
@@ -125,12 +128,19 @@ fn cmd_inspect(args: InspectArgs) -> Result<ExitCode> {
     } else {
         print!("{report}");
     }
-    match &report.verdict(mode).refusal {
-        None => Ok(ExitCode::SUCCESS),
-        Some(why) => Err(refused(format_args!(
+    if let Some(why) = &report.verdict(mode).refusal {
+        return Err(refused(format_args!(
             "{}: refused for {} launch: {why}",
             args.kernel.display(),
             inspect::mode_name(mode)
-        ))),
+        )));
     }
+    if let Some(why) = &report.layout.error {
+        return Err(refused(format_args!(
+            "{}: cannot build the start-of-day layout with {} MiB: {why}",
+            args.kernel.display(),
+            args.memory
+        )));
+    }
+    Ok(ExitCode::SUCCESS)
 }
