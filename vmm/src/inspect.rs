@@ -429,7 +429,7 @@ fn note_report(n: &RawNote<'_>) -> NoteReport {
             }
             _ => le_number(n.desc).map(|m| format!("mask {m:#x}")),
         },
-        Some("SUPPORTED_FEATURES") if n.desc.len() % 4 == 0 && n.desc.len() <= 16 => {
+        Some("SUPPORTED_FEATURES") if n.desc.len() & 3 == 0 && n.desc.len() <= 16 => {
             let mut words = [0u32; 4];
             for (w, c) in words.iter_mut().zip(n.desc.chunks_exact(4)) {
                 *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
