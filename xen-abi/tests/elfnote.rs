@@ -32,7 +32,10 @@ fn debian_like_note_set_is_parsed_with_xen_defaults() {
     assert_eq!(n.source, NoteSource::Segments);
     assert_eq!(n.total_notes, 18);
     assert_eq!(n.xen_notes, 16);
-    assert_eq!(n.features_str, Some("!writable_page_tables|pae_pgdir_above_4gb"));
+    assert_eq!(
+        n.features_str,
+        Some("!writable_page_tables|pae_pgdir_above_4gb")
+    );
     let p = n.kernel_params().unwrap();
     assert_eq!(p.virt_base, VIRT_BASE);
     assert_eq!(p.paddr_offset, 0);
@@ -201,7 +204,7 @@ fn legacy_xen_guest_section_only() {
     assert_eq!(p.paddr_offset, VIRT_BASE);
     assert_eq!(p.virt_kstart, KSTART);
     assert_eq!(p.virt_entry, KSTART); // e_entry
-    // HYPERCALL_PAGE is a PFN relative to VIRT_BASE.
+                                      // HYPERCALL_PAGE is a PFN relative to VIRT_BASE.
     assert_eq!(p.virt_hypercall, Some(VIRT_BASE + (0x1002 << 12)));
     assert_eq!(p.pae, PaeMode::YesExtendedCr3);
     assert!(p.bsd_symtab);
@@ -213,14 +216,24 @@ fn legacy_xen_guest_section_only() {
 fn legacy_numbers_accept_c_radixes_and_refuse_garbage() {
     let legacy = |s: &str| {
         let mut b = Builder::default();
-        b.sections.push(("__xen_guest".into(), 1, s.as_bytes().to_vec()));
+        b.sections
+            .push(("__xen_guest".into(), 1, s.as_bytes().to_vec()));
         parse_xen_notes(&b.build()).map(|n| n.virt_base)
     };
     assert_eq!(legacy("VIRT_BASE=0x10"), Ok(Some(16)));
     assert_eq!(legacy("VIRT_BASE=010"), Ok(Some(8)));
     assert_eq!(legacy("VIRT_BASE=10"), Ok(Some(10)));
     let e = legacy("VIRT_BASE=0xzz").unwrap_err();
-    assert!(matches!(e, NoteError::LegacyBadNumber { key: "VIRT_BASE", .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            NoteError::LegacyBadNumber {
+                key: "VIRT_BASE",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("VIRT_BASE=\"0xzz\""), "{e}");
     let e = legacy("HYPERCALL_PAGE=0xffffffffffffff").unwrap_err();
     assert!(matches!(e, NoteError::Overflow { .. }), "{e:?}");
@@ -233,7 +246,14 @@ fn truncated_note_header_is_an_error() {
     let img = Builder::with_segment_notes(notes.clone()).build();
     let e = parse_xen_notes(&img).unwrap_err();
     assert!(
-        matches!(e, NoteError::TruncatedHeader { region: Region::Segment(1), remaining: 8, .. }),
+        matches!(
+            e,
+            NoteError::TruncatedHeader {
+                region: Region::Segment(1),
+                remaining: 8,
+                ..
+            }
+        ),
         "{e:?}"
     );
     assert!(e.to_string().contains("truncated note header"), "{e}");
@@ -245,7 +265,10 @@ fn namesz_overflowing_the_section_is_an_error() {
     n[0..4].copy_from_slice(&0x1000u32.to_le_bytes());
     let img = Builder::with_section_notes(n).build();
     let e = parse_xen_notes(&img).unwrap_err();
-    assert!(matches!(e, NoteError::NameOverflow { namesz: 0x1000, .. }), "{e:?}");
+    assert!(
+        matches!(e, NoteError::NameOverflow { namesz: 0x1000, .. }),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("namesz 0x1000"), "{e}");
 }
 
@@ -256,7 +279,14 @@ fn descsz_overflowing_the_section_is_an_error() {
     let img = Builder::with_section_notes(n).build();
     let e = parse_xen_notes(&img).unwrap_err();
     assert!(
-        matches!(e, NoteError::DescOverflow { region: Region::Section(1), descsz: u32::MAX, .. }),
+        matches!(
+            e,
+            NoteError::DescOverflow {
+                region: Region::Section(1),
+                descsz: u32::MAX,
+                ..
+            }
+        ),
         "{e:?}"
     );
     assert!(e.to_string().contains("descsz 0xffffffff"), "{e}");
@@ -266,8 +296,18 @@ fn descsz_overflowing_the_section_is_an_error() {
 fn descsz_3_on_a_numeric_note_is_an_error_naming_note_and_size() {
     let img = image_with(&[xraw(XEN_ELFNOTE_INIT_P2M, &[1, 2, 3])]);
     let e = parse_xen_notes(&img).unwrap_err();
-    assert_eq!(e, NoteError::BadNumericSize { note: "INIT_P2M", descsz: 3 });
-    assert!(e.to_string().contains("XEN_ELFNOTE_INIT_P2M: numeric note of 3 bytes"), "{e}");
+    assert_eq!(
+        e,
+        NoteError::BadNumericSize {
+            note: "INIT_P2M",
+            descsz: 3
+        }
+    );
+    assert!(
+        e.to_string()
+            .contains("XEN_ELFNOTE_INIT_P2M: numeric note of 3 bytes"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -276,7 +316,10 @@ fn numeric_notes_accept_1_2_4_8_bytes() {
         (vec![0x12], 0x12u64),
         (vec![0x34, 0x12], 0x1234),
         (vec![0x78, 0x56, 0x34, 0x12], 0x1234_5678),
-        (0x1122_3344_5566_7788u64.to_le_bytes().to_vec(), 0x1122_3344_5566_7788),
+        (
+            0x1122_3344_5566_7788u64.to_le_bytes().to_vec(),
+            0x1122_3344_5566_7788,
+        ),
     ] {
         let img = image_with(&[xraw(XEN_ELFNOTE_INIT_P2M, &bytes)]);
         assert_eq!(parse_xen_notes(&img).unwrap().init_p2m, Some(want));
@@ -300,8 +343,22 @@ fn feature_token_of_200_chars_is_an_error_naming_its_start() {
     let long = format!("writable_page_tables|{}", "a".repeat(200));
     let img = image_with(&[xstr(XEN_ELFNOTE_FEATURES, &long)]);
     let e = parse_xen_notes(&img).unwrap_err();
-    assert!(matches!(e, NoteError::FeatureTokenTooLong { offset: 21, len: 200, .. }), "{e:?}");
-    assert!(e.to_string().contains("token at offset 21 is 200 characters"), "{e}");
+    assert!(
+        matches!(
+            e,
+            NoteError::FeatureTokenTooLong {
+                offset: 21,
+                len: 200,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .contains("token at offset 21 is 200 characters"),
+        "{e}"
+    );
     assert!(e.to_string().contains("\"aaaaaaaa"), "{e}");
     // 63 characters is still fine.
     let ok = format!("!{}", "b".repeat(62));
@@ -363,7 +420,10 @@ fn only_notes_named_exactly_xen_count() {
     .build();
     let n = parse_xen_notes(&img).unwrap();
     // Walked twice: the PT_NOTE segment, then (no Xen note found) its SHT_NOTE section.
-    assert_eq!((n.total_notes, n.xen_notes, n.source), (4, 0, NoteSource::None));
+    assert_eq!(
+        (n.total_notes, n.xen_notes, n.source),
+        (4, 0, NoteSource::None)
+    );
 }
 
 #[test]
@@ -373,7 +433,9 @@ fn string_note_without_nul_is_taken_whole_and_non_utf8_is_an_error() {
     let img = image_with(&[xraw(XEN_ELFNOTE_GUEST_VERSION, &[0xff, 0xfe, 0])]);
     assert_eq!(
         parse_xen_notes(&img).unwrap_err(),
-        NoteError::NotUtf8 { note: "GUEST_VERSION" }
+        NoteError::NotUtf8 {
+            note: "GUEST_VERSION"
+        }
     );
 }
 
@@ -387,15 +449,23 @@ fn supported_features_bitmap_any_length_multiple_of_4() {
     let n = parse_xen_notes(&img).unwrap();
     let s = n.supported_features.unwrap();
     assert_eq!(s.words(), [0x8801, 2, 0, 0]); // words beyond the capacity ignored
-    // Empty bitmap: note present, no bits.
+                                              // Empty bitmap: note present, no bits.
     let img = image_with(&[xraw(XEN_ELFNOTE_SUPPORTED_FEATURES, &[])]);
     let n = parse_xen_notes(&img).unwrap();
     assert_eq!(n.supported_features, Some(FeatureSet::EMPTY));
     // Absent note.
-    assert_eq!(parse_xen_notes(&image_with(&[])).unwrap().supported_features, None);
+    assert_eq!(
+        parse_xen_notes(&image_with(&[]))
+            .unwrap()
+            .supported_features,
+        None
+    );
     // Size not a multiple of 4.
-    let e = parse_xen_notes(&image_with(&[xraw(XEN_ELFNOTE_SUPPORTED_FEATURES, &[1; 6])]))
-        .unwrap_err();
+    let e = parse_xen_notes(&image_with(&[xraw(
+        XEN_ELFNOTE_SUPPORTED_FEATURES,
+        &[1; 6],
+    )]))
+    .unwrap_err();
     assert_eq!(e, NoteError::BadBitmapSize { descsz: 6 });
 }
 
@@ -419,7 +489,10 @@ fn loader_or_guest_os_must_be_generic_or_linux() {
         xstr(XEN_ELFNOTE_LOADER, "generic-ish")
     ]))
     .is_ok());
-    assert!(matches!(params(&notes(vec![])), Err(NoteError::BadLoader { .. })));
+    assert!(matches!(
+        params(&notes(vec![])),
+        Err(NoteError::BadLoader { .. })
+    ));
 }
 
 #[test]
@@ -436,7 +509,11 @@ fn xen_version_must_be_xen_3_0() {
         params(&Builder::with_segment_notes(cat(&n)).build())
     };
     let e = mk(Some("xen-4.0")).unwrap_err();
-    assert!(e.to_string().contains("XEN_ELFNOTE_XEN_VERSION \"xen-4.0\""), "{e}");
+    assert!(
+        e.to_string()
+            .contains("XEN_ELFNOTE_XEN_VERSION \"xen-4.0\""),
+        "{e}"
+    );
     assert!(matches!(mk(None), Err(NoteError::BadXenVersion { .. })));
     assert!(mk(Some("xen-3.0-x86_64")).is_ok());
 }
@@ -450,8 +527,16 @@ fn paddr_offset_without_virt_base_is_refused() {
     ]))
     .build();
     let e = params(&img).unwrap_err();
-    assert_eq!(e, NoteError::PaddrOffsetWithoutVirtBase { paddr_offset: 0x1000 });
-    assert!(e.to_string().contains("XEN_ELFNOTE_PADDR_OFFSET 0x1000"), "{e}");
+    assert_eq!(
+        e,
+        NoteError::PaddrOffsetWithoutVirtBase {
+            paddr_offset: 0x1000
+        }
+    );
+    assert!(
+        e.to_string().contains("XEN_ELFNOTE_PADDR_OFFSET 0x1000"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -472,7 +557,14 @@ fn virt_base_unset_defaults_to_zero_and_entry_to_e_entry() {
 fn entry_outside_the_kernel_is_refused() {
     for entry in [KSTART - 1, KEND, 0] {
         let e = params(&image_with(&[xnum(XEN_ELFNOTE_ENTRY, entry)])).unwrap_err();
-        assert_eq!(e, NoteError::EntryOutside { entry, kstart: KSTART, kend: KEND });
+        assert_eq!(
+            e,
+            NoteError::EntryOutside {
+                entry,
+                kstart: KSTART,
+                kend: KEND
+            }
+        );
     }
     let e = params(&image_with(&[xnum(XEN_ELFNOTE_ENTRY, KEND)])).unwrap_err();
     assert_eq!(
@@ -485,21 +577,32 @@ fn entry_outside_the_kernel_is_refused() {
 #[test]
 fn init_p2m_inside_the_kernel_is_refused() {
     let e = params(&image_with(&[xnum(XEN_ELFNOTE_INIT_P2M, KSTART + 0x1000)])).unwrap_err();
-    assert_eq!(e, NoteError::InitP2mInsideKernel { init_p2m: KSTART + 0x1000, kstart: KSTART, kend: KEND });
-    assert!(e.to_string().starts_with("XEN_ELFNOTE_INIT_P2M 0xffffffff81001000 is inside"), "{e}");
+    assert_eq!(
+        e,
+        NoteError::InitP2mInsideKernel {
+            init_p2m: KSTART + 0x1000,
+            kstart: KSTART,
+            kend: KEND
+        }
+    );
+    assert!(
+        e.to_string()
+            .starts_with("XEN_ELFNOTE_INIT_P2M 0xffffffff81001000 is inside"),
+        "{e}"
+    );
     assert!(params(&image_with(&[xnum(XEN_ELFNOTE_INIT_P2M, KEND)])).is_ok());
 }
 
 #[test]
 fn hypercall_page_outside_the_kernel_is_refused() {
     let e = params(&image_with(&[xnum(XEN_ELFNOTE_HYPERCALL_PAGE, KEND)])).unwrap_err();
-    assert!(matches!(e, NoteError::HypercallPageOutside { va: KEND, .. }), "{e:?}");
+    assert!(
+        matches!(e, NoteError::HypercallPageOutside { va: KEND, .. }),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("XEN_ELFNOTE_HYPERCALL_PAGE"), "{e}");
     let img = image_with(&[xnum(XEN_ELFNOTE_HYPERCALL_PAGE, KSTART + 0x1000)]);
-    let p = parse_xen_notes(&img)
-        .unwrap()
-        .kernel_params()
-        .unwrap();
+    let p = parse_xen_notes(&img).unwrap().kernel_params().unwrap();
     assert_eq!(p.virt_hypercall, Some(KSTART + 0x1000));
 }
 
@@ -515,7 +618,13 @@ fn virt_base_above_kernel_start_is_refused() {
     ]))
     .build();
     let e = params(&img).unwrap_err();
-    assert_eq!(e, NoteError::VirtBaseAboveKernel { virt_base: KSTART + 0x1000, kstart: KSTART });
+    assert_eq!(
+        e,
+        NoteError::VirtBaseAboveKernel {
+            virt_base: KSTART + 0x1000,
+            kstart: KSTART
+        }
+    );
 }
 
 #[test]
@@ -536,7 +645,10 @@ fn kernel_start_above_end_is_refused() {
 fn load_segment_end_overflow_and_no_load_segment_are_errors() {
     let mut b = Builder::with_segment_notes(cat(&minimal_notes()));
     b.loads[0].memsz = u64::MAX;
-    assert!(matches!(params(&b.build()), Err(NoteError::Overflow { .. })));
+    assert!(matches!(
+        params(&b.build()),
+        Err(NoteError::Overflow { .. })
+    ));
     let mut b = Builder::with_segment_notes(cat(&minimal_notes()));
     b.loads.clear();
     assert_eq!(params(&b.build()), Err(NoteError::NoLoadSegments));
@@ -544,18 +656,26 @@ fn load_segment_end_overflow_and_no_load_segment_are_errors() {
 
 #[test]
 fn pae_mode_values() {
-    for (v, want) in [("yes", PaeMode::Yes), ("no", PaeMode::No), ("bimodal", PaeMode::Bimodal)] {
+    for (v, want) in [
+        ("yes", PaeMode::Yes),
+        ("no", PaeMode::No),
+        ("bimodal", PaeMode::Bimodal),
+    ] {
         let img = image_with(&[xstr(XEN_ELFNOTE_PAE_MODE, v)]);
-        let p = parse_xen_notes(&img)
-            .unwrap()
-            .kernel_params()
-            .unwrap();
+        let p = parse_xen_notes(&img).unwrap().kernel_params().unwrap();
         assert_eq!(p.pae, want);
     }
     let e = params(&image_with(&[xstr(XEN_ELFNOTE_PAE_MODE, "maybe")])).unwrap_err();
-    assert!(e.to_string().contains("XEN_ELFNOTE_PAE_MODE \"maybe\""), "{e}");
+    assert!(
+        e.to_string().contains("XEN_ELFNOTE_PAE_MODE \"maybe\""),
+        "{e}"
+    );
     // The legacy-only spelling is refused in a note.
-    assert!(params(&image_with(&[xstr(XEN_ELFNOTE_PAE_MODE, "yes[extended-cr3]")])).is_err());
+    assert!(params(&image_with(&[xstr(
+        XEN_ELFNOTE_PAE_MODE,
+        "yes[extended-cr3]"
+    )]))
+    .is_err());
 }
 
 #[test]
@@ -564,7 +684,11 @@ fn thirty_two_bit_elf_is_refused_clearly() {
     b.class = 1;
     let e = parse_xen_notes(&b.build()).unwrap_err();
     assert_eq!(e, NoteError::Elf(ElfError::Class32));
-    assert!(e.to_string().contains("32-bit ELF kernels are not supported"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("32-bit ELF kernels are not supported"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -574,5 +698,11 @@ fn note_segment_outside_the_image_is_an_error() {
     let o = 64 + 56 + 32;
     img[o..o + 8].copy_from_slice(&u64::MAX.to_le_bytes());
     let e = parse_xen_notes(&img).unwrap_err();
-    assert!(matches!(e, NoteError::Elf(ElfError::SegmentOutOfBounds { index: 1, .. })), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            NoteError::Elf(ElfError::SegmentOutOfBounds { index: 1, .. })
+        ),
+        "{e:?}"
+    );
 }

@@ -22,7 +22,7 @@ pub fn note(name: &[u8], n_type: u32, desc: &[u8]) -> Vec<u8> {
 }
 
 fn pad4(v: &mut Vec<u8>) {
-    while v.len() % 4 != 0 {
+    while v.len() & 3 != 0 {
         v.push(0);
     }
 }
@@ -110,18 +110,24 @@ fn put64(v: &mut [u8], o: usize, x: u64) {
 
 impl Builder {
     pub fn with_segment_notes(notes: Vec<u8>) -> Self {
-        Builder { note_segments: vec![notes], ..Default::default() }
+        Builder {
+            note_segments: vec![notes],
+            ..Default::default()
+        }
     }
 
     pub fn with_section_notes(notes: Vec<u8>) -> Self {
-        Builder { note_sections: vec![notes], ..Default::default() }
+        Builder {
+            note_sections: vec![notes],
+            ..Default::default()
+        }
     }
 
     pub fn build(&self) -> Vec<u8> {
         let phnum = self.loads.len() + self.note_segments.len();
         let mut out = vec![0u8; 64 + phnum * 56];
         let blob = |out: &mut Vec<u8>, bytes: &[u8]| -> u64 {
-            while out.len() % 8 != 0 {
+            while out.len() & 7 != 0 {
                 out.push(0);
             }
             let off = out.len() as u64;
@@ -132,12 +138,24 @@ impl Builder {
         let mut phdrs = Vec::new();
         for l in &self.loads {
             let off = blob(&mut out, &l.data);
-            phdrs.push((1u32, l.flags, off, l.vaddr, l.paddr, l.data.len() as u64, l.memsz));
+            phdrs.push((
+                1u32,
+                l.flags,
+                off,
+                l.vaddr,
+                l.paddr,
+                l.data.len() as u64,
+                l.memsz,
+            ));
         }
         let mut shdrs: Vec<(String, u32, u64, u64)> = Vec::new();
         for n in &self.note_segments {
             let off = blob(&mut out, n);
-            let poff = if self.note_segment_zero_offset { 0 } else { off };
+            let poff = if self.note_segment_zero_offset {
+                0
+            } else {
+                off
+            };
             phdrs.push((4, 4, poff, 0, 0, n.len() as u64, n.len() as u64));
             shdrs.push((".note.seg".into(), 7, off, n.len() as u64));
         }
@@ -160,7 +178,7 @@ impl Builder {
         let shstr_name = strtab.len() as u32;
         strtab.extend_from_slice(b".shstrtab\0");
         let strtab_off = blob(&mut out, &strtab);
-        while out.len() % 8 != 0 {
+        while out.len() & 7 != 0 {
             out.push(0);
         }
         let shoff = out.len();
@@ -227,11 +245,17 @@ pub fn debian_notes() -> Vec<Vec<u8>> {
         xnum(XEN_ELFNOTE_INIT_P2M, 0x80_0000_0000),
         xnum(XEN_ELFNOTE_ENTRY, KSTART + 0x1c0),
         // Debian's FEATURES descriptor has no NUL terminator (descsz 0x29).
-        xraw(XEN_ELFNOTE_FEATURES, b"!writable_page_tables|pae_pgdir_above_4gb"),
+        xraw(
+            XEN_ELFNOTE_FEATURES,
+            b"!writable_page_tables|pae_pgdir_above_4gb",
+        ),
         xraw(XEN_ELFNOTE_SUPPORTED_FEATURES, &0x8801u32.to_le_bytes()),
         xstr(XEN_ELFNOTE_PAE_MODE, "yes"),
         xstr(XEN_ELFNOTE_LOADER, "generic"),
-        xraw(XEN_ELFNOTE_L1_MFN_VALID, &[1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]),
+        xraw(
+            XEN_ELFNOTE_L1_MFN_VALID,
+            &[1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+        ),
         xraw(XEN_ELFNOTE_SUSPEND_CANCEL, &1u32.to_le_bytes()),
         xraw(XEN_ELFNOTE_MOD_START_PFN, &1u32.to_le_bytes()),
         xnum(XEN_ELFNOTE_HV_START_LOW, 0xffff_8000_0000_0000),
