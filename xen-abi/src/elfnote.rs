@@ -463,8 +463,8 @@ impl RawNote<'_> {
 }
 
 fn align4(x: u32) -> usize {
-    // u32 + 3 fits in usize on every target kxen supports (64-bit).
-    ((x as usize) + 3) & !3
+    // Saturates (then fails the bounds checks) where usize is 32 bits.
+    usize::try_from(x).unwrap_or(usize::MAX).saturating_add(3) & !3
 }
 
 /// Walks the notes of one region; stops after the first error.
@@ -520,7 +520,7 @@ impl<'a> NoteIter<'a> {
             .position(|&b| b == 0)
             .map_or(name, |n| &name[..n]);
         // xen: libelf-tools.c elf_note_desc/elf_note_next: name and desc padded to 4.
-        let desc_start = name_start + align4(namesz);
+        let desc_start = name_start.saturating_add(align4(namesz));
         let desc = if descsz == 0 {
             &[][..]
         } else {

@@ -706,3 +706,24 @@ fn note_segment_outside_the_image_is_an_error() {
         "{e:?}"
     );
 }
+
+#[test]
+fn short_str_keeps_a_prefix_cut_at_a_char_boundary() {
+    let s = ShortStr::new(&"é".repeat(30)); // 60 bytes, 2 per char
+    assert_eq!(s.as_str(), "é".repeat(20));
+    assert!(s.is_truncated());
+    assert_eq!(s.to_string(), format!("{}...", "é".repeat(20)));
+    let s = ShortStr::new("linux");
+    assert_eq!((s.as_str(), s.is_truncated()), ("linux", false));
+}
+
+#[test]
+fn trailing_note_without_desc_padding_is_accepted() {
+    // Last note of the region: descsz 5, region ends right after the descriptor.
+    let mut notes = cat(&minimal_notes());
+    let mut last = xraw(XEN_ELFNOTE_GUEST_VERSION, b"6.1\0\0");
+    last.truncate(last.len() - 3);
+    notes.extend(last);
+    let img = Builder::with_section_notes(notes).build();
+    assert_eq!(parse_xen_notes(&img).unwrap().guest_version, Some("6.1"));
+}

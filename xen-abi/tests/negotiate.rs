@@ -229,3 +229,21 @@ fn kxen_implemented_is_empty_for_now() {
         Ok(1 << 11)
     );
 }
+
+#[test]
+fn check_launch_decl_works_on_a_bare_declaration() {
+    let mut decl = FeatureDecl::default();
+    assert_eq!(check_launch_decl(&decl, None, Privileged), Ok(()));
+    decl.parse_into("!dom0").unwrap();
+    assert_eq!(
+        check_launch_decl(&decl, None, Unprivileged),
+        Err(LaunchRefusal::RequiresPrivileged)
+    );
+    let note = FeatureSet::EMPTY.with(XENFEAT_UNPRIVILEGED);
+    let mut decl = FeatureDecl::default();
+    decl.supported = note;
+    assert_eq!(
+        check_launch_decl(&decl, Some(&note), Privileged),
+        Err(LaunchRefusal::NotPrivilegedCapable)
+    );
+}
