@@ -4,6 +4,19 @@
 //! Sources: xen public/elfnote.h (types), common/libelf/libelf-dominfo.c (parsing,
 //! defaults, refusals), libelf-tools.c (note layout).
 //!
+//! Typical use (the builder and `kxen inspect`):
+//!
+//! ```no_run
+//! # fn demo(image: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+//! use xen_abi::elfnote::parse_xen_notes;
+//! use xen_abi::negotiate::{check_launch, LaunchMode};
+//! let notes = parse_xen_notes(image)?; // fails only on a malformed image
+//! for raw in notes.raw() { /* readelf -n style listing */ let _ = raw.type_name(); }
+//! let params = notes.kernel_params()?; // Xen's defaults and refusals
+//! check_launch(&params, LaunchMode::Unprivileged)?; // required features, privilege
+//! # Ok(()) }
+//! ```
+//!
 //! kxen's decisions where Xen is lenient (all documented at the rule):
 //! - a numeric note whose size is not 1, 2, 4 or 8 is an error (Xen reads it as 0);
 //! - a `SUPPORTED_FEATURES` note whose size is not a multiple of 4 is an error (Xen reads 0);
