@@ -4,6 +4,19 @@
 //! Sources: xen public/elfnote.h (types), common/libelf/libelf-dominfo.c (parsing,
 //! defaults, refusals), libelf-tools.c (note layout).
 //!
+//! Typical use (the builder and `kxen inspect`):
+//!
+//! ```no_run
+//! # fn demo(image: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+//! use xen_abi::elfnote::parse_xen_notes;
+//! use xen_abi::negotiate::{check_launch, LaunchMode};
+//! let notes = parse_xen_notes(image)?; // fails only on a malformed image
+//! for raw in notes.raw() { /* readelf -n style listing */ let _ = raw.type_name(); }
+//! let params = notes.kernel_params()?; // Xen's defaults and refusals
+//! check_launch(&params, LaunchMode::Unprivileged)?; // required features, privilege
+//! # Ok(()) }
+//! ```
+//!
 //! kxen's decisions where Xen is lenient (all documented at the rule):
 //! - a numeric note whose size is not 1, 2, 4 or 8 is an error (Xen reads it as 0);
 //! - a `SUPPORTED_FEATURES` note whose size is not a multiple of 4 is an error (Xen reads 0);
@@ -463,8 +476,8 @@ impl RawNote<'_> {
 }
 
 fn align4(x: u32) -> usize {
-    // u32 + 3 fits in usize on every target kxen supports (64-bit).
-    ((x as usize) + 3) & !3
+    // Saturates (then fails the bounds checks) where usize is 32 bits.
+    usize::try_from(x).unwrap_or(usize::MAX).saturating_add(3) & !3
 }
 
 /// Walks the notes of one region; stops after the first error.
@@ -520,7 +533,7 @@ impl<'a> NoteIter<'a> {
             .position(|&b| b == 0)
             .map_or(name, |n| &name[..n]);
         // xen: libelf-tools.c elf_note_desc/elf_note_next: name and desc padded to 4.
-        let desc_start = name_start + align4(namesz);
+        let desc_start = name_start.saturating_add(align4(namesz));
         let desc = if descsz == 0 {
             &[][..]
         } else {
