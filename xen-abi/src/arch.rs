@@ -92,7 +92,7 @@ unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
 /// Implement [`Pod`] for `#[repr(C)]` structs of this crate, asserting at compile time that
 /// `size_of` equals the sum of the given field types' sizes (i.e. there is no hidden padding).
 ///
-/// ```ignore
+/// ```text
 /// impl_pod!(MmuUpdate { u64, u64 });
 /// ```
 macro_rules! impl_pod {
