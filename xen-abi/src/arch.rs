@@ -31,7 +31,9 @@ pub unsafe trait Pod: Copy + 'static {
     fn as_bytes(&self) -> &[u8] {
         // SAFETY: `self` is a valid reference to `size_of::<Self>()` bytes; the trait
         // contract guarantees there is no padding, so every byte is initialised.
-        unsafe { core::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>()) }
+        unsafe {
+            core::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>())
+        }
     }
 
     /// The value's bytes, mutable. Any write leaves a valid value (every bit pattern is).
@@ -354,7 +356,12 @@ mod tests {
 
     #[test]
     fn pod_round_trip_preserves_value_and_layout() {
-        let s = Sample { a: 0x1122_3344, b: 0x5566, c: [7, 8], d: u64::MAX - 1 };
+        let s = Sample {
+            a: 0x1122_3344,
+            b: 0x5566,
+            c: [7, 8],
+            d: u64::MAX - 1,
+        };
         let bytes = s.as_bytes();
         assert_eq!(bytes.len(), 16);
         assert_eq!(&bytes[..4], &[0x44, 0x33, 0x22, 0x11]);
@@ -363,7 +370,12 @@ mod tests {
 
     #[test]
     fn pod_from_bytes_rejects_wrong_length_and_reads_unaligned() {
-        let s = Sample { a: 1, b: 2, c: [3, 4], d: 5 };
+        let s = Sample {
+            a: 1,
+            b: 2,
+            c: [3, 4],
+            d: 5,
+        };
         let mut buf = [0u8; 17];
         buf[1..].copy_from_slice(s.as_bytes());
         assert_eq!(Sample::from_bytes(&buf), None);
@@ -383,7 +395,10 @@ mod tests {
         assert_eq!(out[8], 0xaa);
         assert_eq!(out[16], 0xff);
         assert_eq!(s.write_to_prefix(&mut [0u8; 15]), None);
-        assert_eq!(<[u32; 3]>::from_bytes(&[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0]), Some([1, 2, 3]));
+        assert_eq!(
+            <[u32; 3]>::from_bytes(&[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0]),
+            Some([1, 2, 3])
+        );
     }
 
     #[test]
@@ -429,7 +444,10 @@ mod tests {
         assert_eq!(l4_slot(KXEN_M2P_VIRT_START), 258);
         assert!(in_hypervisor_range(KXEN_M2P_VIRT_START));
         let va = 0xffff_8080_1234_5678;
-        assert_eq!((l4_slot(va), l3_index(va), l2_index(va), l1_index(va)), (257, 0, 145, 325));
+        assert_eq!(
+            (l4_slot(va), l3_index(va), l2_index(va), l1_index(va)),
+            (257, 0, 145, 325)
+        );
         assert_eq!(PRIVATE_BASE_GPA, 0x80_0000_0000);
         assert_eq!(MACH2PHYS_NR_ENTRIES, 1 << 35);
     }

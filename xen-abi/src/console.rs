@@ -91,7 +91,11 @@ pub const fn mask_out_idx(idx: XenconsRingIdx) -> usize {
 }
 /// Bytes pending in a ring, `None` if the (guest-written) indices are inconsistent
 /// (producer more than `ring_size` ahead of the consumer).
-pub const fn ring_pending(prod: XenconsRingIdx, cons: XenconsRingIdx, ring_size: usize) -> Option<u32> {
+pub const fn ring_pending(
+    prod: XenconsRingIdx,
+    cons: XenconsRingIdx,
+    ring_size: usize,
+) -> Option<u32> {
     let n = prod.wrapping_sub(cons);
     if n as usize <= ring_size {
         Some(n)

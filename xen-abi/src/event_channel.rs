@@ -258,7 +258,15 @@ pub struct EvtchnStatus {
     /// OUT: union word 1.
     pub u1: u32,
 }
-impl_pod!(EvtchnStatus { u16, u16, u32, u32, u32, u32, u32 });
+impl_pod!(EvtchnStatus {
+    u16,
+    u16,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32
+});
 const _: () = assert!(size_of::<EvtchnStatus>() == 24);
 const _: () = assert!(offset_of!(EvtchnStatus, status) == 8);
 const _: () = assert!(offset_of!(EvtchnStatus, u0) == 16);
@@ -394,7 +402,10 @@ mod tests {
 
     #[test]
     fn virqs_match_xen_h() {
-        assert_eq!((VIRQ_TIMER, VIRQ_DEBUG, VIRQ_CONSOLE, VIRQ_DOM_EXC), (0, 1, 2, 3));
+        assert_eq!(
+            (VIRQ_TIMER, VIRQ_DEBUG, VIRQ_CONSOLE, VIRQ_DOM_EXC),
+            (0, 1, 2, 3)
+        );
         assert_eq!(virq_name(5), None);
         assert_eq!(virq_name(0), Some("timer"));
         assert_eq!(virq_name(24), None);

@@ -168,7 +168,11 @@ mod tests {
 
     #[test]
     fn multicall_entry_layout() {
-        let e = MulticallEntry { op: 1, result: 2, args: [3, 4, 5, 6, 7, 8] };
+        let e = MulticallEntry {
+            op: 1,
+            result: 2,
+            args: [3, 4, 5, 6, 7, 8],
+        };
         let b = e.as_bytes();
         assert_eq!(b.len(), 64);
         assert_eq!(b[16], 3);

@@ -158,7 +158,11 @@ pub struct XenMemoryExchange {
     /// OUT: extents exchanged so far.
     pub nr_exchanged: u64,
 }
-impl_pod!(XenMemoryExchange { XenMemoryReservation, XenMemoryReservation, u64 });
+impl_pod!(XenMemoryExchange {
+    XenMemoryReservation,
+    XenMemoryReservation,
+    u64
+});
 const _: () = assert!(size_of::<XenMemoryExchange>() == 72);
 
 /// `struct xen_machphys_mfn_list` (24 bytes).
@@ -176,7 +180,13 @@ pub struct XenMachphysMfnList {
     /// Tail padding (explicit).
     pub _pad1: u32,
 }
-impl_pod!(XenMachphysMfnList { u32, u32, u64, u32, u32 });
+impl_pod!(XenMachphysMfnList {
+    u32,
+    u32,
+    u64,
+    u32,
+    u32
+});
 const _: () = assert!(size_of::<XenMachphysMfnList>() == 24);
 const _: () = assert!(offset_of!(XenMachphysMfnList, nr_extents) == 16);
 
@@ -209,7 +219,13 @@ pub struct XenAddToPhysmap {
     /// GPFN where the page appears.
     pub gpfn: u64,
 }
-impl_pod!(XenAddToPhysmap { u16, u16, u32, u64, u64 });
+impl_pod!(XenAddToPhysmap {
+    u16,
+    u16,
+    u32,
+    u64,
+    u64
+});
 const _: () = assert!(size_of::<XenAddToPhysmap>() == 24);
 
 /// Map space: the shared info page.
@@ -314,7 +330,11 @@ mod tests {
 
     #[test]
     fn e820_entry_is_packed_20_bytes() {
-        let e = E820Entry { addr: 0x10_0000, size: 0x4000_0000, ty: E820_RAM };
+        let e = E820Entry {
+            addr: 0x10_0000,
+            size: 0x4000_0000,
+            ty: E820_RAM,
+        };
         let b = e.as_bytes();
         assert_eq!(b.len(), 20);
         assert_eq!(&b[16..], &1u32.to_le_bytes());

@@ -302,12 +302,18 @@ mod tests {
 
     #[test]
     fn mmu_update_command_split() {
-        let u = MmuUpdate { ptr: 0x1234_5000 | MMU_PT_UPDATE_PRESERVE_AD, val: 7 };
+        let u = MmuUpdate {
+            ptr: 0x1234_5000 | MMU_PT_UPDATE_PRESERVE_AD,
+            val: 7,
+        };
         assert_eq!(u.cmd(), 2);
         assert_eq!(u.addr(), 0x1234_5000);
         assert_eq!(MmuUpdate::from_bytes(u.as_bytes()), Some(u));
         assert_eq!(MMU_PT_UPDATE_NO_TRANSLATE, 3);
-        assert_eq!(split_foreigndom(DOMID_SELF as u32), (DOMID_SELF, DOMID_SELF));
+        assert_eq!(
+            split_foreigndom(DOMID_SELF as u32),
+            (DOMID_SELF, DOMID_SELF)
+        );
         assert_eq!(split_foreigndom(0x0001_0005), (5, 0));
     }
 
@@ -322,7 +328,10 @@ mod tests {
         assert_eq!(op.cmd, 13);
         assert_eq!(op.linear_addr(), 0xffff_8800_0000_0000);
         assert_eq!(op.nr_ents(), 13);
-        assert_eq!(mmuext_name(MMUEXT_NEW_USER_BASEPTR), Some("new_user_baseptr"));
+        assert_eq!(
+            mmuext_name(MMUEXT_NEW_USER_BASEPTR),
+            Some("new_user_baseptr")
+        );
         assert_eq!(mmuext_name(14), None);
         assert_eq!(MMUEXT_PIN_L4_TABLE, 3);
         assert_eq!(MMUEXT_COPY_PAGE, 17);
@@ -346,7 +355,10 @@ mod tests {
         assert_eq!(vmassist_name(32), Some("m2p_strict"));
         assert_eq!(vmassist_name(6), None);
         assert_eq!(VMASST_TYPE_WRITABLE_PAGETABLES, 2);
-        assert_eq!((DOMID_SELF, DOMID_IO, DOMID_XEN, DOMID_INVALID), (0x7ff0, 0x7ff1, 0x7ff2, 0x7ff4));
+        assert_eq!(
+            (DOMID_SELF, DOMID_IO, DOMID_XEN, DOMID_INVALID),
+            (0x7ff0, 0x7ff1, 0x7ff2, 0x7ff4)
+        );
         assert_eq!(UVMF_ALL | UVMF_INVLPG, 6);
     }
 }

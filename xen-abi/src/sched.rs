@@ -190,13 +190,21 @@ mod tests {
         assert_eq!(ShutdownReason::from_u32(6), None);
         assert_eq!(ShutdownReason::from_u32(u32::MAX), None);
         assert_eq!(ShutdownReason::Crash.name(), "crash");
-        assert_eq!(ShutdownReason::from_u32(5).map(ShutdownReason::name), Some("soft_reset"));
+        assert_eq!(
+            ShutdownReason::from_u32(5).map(ShutdownReason::name),
+            Some("soft_reset")
+        );
     }
 
     #[test]
     fn sched_poll_layout() {
         assert_eq!(size_of::<SchedPoll>(), 24);
-        let p = SchedPoll { ports: 0xffff_8800_0000_1000, nr_ports: 2, _pad: 0, timeout: 9 };
+        let p = SchedPoll {
+            ports: 0xffff_8800_0000_1000,
+            nr_ports: 2,
+            _pad: 0,
+            timeout: 9,
+        };
         let b = p.as_bytes();
         assert_eq!(b[8], 2);
         assert_eq!(b[16], 9);

@@ -102,7 +102,14 @@ pub struct ArchSharedInfo {
     /// Incremented around p2m updates.
     pub p2m_generation: u64,
 }
-impl_pod!(ArchSharedInfo { u64, u64, u64, u64, u64, u64 });
+impl_pod!(ArchSharedInfo {
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64
+});
 const _: () = assert!(size_of::<ArchSharedInfo>() == 48);
 
 /// `struct shared_info` (3136 bytes on x86_64).
@@ -212,11 +219,31 @@ mod tests {
             ("wc_nsec", WC_NSEC_OFFSET, 3080),
             ("wc_sec_hi", WC_SEC_HI_OFFSET, 3084),
             ("arch.max_pfn", MAX_PFN_OFFSET, 3088),
-            ("arch.pfn_to_mfn_frame_list_list", 3088 + offset_of!(ArchSharedInfo, pfn_to_mfn_frame_list_list), 3096),
-            ("arch.nmi_reason", 3088 + offset_of!(ArchSharedInfo, nmi_reason), 3104),
-            ("arch.p2m_cr3", 3088 + offset_of!(ArchSharedInfo, p2m_cr3), 3112),
-            ("arch.p2m_vaddr", 3088 + offset_of!(ArchSharedInfo, p2m_vaddr), 3120),
-            ("arch.p2m_generation", 3088 + offset_of!(ArchSharedInfo, p2m_generation), 3128),
+            (
+                "arch.pfn_to_mfn_frame_list_list",
+                3088 + offset_of!(ArchSharedInfo, pfn_to_mfn_frame_list_list),
+                3096,
+            ),
+            (
+                "arch.nmi_reason",
+                3088 + offset_of!(ArchSharedInfo, nmi_reason),
+                3104,
+            ),
+            (
+                "arch.p2m_cr3",
+                3088 + offset_of!(ArchSharedInfo, p2m_cr3),
+                3112,
+            ),
+            (
+                "arch.p2m_vaddr",
+                3088 + offset_of!(ArchSharedInfo, p2m_vaddr),
+                3120,
+            ),
+            (
+                "arch.p2m_generation",
+                3088 + offset_of!(ArchSharedInfo, p2m_generation),
+                3128,
+            ),
         ];
         for (name, got, want) in fields {
             assert_eq!(got, want, "shared_info.{name}");

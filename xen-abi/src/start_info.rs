@@ -109,9 +109,10 @@ const _: () = assert!(offset_of!(StartInfo, nr_p2m_frames) == 1160);
 impl StartInfo {
     /// A zeroed start_info carrying the 64-bit magic.
     pub fn new() -> Self {
-        let mut s = Self::default();
-        s.magic = c_string(START_INFO_MAGIC);
-        s
+        Self {
+            magic: c_string(START_INFO_MAGIC),
+            ..Self::default()
+        }
     }
 
     /// Set the command line; truncated to `MAX_GUEST_CMDLINE - 1` bytes so it stays NUL
@@ -159,7 +160,11 @@ mod tests {
             ("store_mfn", offset_of!(StartInfo, store_mfn), 56),
             ("store_evtchn", offset_of!(StartInfo, store_evtchn), 64),
             ("console.domU.mfn", offset_of!(StartInfo, console_mfn), 72),
-            ("console.domU.evtchn", offset_of!(StartInfo, console_evtchn), 80),
+            (
+                "console.domU.evtchn",
+                offset_of!(StartInfo, console_evtchn),
+                80,
+            ),
             ("pt_base", offset_of!(StartInfo, pt_base), 88),
             ("nr_pt_frames", offset_of!(StartInfo, nr_pt_frames), 96),
             ("mfn_list", offset_of!(StartInfo, mfn_list), 104),

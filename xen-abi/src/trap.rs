@@ -21,7 +21,13 @@ pub struct TrapInfo {
     /// Handler address; 0 ends the list.
     pub address: u64,
 }
-impl_pod!(TrapInfo { u8, u8, u16, u32, u64 });
+impl_pod!(TrapInfo {
+    u8,
+    u8,
+    u16,
+    u32,
+    u64
+});
 const _: () = assert!(size_of::<TrapInfo>() == 16);
 const _: () = assert!(offset_of!(TrapInfo, cs) == 2);
 const _: () = assert!(offset_of!(TrapInfo, address) == 8);
@@ -99,7 +105,14 @@ pub const X86_EXC_CP: u8 = 21;
 pub const fn has_error_code(vector: u8) -> bool {
     matches!(
         vector,
-        X86_EXC_DF | X86_EXC_TS | X86_EXC_NP | X86_EXC_SS | X86_EXC_GP | X86_EXC_PF | X86_EXC_AC | X86_EXC_CP
+        X86_EXC_DF
+            | X86_EXC_TS
+            | X86_EXC_NP
+            | X86_EXC_SS
+            | X86_EXC_GP
+            | X86_EXC_PF
+            | X86_EXC_AC
+            | X86_EXC_CP
     )
 }
 
@@ -162,7 +175,17 @@ pub struct IretContext {
     /// Return ss.
     pub ss: u64,
 }
-impl_pod!(IretContext { u64, u64, u64, u64, u64, u64, u64, u64, u64 });
+impl_pod!(IretContext {
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64
+});
 const _: () = assert!(size_of::<IretContext>() == 72);
 const _: () = assert!(offset_of!(IretContext, flags) == 24);
 const _: () = assert!(offset_of!(IretContext, rip) == 32);
@@ -277,7 +300,15 @@ pub struct BounceFrame {
     /// Interrupted ss.
     pub ss: u64,
 }
-impl_pod!(BounceFrame { u64, u64, u64, u64, u64, u64, u64 });
+impl_pod!(BounceFrame {
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64
+});
 const _: () = assert!(size_of::<BounceFrame>() == 56);
 
 /// Bounce frame with error code (lowest address first).
@@ -301,7 +332,16 @@ pub struct BounceFrameWithError {
     /// Interrupted ss.
     pub ss: u64,
 }
-impl_pod!(BounceFrameWithError { u64, u64, u64, u64, u64, u64, u64, u64 });
+impl_pod!(BounceFrameWithError {
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64
+});
 const _: () = assert!(size_of::<BounceFrameWithError>() == 64);
 
 #[cfg(test)]

@@ -186,7 +186,13 @@ mod tests {
         assert_eq!(core::mem::offset_of!(XenCompileInfo, compile_by), 64);
         assert_eq!(core::mem::offset_of!(XenCompileInfo, compile_domain), 80);
         let fi = XenFeatureInfo::from_bytes(&[0, 0, 0, 0, 0xe0, 0x20, 0x1e, 0]).unwrap();
-        assert_eq!(fi, XenFeatureInfo { submap_idx: 0, submap: 0x1e20e0 });
+        assert_eq!(
+            fi,
+            XenFeatureInfo {
+                submap_idx: 0,
+                submap: 0x1e20e0
+            }
+        );
     }
 
     #[test]
