@@ -461,4 +461,27 @@ mod tests {
         assert_eq!(FLAT_KERNEL_DS, 0);
         assert_eq!(selector_rpl(HYPERVISOR_CS), 0);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn canonical_iff_top_bits_copy_bit_47(va in proptest::prelude::any::<u64>()) {
+            let top = va >> 47;
+            proptest::prop_assert_eq!(is_canonical(va), top == 0 || top == 0x1_ffff);
+            proptest::prop_assert!(is_canonical(canonicalize(va)));
+        }
+
+        #[test]
+        fn slot_base_inverts_l4_slot(slot in 0usize..512, off in 0u64..L4_SLOT_SIZE) {
+            let va = l4_slot_base(slot) + off;
+            proptest::prop_assert!(is_canonical(va));
+            proptest::prop_assert_eq!(l4_slot(va), slot);
+            proptest::prop_assert_eq!(in_hypervisor_range(va), is_xen_l4_slot(slot));
+        }
+
+        #[test]
+        fn pod_round_trips_arbitrary_bytes(bytes in proptest::prelude::any::<[u8; 16]>()) {
+            let s = Sample::from_bytes(&bytes).unwrap();
+            proptest::prop_assert_eq!(s.as_bytes(), &bytes[..]);
+        }
+    }
 }

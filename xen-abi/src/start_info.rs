@@ -27,7 +27,7 @@ pub const SIF_PM_MASK: u32 = 0xff << 8;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StartInfo {
-    /// "xen-<version>-<platform>", NUL padded.
+    /// `"xen-<version>-<platform>"`, NUL padded.
     pub magic: [u8; 32],
     /// Total pages allocated to the domain.
     pub nr_pages: u64,

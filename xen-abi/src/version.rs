@@ -22,7 +22,7 @@ pub const XENVER_GET_FEATURES: u32 = 6;
 pub const XENVER_PAGESIZE: u32 = 7;
 /// Fills `XenDomainHandle`.
 pub const XENVER_GUEST_HANDLE: u32 = 8;
-/// Fills `XenCommandline` ("<denied>" for unprivileged callers).
+/// Fills `XenCommandline` (`"<denied>"` for unprivileged callers).
 pub const XENVER_COMMANDLINE: u32 = 9;
 /// Build id (varbuf).
 pub const XENVER_BUILD_ID: u32 = 10;
@@ -68,15 +68,15 @@ pub const XEN_COMMANDLINE_LEN: usize = 1024;
 /// Length of `xen_domain_handle_t`.
 pub const XEN_DOMAIN_HANDLE_LEN: usize = 16;
 
-/// `xen_extraversion_t`: char[16].
+/// `xen_extraversion_t`: `char[16]`.
 pub type XenExtraversion = [u8; XEN_EXTRAVERSION_LEN];
-/// `xen_capabilities_info_t`: char[1024].
+/// `xen_capabilities_info_t`: `char[1024]`.
 pub type XenCapabilitiesInfo = [u8; XEN_CAPABILITIES_INFO_LEN];
-/// `xen_changeset_info_t`: char[64].
+/// `xen_changeset_info_t`: `char[64]`.
 pub type XenChangesetInfo = [u8; XEN_CHANGESET_INFO_LEN];
-/// `xen_commandline_t`: char[1024].
+/// `xen_commandline_t`: `char[1024]`.
 pub type XenCommandline = [u8; XEN_COMMANDLINE_LEN];
-/// `xen_domain_handle_t`: u8[16] (the domain's UUID).
+/// `xen_domain_handle_t`: `u8[16]` (the domain's UUID).
 pub type XenDomainHandle = [u8; XEN_DOMAIN_HANDLE_LEN];
 
 /// `xen_compile_info_t` (144 bytes).
