@@ -498,6 +498,16 @@ fn layout_section(p: &KernelParams<'_>, memory_mib: u64, nr_pages: u64) -> Layou
     }
 }
 
+/// Sign-extend a 48-bit virtual address (the layout keeps mapping bounds masked to 48 bits,
+/// as libxenguest does) to its canonical form.
+fn canonical(va: u64) -> u64 {
+    if va & (1 << 47) != 0 {
+        va | 0xffff_0000_0000_0000
+    } else {
+        va & 0x0000_ffff_ffff_ffff
+    }
+}
+
 fn layout_report(l: &Layout) -> LayoutReport {
     let page = |pfn: u64| PageReport {
         va: Hex(l.pfn_to_virt(pfn)),
@@ -517,8 +527,8 @@ fn layout_report(l: &Layout) -> LayoutReport {
             .iter()
             .take(l.n_mappings)
             .map(|m| MappingReport {
-                from: Hex(m.from),
-                to: Hex(m.to),
+                from: Hex(canonical(m.from)),
+                to: Hex(canonical(m.to)),
                 pfn: m.pfn,
                 tables: m.tables,
                 tables_per_level: m.levels.map(|lv| lv.tables),
@@ -676,6 +686,12 @@ impl fmt::Display for InspectReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapping_bounds_are_shown_canonical() {
+        assert_eq!(canonical(0xffff_8000_0000), 0xffff_ffff_8000_0000);
+        assert_eq!(canonical(0x80_0000_0000), 0x80_0000_0000);
+    }
 
     #[test]
     fn hex_bytes_match_readelf_format() {

@@ -290,3 +290,63 @@ fn real_pvgrub_is_a_raw_elf() {
     assert_eq!((img.format, img.codec), (Format::Elf, None));
     assert_eq!(img.elf, bytes);
 }
+
+mod hostile {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    const MAGICS: [&[u8]; 8] = [
+        &[0x1f, 0x8b, 0x08, 0x00],
+        &[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00],
+        &[0x5d, 0x00, 0x00],
+        &[0x02, 0x21, 0x4c, 0x18],
+        &[0x28, 0xb5, 0x2f, 0xfd],
+        b"BZh9",
+        b"\x7fELF\x02\x01\x01",
+        b"",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any bzImage header values and any payload bytes behind any codec magic give a
+        /// result or a typed error, never a panic.
+        #[test]
+        fn arbitrary_bzimage_fields_and_payloads_never_panic(
+            setup_sects in any::<u8>(),
+            version in prop_oneof![Just(0x020fu16), any::<u16>()],
+            off_delta in prop_oneof![Just(0u32), any::<u32>()],
+            len_delta in prop_oneof![Just(0i64), -64i64..64, any::<u32>().prop_map(i64::from)],
+            magic in 0..MAGICS.len(),
+            body in vec(any::<u8>(), 0..1500),
+        ) {
+            let mut payload = MAGICS[magic].to_vec();
+            payload.extend_from_slice(&body);
+            let mut f = bzimage(&payload, setup_sects);
+            f[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+            let off = u32::from_le_bytes(f[0x248..0x24c].try_into().unwrap());
+            f[0x248..0x24c].copy_from_slice(&off.wrapping_add(off_delta).to_le_bytes());
+            let len = payload.len() as i64 + len_delta;
+            f[0x24c..0x250].copy_from_slice(&(len as u32).to_le_bytes());
+            if let Ok(img) = load_kernel_image_with_limit(&f, 8 << 20) {
+                prop_assert!(img.elf.starts_with(b"\x7fELF"));
+            }
+        }
+
+        /// Valid streams cut anywhere decode to the original or fail with a typed error.
+        #[test]
+        fn every_codec_cut_anywhere_is_original_or_error(cut in 0.0f64..1.0) {
+            static PAYLOADS: std::sync::OnceLock<Vec<(Codec, Vec<u8>)>> = std::sync::OnceLock::new();
+            let elf = tiny_kernel();
+            for (codec, payload) in PAYLOADS.get_or_init(|| linux_payloads(&tiny_kernel())) {
+                let codec = *codec;
+                let keep = ((payload.len() as f64) * cut) as usize;
+                match load_kernel_image(&bzimage(&payload[..keep], 1)) {
+                    Ok(img) => prop_assert_eq!(img.elf, elf.clone(), "{} cut at {}", codec, keep),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+}
