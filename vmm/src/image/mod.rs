@@ -27,6 +27,7 @@ pub enum Format {
     /// A raw ELF64 x86_64 file (e.g. `vmlinux`, PV-GRUB, XTF).
     Elf,
     /// An x86 boot-protocol bzImage; the ELF is its (usually compressed) payload.
+    #[serde(rename = "bzimage")]
     BzImage,
     /// A compressed ELF file (e.g. `vmlinux.gz`).
     CompressedElf,
