@@ -349,6 +349,21 @@ mod tests {
     }
 
     #[test]
+    fn lzma_header_with_huge_dictionary_is_refused_without_allocating_it() {
+        // props 0x5d, dict 0xffff_0000 (4 GiB), unknown size, then garbage.
+        let mut data = vec![0x5d, 0x00, 0x00, 0xff, 0xff];
+        data.extend_from_slice(&[0xff; 8]);
+        data.extend_from_slice(&[0u8; 32]);
+        assert!(matches!(
+            decompress(Codec::Lzma, &data, usize::MAX),
+            Err(DecompressError::Corrupt {
+                codec: Codec::Lzma,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn lzo_is_recognised_but_unsupported() {
         assert_eq!(
             decompress(Codec::Lzo, b"\x89LZO\0", usize::MAX),
