@@ -210,6 +210,8 @@ impl fmt::Display for LayoutError {
     }
 }
 
+impl core::error::Error for LayoutError {}
+
 struct Alloc {
     virt_end: u64,
     pfn_end: u64,
