@@ -27,10 +27,10 @@
 //! (`"generic"` = PV), `kernel` (required), `ramdisk`, `cmdline`, `root`, `extra`, `memory`,
 //! `maxmem`, `vcpus`, `on_poweroff`, `on_reboot`, `on_crash`, and two kxen extensions:
 //!
-//! * `privileged = 1` — start the guest as a privileged (dom0-like) domain: it is given
-//!   `SIF_PRIVILEGED | SIF_INITDOMAIN` and the privileged feature set. Default 0.
-//! * `pte_abi = "kxen" | "xen"` — which page-table-update ABI the guest is run with: `"kxen"`
-//!   (default) is kxen's own, `"xen"` insists on Xen's exact behaviour.
+//! * `privileged = 1` — launch the guest as a privileged (dom0-style) domain, the config-file
+//!   form of `kxen run --privileged`. A number like xl's booleans: non-zero is true. Default 0.
+//! * `pte_abi = "kxen" | "xen"` — which guest page-table-update ABI kxen applies to this
+//!   guest. Absent means kxen's default, `"kxen"`; any other value is an error.
 //!
 //! xl ignores keys it does not know; so does kxen, but it lists them in
 //! [`DomainConfig::unknown`] so the caller can warn once per key.
