@@ -1,1 +1,3 @@
 //! PV device backends (console, xenstore; later blkback/netback) and event channels.
+
+pub mod console;
