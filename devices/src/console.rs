@@ -19,28 +19,14 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::atomic::{fence, Ordering};
 
-/// Offset of `in[]` in the page.
-pub const IN_OFFSET: usize = 0;
-/// Size of `in[]` (a power of two).
-pub const IN_SIZE: usize = 1024;
-/// Offset of `out[]` in the page.
-pub const OUT_OFFSET: usize = 1024;
-/// Size of `out[]` (a power of two).
-pub const OUT_SIZE: usize = 2048;
-/// Offset of `in_cons`.
-pub const IN_CONS_OFFSET: usize = 3072;
-/// Offset of `in_prod`.
-pub const IN_PROD_OFFSET: usize = 3076;
-/// Offset of `out_cons`.
-pub const OUT_CONS_OFFSET: usize = 3080;
-/// Offset of `out_prod`.
-pub const OUT_PROD_OFFSET: usize = 3084;
-/// Offset of the `connection` byte (Xen 4.21+).
-pub const CONNECTION_OFFSET: usize = 3088;
-/// `connection` value: the backend services the ring.
-pub const XENCONSOLE_CONNECTED: u8 = 0;
-/// `connection` value: nobody services the ring.
-pub const XENCONSOLE_DISCONNECTED: u8 = 1;
+// The ring layout is Xen's (public/io/console.h), defined once in xen-abi.
+pub use xen_abi::console::{
+    XENCONSOLE_CONNECTED, XENCONSOLE_DISCONNECTED, XENCONS_CONNECTION_OFFSET as CONNECTION_OFFSET,
+    XENCONS_IN_CONS_OFFSET as IN_CONS_OFFSET, XENCONS_IN_OFFSET as IN_OFFSET,
+    XENCONS_IN_PROD_OFFSET as IN_PROD_OFFSET, XENCONS_IN_SIZE as IN_SIZE,
+    XENCONS_OUT_CONS_OFFSET as OUT_CONS_OFFSET, XENCONS_OUT_OFFSET as OUT_OFFSET,
+    XENCONS_OUT_PROD_OFFSET as OUT_PROD_OFFSET, XENCONS_OUT_SIZE as OUT_SIZE,
+};
 /// Size of the console page.
 pub const PAGE_SIZE: usize = 4096;
 /// Default bound of the input queue kept while the guest does not consume input.
