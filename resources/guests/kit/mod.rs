@@ -140,6 +140,7 @@ macro_rules! xen_note_base {
         )
     };
 }
+#[allow(unused_imports)]
 pub(crate) use {
     xen_note_base, xen_note_begin, xen_note_end, xen_note_quad, xen_note_str, xen_note_u32,
 };
