@@ -6,19 +6,47 @@ include!("../resources/guests/build_support.rs");
 /// Every test guest: (binary name, source under resources/guests/). A source built more
 /// than once selects its variant with `#[cfg(kxen_guest = "<name>")]`.
 const GUESTS: &[GuestSpec] = &[
-    GuestSpec { name: "startinfo", source: "tests/startinfo.rs" },
-    GuestSpec { name: "features_dom0", source: "tests/features.rs" },
-    GuestSpec { name: "features_none", source: "tests/features.rs" },
-    GuestSpec { name: "hostile", source: "tests/hostile.rs" },
-    GuestSpec { name: "traps", source: "tests/traps.rs" },
-    GuestSpec { name: "shutdown_poweroff", source: "tests/shutdown.rs" },
-    GuestSpec { name: "shutdown_reboot", source: "tests/shutdown.rs" },
-    GuestSpec { name: "shutdown_crash", source: "tests/shutdown.rs" },
-    GuestSpec { name: "shutdown_suspend", source: "tests/shutdown.rs" },
+    GuestSpec {
+        name: "startinfo",
+        source: "tests/startinfo.rs",
+    },
+    GuestSpec {
+        name: "features_dom0",
+        source: "tests/features.rs",
+    },
+    GuestSpec {
+        name: "features_none",
+        source: "tests/features.rs",
+    },
+    GuestSpec {
+        name: "hostile",
+        source: "tests/hostile.rs",
+    },
+    GuestSpec {
+        name: "traps",
+        source: "tests/traps.rs",
+    },
+    GuestSpec {
+        name: "shutdown_poweroff",
+        source: "tests/shutdown.rs",
+    },
+    GuestSpec {
+        name: "shutdown_reboot",
+        source: "tests/shutdown.rs",
+    },
+    GuestSpec {
+        name: "shutdown_crash",
+        source: "tests/shutdown.rs",
+    },
+    GuestSpec {
+        name: "shutdown_suspend",
+        source: "tests/shutdown.rs",
+    },
 ];
 
 fn main() {
-    let out_dir = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let out_dir =
+        std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let built = build_guests(&out_dir, GUESTS);
     let mut src = String::from(
         "/// Every kit test guest built by tests/build.rs: (name, ELF image).\n\

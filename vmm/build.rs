@@ -4,7 +4,8 @@
 include!("../resources/guests/build_support.rs");
 
 fn main() {
-    let out_dir = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let out_dir =
+        std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     build_guests(
         &out_dir,
         &[GuestSpec {

@@ -18,12 +18,18 @@ pub struct GuestSpec {
 /// resources/guests/ of this workspace, from the including crate's manifest directory.
 pub fn guests_dir() -> PathBuf {
     let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    Path::new(&manifest).join("..").join("resources").join("guests")
+    Path::new(&manifest)
+        .join("..")
+        .join("resources")
+        .join("guests")
 }
 
 /// Tell cargo to rerun when anything a guest is built from changes.
 fn rerun_if_changed(dir: &Path, specs: &[GuestSpec]) {
-    println!("cargo:rerun-if-changed={}", dir.join("build_support.rs").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        dir.join("build_support.rs").display()
+    );
     let kit = dir.join("kit");
     println!("cargo:rerun-if-changed={}", kit.display());
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&kit)

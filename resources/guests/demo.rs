@@ -18,7 +18,11 @@ xen_notes!(features = "writable_page_tables|dom0", supported = 0x801);
 fn kmain(si: &'static StartInfo) {
     println!("kxen demo guest");
     let magic = pure::c_str(&si.magic).unwrap_or(&si.magic);
-    println!("start_info: magic \"{}\" nr_pages {}", Escaped(magic), si.nr_pages);
+    println!(
+        "start_info: magic \"{}\" nr_pages {}",
+        Escaped(magic),
+        si.nr_pages
+    );
     let cmdline = pure::c_str(&si.cmd_line).unwrap_or(&si.cmd_line);
     println!("command line: \"{}\"", Escaped(cmdline));
 
@@ -34,7 +38,10 @@ fn kmain(si: &'static StartInfo) {
     );
     let mut caps = [0u8; 1024];
     hc::xen_version(XENVER_CAPABILITIES, &mut caps);
-    println!("capabilities: {}", Escaped(pure::c_str(&caps).unwrap_or(&caps)));
+    println!(
+        "capabilities: {}",
+        Escaped(pure::c_str(&caps).unwrap_or(&caps))
+    );
 
     match hc::get_features(0) {
         Ok(submap) => {
@@ -61,13 +68,19 @@ fn kmain(si: &'static StartInfo) {
     // SAFETY: hypercall 60 does not exist; it takes no arguments.
     let unknown = unsafe { hc::hypercall0(60) };
     if unknown != -ENOSYS {
-        println!("demo: FAILED: unknown hypercall 60 returned {}, expected -38", unknown);
+        println!(
+            "demo: FAILED: unknown hypercall 60 returned {}, expected -38",
+            unknown
+        );
         ok = false;
     }
     // Xen's CONSOLEIO_write returns 0 on success (drivers/char/console.c), not the length.
     let written = hc::console_write(b"demo: console_io write check\n");
     if written != 0 {
-        println!("demo: FAILED: CONSOLEIO_write returned {}, expected 0", written);
+        println!(
+            "demo: FAILED: CONSOLEIO_write returned {}, expected 0",
+            written
+        );
         ok = false;
     }
     if ok {

@@ -161,18 +161,40 @@ mod tests {
     #[test]
     fn every_guest_carries_the_kit_notes_with_linux_like_layout() {
         for (name, img) in GUESTS {
-            assert_eq!(note(img, 6).as_deref(), Some(&b"kxen-kit\0"[..]), "{name} GUEST_OS");
-            assert_eq!(note(img, 5).as_deref(), Some(&b"xen-3.0\0"[..]), "{name} XEN_VERSION");
-            assert_eq!(note(img, 8).as_deref(), Some(&b"generic\0"[..]), "{name} LOADER");
-            assert_eq!(le64(&note(img, 3).unwrap()), 0xffff_ffff_8000_0000, "{name} VIRT_BASE");
+            assert_eq!(
+                note(img, 6).as_deref(),
+                Some(&b"kxen-kit\0"[..]),
+                "{name} GUEST_OS"
+            );
+            assert_eq!(
+                note(img, 5).as_deref(),
+                Some(&b"xen-3.0\0"[..]),
+                "{name} XEN_VERSION"
+            );
+            assert_eq!(
+                note(img, 8).as_deref(),
+                Some(&b"generic\0"[..]),
+                "{name} LOADER"
+            );
+            assert_eq!(
+                le64(&note(img, 3).unwrap()),
+                0xffff_ffff_8000_0000,
+                "{name} VIRT_BASE"
+            );
             assert_eq!(le64(&note(img, 4).unwrap()), 0, "{name} PADDR_OFFSET");
             let entry = le64(&note(img, 1).unwrap());
             let e_entry = u64::from_le_bytes(img[24..32].try_into().unwrap());
             assert_eq!(entry, e_entry, "{name} ENTRY note == e_entry");
-            assert_eq!(entry, 0xffff_ffff_8020_0000, "{name} entry at the image start");
+            assert_eq!(
+                entry, 0xffff_ffff_8020_0000,
+                "{name} entry at the image start"
+            );
             let hc = le64(&note(img, 2).unwrap());
             assert_eq!(hc % 4096, 0, "{name} hypercall page aligned");
-            assert!(hc > entry && hc < entry + (1 << 20), "{name} hypercall page in the image");
+            assert!(
+                hc > entry && hc < entry + (1 << 20),
+                "{name} hypercall page in the image"
+            );
         }
     }
 
@@ -210,7 +232,10 @@ mod tests {
     #[test]
     fn feature_notes_differ_between_the_two_feature_guests() {
         let dom0 = guest("features_dom0").unwrap();
-        assert_eq!(note(dom0, 10).as_deref(), Some(&b"writable_page_tables|dom0\0"[..]));
+        assert_eq!(
+            note(dom0, 10).as_deref(),
+            Some(&b"writable_page_tables|dom0\0"[..])
+        );
         assert_eq!(note(dom0, 17).as_deref(), Some(&0x801u32.to_le_bytes()[..]));
         let none = guest("features_none").unwrap();
         assert_eq!(note(none, 10), None);
@@ -233,7 +258,10 @@ mod tests {
         );
         assert!(e[14..].iter().all(|&b| b == 0xcc));
         let iret = expected_hypercall_entry(23);
-        assert_eq!(&iret[..11], &[0x51, 0x41, 0x53, 0x50, 0xb8, 23, 0, 0, 0, 0x0f, 0x05]);
+        assert_eq!(
+            &iret[..11],
+            &[0x51, 0x41, 0x53, 0x50, 0xb8, 23, 0, 0, 0, 0x0f, 0x05]
+        );
         assert!(iret[11..].iter().all(|&b| b == 0xcc));
         assert_eq!(&expected_hypercall_entry(0x7f)[4..8], &[0x7f, 0, 0, 0]);
     }
@@ -306,7 +334,10 @@ mod tests {
             let mut l = xen_like_layout();
             f(&mut l);
             let failed: Vec<_> = l.rules().iter().filter(|r| !r.1).map(|r| r.0).collect();
-            assert!(failed.contains(&rule), "{rule} not caught, failed: {failed:?}");
+            assert!(
+                failed.contains(&rule),
+                "{rule} not caught, failed: {failed:?}"
+            );
         };
         broken(&|l| l.start_info += 4096, "start_info_after_p2m");
         broken(&|l| l.store_mfn += 1, "store_page_after_start_info");
@@ -315,7 +346,10 @@ mod tests {
         broken(&|l| l.nr_pt_frames = 3, "nr_pt_frames_at_least_4");
         broken(&|l| l.mapping_end -= 4096, "mapping_end_4mib_aligned");
         broken(&|l| l.nr_pt_frames = 900, "spare_512k_after_boot_stack");
-        broken(&|l| l.mod_start = l.image_end, "p2m_after_image_and_modules");
+        broken(
+            &|l| l.mod_start = l.image_end,
+            "p2m_after_image_and_modules",
+        );
         broken(&|l| l.mfn_list += 8, "p2m_after_image_and_modules");
         broken(&|l| l.nr_pages = 512, "mapping_within_ram");
     }
@@ -349,6 +383,9 @@ mod tests {
         let panicked = Report::parse("KXEN-TEST: PANIC boom at x.rs:1\n");
         assert_eq!(panicked.panic.as_deref(), Some("boom at x.rs:1"));
         assert!(!panicked.all_passed());
-        assert!(!Report::parse("KXEN-TEST: PASS a\n").all_passed(), "no DONE");
+        assert!(
+            !Report::parse("KXEN-TEST: PASS a\n").all_passed(),
+            "no DONE"
+        );
     }
 }

@@ -5,7 +5,6 @@ use core::fmt::{self, Write};
 
 const LINE: usize = 256;
 
-
 static BUF: LineBufCell = LineBufCell(core::cell::UnsafeCell::new(LineBuf::new()));
 
 struct LineBufCell(core::cell::UnsafeCell<LineBuf<LINE>>);

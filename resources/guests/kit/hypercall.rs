@@ -33,7 +33,10 @@ pub fn page() -> &'static [u8; 4096] {
 /// The arguments must be valid for hypercall `nr` (pointers the hypervisor may write must
 /// point at memory the guest owns and may have overwritten).
 pub unsafe fn hypercall5(nr: u32, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64 {
-    assert!(nr < HYPERCALL_PAGE_ENTRIES, "hypercall number out of the page");
+    assert!(
+        nr < HYPERCALL_PAGE_ENTRIES,
+        "hypercall number out of the page"
+    );
     let target = page_addr() + u64::from(nr) * 32;
     let ret: i64;
     // SAFETY: `target` is an entry of the hypercall page, which behaves like a function

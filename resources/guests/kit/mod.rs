@@ -86,7 +86,9 @@ macro_rules! xen_note_begin {
             ".balign 4\n",
             ".long 4\n",
             ".long 9f - 8f\n",
-            ".long ", stringify!($ty), "\n",
+            ".long ",
+            stringify!($ty),
+            "\n",
             ".asciz \"Xen\"\n",
             "8:\n"
         )
@@ -101,7 +103,9 @@ macro_rules! xen_note_str {
     ($ty:literal, $s:literal) => {
         concat!(
             $crate::kit::xen_note_begin!($ty),
-            ".asciz \"", $s, "\"\n",
+            ".asciz \"",
+            $s,
+            "\"\n",
             $crate::kit::xen_note_end!()
         )
     };
@@ -110,7 +114,9 @@ macro_rules! xen_note_quad {
     ($ty:literal, $v:literal) => {
         concat!(
             $crate::kit::xen_note_begin!($ty),
-            ".quad ", $v, "\n",
+            ".quad ",
+            $v,
+            "\n",
             $crate::kit::xen_note_end!()
         )
     };
@@ -119,7 +125,9 @@ macro_rules! xen_note_u32 {
     ($ty:literal, $v:literal) => {
         concat!(
             $crate::kit::xen_note_begin!($ty),
-            ".long ", stringify!($v), "\n",
+            ".long ",
+            stringify!($v),
+            "\n",
             $crate::kit::xen_note_end!()
         )
     };
@@ -183,8 +191,23 @@ pub struct EntryRegs {
 #[no_mangle]
 #[link_section = ".data.kit_entry_regs"]
 static mut kit_entry_regs: EntryRegs = EntryRegs {
-    rax: 0, rbx: 0, rcx: 0, rdx: 0, rsi: 0, rdi: 0, rbp: 0, rsp: 0,
-    r8: 0, r9: 0, r10: 0, r11: 0, r12: 0, r13: 0, r14: 0, r15: 0, rflags: 0,
+    rax: 0,
+    rbx: 0,
+    rcx: 0,
+    rdx: 0,
+    rsi: 0,
+    rdi: 0,
+    rbp: 0,
+    rsp: 0,
+    r8: 0,
+    r9: 0,
+    r10: 0,
+    r11: 0,
+    r12: 0,
+    r13: 0,
+    r14: 0,
+    r15: 0,
+    rflags: 0,
 };
 
 /// The kit's own kernel stack (Xen's boot stack is a single page).

@@ -19,7 +19,9 @@ pub fn expected_hypercall_entry(i: u32) -> [u8; HYPERCALL_ENTRY_SIZE] {
     let mut e = [0xccu8; HYPERCALL_ENTRY_SIZE];
     let n = i.to_le_bytes();
     if i == IRET_ENTRY {
-        let code = [0x51, 0x41, 0x53, 0x50, 0xb8, n[0], n[1], n[2], n[3], 0x0f, 0x05];
+        let code = [
+            0x51, 0x41, 0x53, 0x50, 0xb8, n[0], n[1], n[2], n[3], 0x0f, 0x05,
+        ];
         e[..code.len()].copy_from_slice(&code);
     } else {
         let code = [
@@ -119,14 +121,23 @@ impl Layout {
             self.mod_start >= self.image_end && self.mod_start + self.mod_len <= self.mfn_list
         };
         [
-            ("p2m_after_image_and_modules", self.mfn_list % page == 0 && modules_ok),
+            (
+                "p2m_after_image_and_modules",
+                self.mfn_list & (page - 1) == 0 && modules_ok,
+            ),
             ("start_info_after_p2m", self.start_info == p2m_end),
             ("store_page_after_start_info", self.store_mfn == si_pfn + 1),
             ("console_page_after_store", self.console_mfn == si_pfn + 2),
-            ("page_tables_after_console", self.pt_base == self.start_info + 3 * page),
-            ("pt_base_page_aligned", self.pt_base % page == 0),
+            (
+                "page_tables_after_console",
+                self.pt_base == self.start_info + 3 * page,
+            ),
+            ("pt_base_page_aligned", self.pt_base & (page - 1) == 0),
             ("nr_pt_frames_at_least_4", self.nr_pt_frames >= 4),
-            ("mapping_end_4mib_aligned", self.mapping_end % (4 << 20) == 0),
+            (
+                "mapping_end_4mib_aligned",
+                self.mapping_end & ((4 << 20) - 1) == 0,
+            ),
             (
                 "spare_512k_after_boot_stack",
                 self.boot_stack_top() + (512 << 10) <= self.mapping_end,
@@ -162,7 +173,10 @@ impl<const N: usize> Default for LineBuf<N> {
 
 impl<const N: usize> LineBuf<N> {
     pub const fn new() -> Self {
-        Self { buf: [0; N], len: 0 }
+        Self {
+            buf: [0; N],
+            len: 0,
+        }
     }
     pub fn push(&mut self, bytes: &[u8], flush: &mut dyn FnMut(&[u8])) {
         for &b in bytes {

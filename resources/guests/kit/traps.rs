@@ -107,7 +107,12 @@ pub fn stub_address(vector: u8) -> Option<u64> {
 }
 
 static TABLE: TableCell = TableCell(core::cell::UnsafeCell::new(
-    [TrapInfo { vector: 0, flags: 0, cs: 0, address: 0 }; VECTORS.len() + 1],
+    [TrapInfo {
+        vector: 0,
+        flags: 0,
+        cs: 0,
+        address: 0,
+    }; VECTORS.len() + 1],
 ));
 struct TableCell(core::cell::UnsafeCell<[TrapInfo; VECTORS.len() + 1]>);
 // SAFETY: written only by `install` on the single vCPU before any trap can use it.

@@ -25,9 +25,18 @@ fn kmain(_si: &'static StartInfo) {
             check!("get_features_submap0", true);
         }
         Err(e) => {
-            check!("get_features_submap0", false, "XENVER_get_features(0) returned {}", e);
+            check!(
+                "get_features_submap0",
+                false,
+                "XENVER_get_features(0) returned {}",
+                e
+            );
         }
     }
     // xen: common/kernel.c, XENVER_get_features: any submap_idx other than 0 -> -EINVAL.
-    check_eq!("get_features_submap1_einval", hc::get_features(1), Err(-EINVAL));
+    check_eq!(
+        "get_features_submap1_einval",
+        hc::get_features(1),
+        Err(-EINVAL)
+    );
 }

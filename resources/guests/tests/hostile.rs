@@ -17,7 +17,11 @@ xen_notes!(features = "writable_page_tables");
 const UNMAPPED: u64 = 0x0000_0010_0000_0000;
 const NON_CANONICAL: u64 = 0x8000_0000_0000_0000;
 /// Xen's reserved area (L4 slots 256-271); kxen keeps its ring-0 area in slots 257+.
-const XEN_AREA: [u64; 3] = [0xffff_8000_0000_0000, 0xffff_8080_0000_0000, 0xffff_87ff_ffff_f000];
+const XEN_AREA: [u64; 3] = [
+    0xffff_8000_0000_0000,
+    0xffff_8080_0000_0000,
+    0xffff_87ff_ffff_f000,
+];
 
 fn kmain(si: &'static StartInfo) {
     let end = kit::layout::initial_mapping_end(si);
@@ -49,7 +53,11 @@ fn kmain(si: &'static StartInfo) {
     for (what, p) in bad_ptrs {
         // SAFETY: every pointer here is one the hypervisor must refuse without writing.
         let rc = unsafe { hc::xen_version_raw(XENVER_EXTRAVERSION, p) };
-        check_eq!(what_name("xen_version_extraversion_", what).as_str(), rc, -EFAULT);
+        check_eq!(
+            what_name("xen_version_extraversion_", what).as_str(),
+            rc,
+            -EFAULT
+        );
     }
     // The page tables are mapped read-only: a hypercall must not write through them.
     // SAFETY: read-only mapping; Xen's copy_to_guest faults on it.
@@ -74,7 +82,11 @@ fn kmain(si: &'static StartInfo) {
     for nr in [60u32, 100, 127] {
         // SAFETY: no such hypercall; nothing is dereferenced.
         let rc = unsafe { hc::hypercall0(nr) };
-        check_eq!(num_name("unknown_hypercall_", nr as u64).as_str(), rc, -ENOSYS);
+        check_eq!(
+            num_name("unknown_hypercall_", nr as u64).as_str(),
+            rc,
+            -ENOSYS
+        );
     }
     for nr in [128u64, 200, 0x1_0000_0012, u64::MAX] {
         // SAFETY: no such hypercall; nothing is dereferenced.
@@ -110,7 +122,11 @@ fn kmain(si: &'static StartInfo) {
     let result = unsafe { core::ptr::read_volatile(&raw const (*slot).result) };
     check_eq!("multicall_entry0_result", result, hc::xen_version_number());
     // An unknown op inside a multicall: the call succeeds, the entry's result is -ENOSYS.
-    let mut one = [MulticallEntry { op: 60, result: 0, args: [0; 6] }];
+    let mut one = [MulticallEntry {
+        op: 60,
+        result: 0,
+        args: [0; 6],
+    }];
     // SAFETY: the list is valid; op 60 does not exist.
     let rc = unsafe { hc::multicall(one.as_mut_ptr() as u64, 1) };
     check_eq!("multicall_unknown_op_rc", rc, 0);
@@ -121,7 +137,12 @@ fn kmain(si: &'static StartInfo) {
     // xen: arch/x86/pv/traps.c, do_set_trap_table: a non-canonical handler -> -EINVAL;
     // an unreadable table -> -EFAULT.
     let table = [
-        TrapInfo { vector: 6, flags: 0, cs: FLAT_KERNEL_CS, address: NON_CANONICAL | 0x1000 },
+        TrapInfo {
+            vector: 6,
+            flags: 0,
+            cs: FLAT_KERNEL_CS,
+            address: NON_CANONICAL | 0x1000,
+        },
         TrapInfo::default(),
     ];
     // SAFETY: the only entry is refused by the hypervisor, so nothing is installed.
@@ -141,7 +162,11 @@ fn kmain(si: &'static StartInfo) {
     check_eq!("sched_op_shutdown_bad_pointer_efault", rc, -EFAULT);
 
     // xen: drivers/char/console.c, do_console_io: unknown command -> -ENOSYS.
-    check_eq!("console_io_unknown_enosys", hc::console_io(99, 0, 0), -ENOSYS);
+    check_eq!(
+        "console_io_unknown_enosys",
+        hc::console_io(99, 0, 0),
+        -ENOSYS
+    );
 
     check!("still_running", true);
 }
@@ -169,7 +194,10 @@ struct Name {
 
 impl Default for Name {
     fn default() -> Self {
-        Name { buf: [0; 64], len: 0 }
+        Name {
+            buf: [0; 64],
+            len: 0,
+        }
     }
 }
 

@@ -28,9 +28,20 @@ fn kmain(si: &'static StartInfo) {
     check_eq!("entry_rsi_is_start_info", r.rsi, si_va);
     check_eq!("entry_rflags", r.rflags, 0x202u64);
     let others = [
-        ("rax", r.rax), ("rbx", r.rbx), ("rcx", r.rcx), ("rdx", r.rdx), ("rdi", r.rdi),
-        ("rbp", r.rbp), ("r8", r.r8), ("r9", r.r9), ("r10", r.r10), ("r11", r.r11),
-        ("r12", r.r12), ("r13", r.r13), ("r14", r.r14), ("r15", r.r15),
+        ("rax", r.rax),
+        ("rbx", r.rbx),
+        ("rcx", r.rcx),
+        ("rdx", r.rdx),
+        ("rdi", r.rdi),
+        ("rbp", r.rbp),
+        ("r8", r.r8),
+        ("r9", r.r9),
+        ("r10", r.r10),
+        ("r11", r.r11),
+        ("r12", r.r12),
+        ("r13", r.r13),
+        ("r14", r.r14),
+        ("r15", r.r15),
     ];
     let nonzero = others.iter().find(|(_, v)| *v != 0);
     check!(
@@ -59,7 +70,11 @@ fn kmain(si: &'static StartInfo) {
         si.shared_info
     );
     value!("flags", "{:#x}", si.flags);
-    check_eq!("flags_domu", si.flags & (SIF_PRIVILEGED | SIF_INITDOMAIN), 0u32);
+    check_eq!(
+        "flags_domu",
+        si.flags & (SIF_PRIVILEGED | SIF_INITDOMAIN),
+        0u32
+    );
     check!(
         "store_mfn_in_ram",
         si.store_mfn < nr_pages,
@@ -94,7 +109,12 @@ fn kmain(si: &'static StartInfo) {
         "pt_base {:#x}",
         si.pt_base
     );
-    check!("nr_pt_frames_at_least_4", si.nr_pt_frames >= 4, "{}", si.nr_pt_frames);
+    check!(
+        "nr_pt_frames_at_least_4",
+        si.nr_pt_frames >= 4,
+        "{}",
+        si.nr_pt_frames
+    );
     value!("mfn_list", "{:#x}", si.mfn_list);
     check!(
         "mfn_list_is_virtual",
@@ -174,11 +194,22 @@ fn kmain(si: &'static StartInfo) {
     // ---- M2P.
     match hc::machphys_mapping() {
         Ok(m) => {
-            value!("m2p", "{:#x}-{:#x} max_mfn {:#x}", m.v_start, m.v_end, m.max_mfn);
+            value!(
+                "m2p",
+                "{:#x}-{:#x} max_mfn {:#x}",
+                m.v_start,
+                m.v_end,
+                m.max_mfn
+            );
             let fits = m.v_start < m.v_end
                 && (m.v_end - m.v_start) / 8 >= nr_pages
                 && m.max_mfn >= nr_pages - 1;
-            check!("machphys_mapping_sane", fits, "{:#x?}", (m.v_start, m.v_end, m.max_mfn));
+            check!(
+                "machphys_mapping_sane",
+                fits,
+                "{:#x?}",
+                (m.v_start, m.v_end, m.max_mfn)
+            );
             if fits {
                 let mut bad = None;
                 for (pfn, &mfn) in p2m.iter().enumerate() {
@@ -188,7 +219,9 @@ fn kmain(si: &'static StartInfo) {
                     }
                     // SAFETY: XENMEM_machphys_mapping says the M2P is readable from
                     // v_start up to max_mfn; mfn <= max_mfn was checked.
-                    let back = unsafe { core::ptr::read_volatile((m.v_start as *const u64).add(mfn as usize)) };
+                    let back = unsafe {
+                        core::ptr::read_volatile((m.v_start as *const u64).add(mfn as usize))
+                    };
                     if back != pfn as u64 {
                         bad = Some((pfn, mfn, back));
                         break;
@@ -205,7 +238,12 @@ fn kmain(si: &'static StartInfo) {
             }
         }
         Err(e) => {
-            check!("machphys_mapping_sane", false, "XENMEM_machphys_mapping returned {}", e);
+            check!(
+                "machphys_mapping_sane",
+                false,
+                "XENMEM_machphys_mapping returned {}",
+                e
+            );
         }
     }
 }

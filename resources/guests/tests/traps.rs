@@ -35,7 +35,11 @@ fn kmain(_si: &'static StartInfo) {
         frame_values("ud", &f);
         // Xen: RPL of cs cleared for a frame from guest kernel mode; bits 32-39 = saved
         // upcall mask (events are masked in kit guests); rflags.IF = !mask.
-        check_eq!("ud_cs_selector", f.cs & 0xfffc, u64::from(FLAT_KERNEL_CS) & 0xfffc);
+        check_eq!(
+            "ud_cs_selector",
+            f.cs & 0xfffc,
+            u64::from(FLAT_KERNEL_CS) & 0xfffc
+        );
         check_eq!("ud_cs_saved_upcall_mask", (f.cs >> 32) & 0xff, 1u64);
         check_eq!("ud_rflags_if_clear", f.rflags & 0x200, 0u64);
     }
@@ -116,6 +120,14 @@ fn frame(name: &str) -> Option<TrapFrame> {
 }
 
 fn frame_values(name: &str, f: &TrapFrame) {
-    value!(name, "rip={:#x} cs={:#x} rflags={:#x} rsp={:#x} ss={:#x} err={:#x}",
-        f.rip, f.cs, f.rflags, f.rsp, f.ss, f.error_code);
+    value!(
+        name,
+        "rip={:#x} cs={:#x} rflags={:#x} rsp={:#x} ss={:#x} err={:#x}",
+        f.rip,
+        f.cs,
+        f.rflags,
+        f.rsp,
+        f.ss,
+        f.error_code
+    );
 }
