@@ -30,7 +30,8 @@ macro_rules! check {
     };
 }
 
-/// `check_eq!(name, got, expected)`: PASS when equal, else FAIL with both values.
+/// `check_eq!(name, got, expected)`: PASS when equal, else FAIL with both values (decimal
+/// and hex).
 macro_rules! check_eq {
     ($name:expr, $got:expr, $want:expr $(,)?) => {{
         let got = $got;
@@ -38,7 +39,10 @@ macro_rules! check_eq {
         $crate::kit::test::record(
             $name,
             got == want,
-            format_args!("got {:#x?}, expected {:#x?}", got, want),
+            format_args!(
+                "got {:?} ({:#x?}), expected {:?} ({:#x?})",
+                got, got, want, want
+            ),
         )
     }};
 }
@@ -281,6 +285,10 @@ extern "C" fn kit_start(si: *const StartInfo) -> ! {
     // SAFETY: Xen's contract: rsi holds the virtual address of the start_info page, mapped
     // for the guest. A VMM that breaks it makes this read fault, which is the test outcome.
     let si: &'static StartInfo = unsafe { &*si };
+    // Install the kit's trap table so that an unexpected exception prints a PANIC line
+    // instead of silently killing the domain. A VMM without set_trap_table yet answers
+    // -ENOSYS, which is ignored here (the traps guest checks it).
+    traps::install();
     crate::kmain(si);
     test::finish()
 }
