@@ -1,0 +1,369 @@
+//! A ptrace "mini-Xen" that runs hosted builds of the kit guests (`--cfg kxen_hosted`,
+//! linked at 0x40200000) as ordinary Linux processes, without KVM.
+//!
+//! It proves the guest side of the kit — notes, entry, hypercall wrappers and page layout,
+//! console buffering, the test protocol, trap stubs and the iret frame — against Xen's
+//! conventions, independently of kxen. It is NOT a model of Xen: only the hypercalls the
+//! guests use are answered, with Xen's errnos, and there are no page tables.
+//!
+//! How: the child is started under `PTRACE_SYSEMU`, so every `syscall` (the hypercall
+//! page's instruction) stops it without entering Linux. The harness writes Xen's
+//! hypercall-page bytes and a start_info, then answers each hypercall from rax/rdi.. and
+//! turns SIGILL/SIGTRAP/SIGSEGV/SIGFPE into Xen bounce frames for the guest's trap table.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+const ENOSYS: i64 = 38;
+const EFAULT: i64 = 14;
+const EINVAL: i64 = 22;
+const STEP_LIMIT: u32 = 1_000_000;
+
+/// Errors of the harness itself (not of the guest).
+#[derive(Debug, thiserror::Error)]
+pub enum HostedError {
+    #[error("guest image {0}: {1}")]
+    Image(String, &'static str),
+    #[error("ptrace unavailable here: {0}")]
+    Ptrace(String),
+    #[error("guest memory access: {0}")]
+    Memory(#[from] std::io::Error),
+}
+
+/// What a hosted guest did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Everything written with CONSOLEIO_write.
+    pub console: String,
+    /// The SCHEDOP_shutdown reason, if the guest shut down.
+    pub shutdown: Option<u32>,
+    /// Exceptions bounced to the guest's trap table.
+    pub traps_bounced: u32,
+    /// Why the run ended without a shutdown (unhandled exception, exit, step limit).
+    pub abnormal: Option<String>,
+}
+
+struct Child {
+    pid: i32,
+    mem: File,
+    traps: [u64; 256],
+    out: Vec<u8>,
+    shutdown: Option<u32>,
+}
+
+fn canonical(v: u64) -> bool {
+    let top = (v as i64) >> 47;
+    top == 0 || top == -1
+}
+
+impl Child {
+    /// Xen's guest-access rule: canonical, outside Xen's slots 256-271, and mapped.
+    fn range_ok(a: u64, n: u64) -> bool {
+        let Some(end) = a.checked_add(n) else {
+            return false;
+        };
+        let last = end.saturating_sub(1).max(a);
+        canonical(a)
+            && canonical(last)
+            && !(0xffff_8000_0000_0000..0xffff_8800_0000_0000).contains(&a)
+            && !(0xffff_8000_0000_0000..0xffff_8800_0000_0000).contains(&last)
+    }
+
+    fn read(&self, a: u64, n: usize) -> Option<Vec<u8>> {
+        if !Self::range_ok(a, n as u64) {
+            return None;
+        }
+        let mut b = vec![0; n];
+        self.mem.read_exact_at(&mut b, a).ok()?;
+        Some(b)
+    }
+
+    /// Writes honour the mapping's permissions (a ptracer could write read-only pages).
+    fn write(&self, a: u64, b: &[u8]) -> bool {
+        Self::range_ok(a, b.len() as u64)
+            && self.writable(a, b.len() as u64)
+            && self.mem.write_all_at(b, a).is_ok()
+    }
+
+    fn writable(&self, a: u64, n: u64) -> bool {
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{}/maps", self.pid)) else {
+            return false;
+        };
+        maps.lines().any(|l| {
+            let mut it = l.split_whitespace();
+            let (Some(range), Some(perm)) = (it.next(), it.next()) else {
+                return false;
+            };
+            let Some((lo, hi)) = range.split_once('-') else {
+                return false;
+            };
+            let lo = u64::from_str_radix(lo, 16).unwrap_or(u64::MAX);
+            let hi = u64::from_str_radix(hi, 16).unwrap_or(0);
+            perm.starts_with("rw") && lo <= a && a.saturating_add(n) <= hi
+        })
+    }
+
+    fn u64_at(&self, a: u64) -> Option<u64> {
+        self.read(a, 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    }
+
+    fn hypercall(&mut self, nr: u64, a: [u64; 5]) -> i64 {
+        match nr {
+            // console_io: write returns 0 (Xen's drivers/char/console.c).
+            18 => match a[0] {
+                0 => match self.read(a[2], a[1] as u32 as usize) {
+                    Some(b) => {
+                        self.out.extend(b);
+                        0
+                    }
+                    None => -EFAULT,
+                },
+                _ => -ENOSYS,
+            },
+            17 => self.xen_version(a[0], a[1]),
+            29 => match a[0] {
+                2 => match self.read(a[1], 4) {
+                    Some(r) => {
+                        self.shutdown = Some(u32::from_le_bytes([r[0], r[1], r[2], r[3]]));
+                        0
+                    }
+                    None => -EFAULT,
+                },
+                _ => -ENOSYS,
+            },
+            0 => self.set_trap_table(a[0]),
+            13 => self.multicall(a[0], a[1]),
+            _ => -ENOSYS,
+        }
+    }
+
+    fn xen_version(&mut self, cmd: u64, arg: u64) -> i64 {
+        let string = |s: &[u8], n: usize| {
+            let mut v = s.to_vec();
+            v.resize(n, 0);
+            v
+        };
+        let ok = |w: bool| if w { 0 } else { -EFAULT };
+        match cmd {
+            0 => (4 << 16) | 20,
+            1 => ok(self.write(arg, &string(b"-hosted", 16))),
+            3 => ok(self.write(arg, &string(b"xen-3.0-x86_64", 1024))),
+            6 => match self.read(arg, 4) {
+                None => -EFAULT,
+                Some(i) if i != [0, 0, 0, 0] => -EINVAL,
+                Some(_) => ok(self.write(arg + 4, &0x801u32.to_le_bytes())),
+            },
+            7 if arg != 0 => -EINVAL,
+            7 => 4096,
+            _ => -ENOSYS,
+        }
+    }
+
+    fn set_trap_table(&mut self, mut p: u64) -> i64 {
+        loop {
+            let Some(e) = self.read(p, 16) else {
+                return -EFAULT;
+            };
+            let addr = u64::from_le_bytes(e[8..16].try_into().unwrap_or([0; 8]));
+            if addr == 0 {
+                return 0;
+            }
+            if !canonical(addr) {
+                return -EINVAL;
+            }
+            self.traps[usize::from(e[0])] = addr;
+            p += 16;
+        }
+    }
+
+    fn multicall(&mut self, list: u64, count: u64) -> i64 {
+        for i in 0..count {
+            let at = list.wrapping_add(i.wrapping_mul(64));
+            let Some(e) = self.read(at, 64) else {
+                return -EFAULT;
+            };
+            let w = |k: usize| u64::from_le_bytes(e[k * 8..k * 8 + 8].try_into().unwrap_or([0; 8]));
+            let r = self.hypercall(w(0), [w(2), w(3), w(4), w(5), w(6)]);
+            if !self.write(at + 8, &r.to_le_bytes()) {
+                return -EFAULT;
+            }
+            if self.shutdown.is_some() {
+                break;
+            }
+        }
+        0
+    }
+}
+
+fn xen_note_u64(elf: &[u8], ty: u32) -> Option<u64> {
+    let notes = crate::xen_notes(elf)?;
+    let (_, d) = notes.into_iter().rev().find(|(t, _)| *t == ty)?;
+    Some(u64::from_le_bytes(d.get(..8)?.try_into().ok()?))
+}
+
+fn get_regs(pid: i32) -> libc::user_regs_struct {
+    // SAFETY: user_regs_struct is plain data; all-zero is a valid value.
+    let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our stopped tracee; PTRACE_GETREGS fills `r`.
+    unsafe { libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &mut r) };
+    r
+}
+
+fn set_regs(pid: i32, r: &libc::user_regs_struct) {
+    // SAFETY: `pid` is our stopped tracee; PTRACE_SETREGS reads `r`.
+    unsafe { libc::ptrace(libc::PTRACE_SETREGS, pid, 0, r) };
+}
+
+/// Xen's hypercall page for a 64-bit PV guest (see kit::pure::expected_hypercall_entry).
+fn hypercall_page() -> Vec<u8> {
+    (0..128u32)
+        .flat_map(crate::kit_pure::expected_hypercall_entry)
+        .collect()
+}
+
+/// Run the hosted guest at `path` to its shutdown (or failure).
+pub fn run(path: &str) -> Result<Outcome, HostedError> {
+    let elf = std::fs::read(path)?;
+    let hc_page =
+        xen_note_u64(&elf, 2).ok_or(HostedError::Image(path.into(), "no HYPERCALL_PAGE note"))?;
+    let cpath = CString::new(path).map_err(|_| HostedError::Image(path.into(), "NUL in path"))?;
+
+    // SAFETY: fork in a test process; the child only calls async-signal-safe functions
+    // (ptrace, execve, _exit) before exec.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(HostedError::Ptrace(
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    if pid == 0 {
+        let argv = [cpath.as_ptr(), std::ptr::null()];
+        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+        // SAFETY: in the forked child: become a tracee and exec the guest; _exit on failure.
+        unsafe {
+            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+            libc::execve(cpath.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if !libc::WIFSTOPPED(status) {
+        return Err(HostedError::Ptrace(format!(
+            "child did not stop at exec: {status:#x}"
+        )));
+    }
+    let opts = libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL;
+    // SAFETY: `pid` is our stopped tracee.
+    unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, pid, 0, opts) };
+    let mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))?;
+    let mut c = Child {
+        pid,
+        mem,
+        traps: [0; 256],
+        out: Vec::new(),
+        shutdown: None,
+    };
+    c.mem.write_all_at(&hypercall_page(), hc_page)?;
+
+    // start_info on the initial Linux stack. pt_base names a read-only page (the hypercall
+    // page: its first "entry" points outside RAM, so a page-table walk stops at once).
+    let mut r = get_regs(pid);
+    let si = (r.rsp - 0x8000) & !0xfff;
+    let mut page = vec![0u8; 4096];
+    page[..14].copy_from_slice(b"xen-3.0-x86_64");
+    page[32..40].copy_from_slice(&32768u64.to_le_bytes());
+    page[88..96].copy_from_slice(&hc_page.to_le_bytes());
+    page[96..104].copy_from_slice(&4u64.to_le_bytes());
+    page[128..140].copy_from_slice(b"console=hvc0");
+    c.mem.write_all_at(&page, si)?;
+    r.rsi = si;
+    r.rsp = si - 0x1000;
+    set_regs(pid, &r);
+
+    let mut outcome = Outcome::default();
+    let mut sig = 0;
+    for _ in 0..STEP_LIMIT {
+        // SAFETY: resume our tracee in SYSEMU mode and wait for its next stop.
+        unsafe {
+            libc::ptrace(libc::PTRACE_SYSEMU, pid, 0, sig);
+            libc::waitpid(pid, &mut status, 0);
+        }
+        sig = 0;
+        if !libc::WIFSTOPPED(status) {
+            outcome.abnormal = Some(format!("guest process ended: status {status:#x}"));
+            break;
+        }
+        let stop = libc::WSTOPSIG(status);
+        let mut r = get_regs(pid);
+        if stop == libc::SIGTRAP | 0x80 {
+            if r.orig_rax == 23 {
+                // iret: rax, r11, rcx, flags, rip, cs, rflags, rsp, ss at rsp.
+                let f: Option<Vec<u64>> = (0..9).map(|k| c.u64_at(r.rsp + k * 8)).collect();
+                let Some(f) = f else {
+                    outcome.abnormal = Some("iret frame unreadable".into());
+                    break;
+                };
+                (r.rax, r.r11, r.rcx, r.rip, r.rsp) = (f[0], f[1], f[2], f[4], f[7]);
+            } else {
+                r.rax = c.hypercall(r.orig_rax, [r.rdi, r.rsi, r.rdx, r.r10, r.r8]) as u64;
+            }
+            set_regs(pid, &r);
+            if c.shutdown.is_some() {
+                break;
+            }
+            continue;
+        }
+        // SAFETY: siginfo_t is plain data; PTRACE_GETSIGINFO fills it for our tracee.
+        let info = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::ptrace(libc::PTRACE_GETSIGINFO, pid, 0, &mut info);
+            info
+        };
+        // Map the Linux signal back to the x86 exception (and error code) Xen would bounce.
+        let (vector, err) = match stop {
+            libc::SIGILL => (6, None),
+            libc::SIGTRAP => (3, None),
+            libc::SIGFPE => (0, None),
+            libc::SIGSEGV if info.si_code == 0x80 => (13, Some(0u64)),
+            libc::SIGSEGV => (14, Some(0u64)),
+            other => {
+                sig = other;
+                continue;
+            }
+        };
+        let handler = c.traps[vector];
+        if handler == 0 {
+            outcome.abnormal = Some(format!("unhandled vector {vector} at {:#x}", r.rip));
+            break;
+        }
+        // Xen's bounce frame from guest kernel mode, events masked: rcx, r11, [err], rip,
+        // cs (RPL cleared, saved upcall mask 1 in bits 32-39), rflags (IF = !mask), rsp, ss.
+        let mut frame = vec![r.rcx, r.r11];
+        frame.extend(err);
+        frame.extend([r.rip, 0xe030 | (1 << 32), r.eflags & !0x200, r.rsp, 0xe02b]);
+        let sp = (r.rsp & !15) - 8 * frame.len() as u64;
+        let bytes: Vec<u8> = frame.iter().flat_map(|v| v.to_le_bytes()).collect();
+        c.mem.write_all_at(&bytes, sp)?;
+        (r.rsp, r.rip) = (sp, handler);
+        set_regs(pid, &r);
+        outcome.traps_bounced += 1;
+    }
+    if outcome.abnormal.is_none() && c.shutdown.is_none() {
+        outcome.abnormal = Some("step limit reached".into());
+    }
+    // SAFETY: kill and reap our own tracee.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, &mut status, 0);
+    }
+    outcome.console = String::from_utf8_lossy(&c.out).into_owned();
+    outcome.shutdown = c.shutdown;
+    Ok(outcome)
+}
