@@ -96,7 +96,11 @@ pub fn build_guests_flavor(out_dir: &Path, specs: &[GuestSpec], flavor: Flavor) 
             .arg("--crate-type=bin")
             .arg(format!("--crate-name={}", s.name))
             .arg(format!("--cfg=kxen_guest=\"{}\"", s.name))
-            .args(if flavor == Flavor::Hosted { &["--cfg=kxen_hosted"][..] } else { &[] })
+            .args(if flavor == Flavor::Hosted {
+                &["--cfg=kxen_hosted"][..]
+            } else {
+                &[]
+            })
             .args(["-C", "panic=abort"])
             .args(["-C", "opt-level=2"])
             .args(["-C", "codegen-units=1"])
