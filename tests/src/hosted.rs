@@ -242,8 +242,11 @@ pub fn run(path: &str) -> Result<Outcome, HostedError> {
         let argv = [cpath.as_ptr(), std::ptr::null()];
         let envp: [*const libc::c_char; 1] = [std::ptr::null()];
         // SAFETY: in the forked child: become a tracee and exec the guest; _exit on failure.
+        // Never exec untraced: the guest's `syscall`s would reach Linux.
         unsafe {
-            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
+                libc::_exit(126);
+            }
             libc::execve(cpath.as_ptr(), argv.as_ptr(), envp.as_ptr());
             libc::_exit(127);
         }
