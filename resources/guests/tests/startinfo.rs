@@ -109,12 +109,6 @@ fn kmain(si: &'static StartInfo) {
         "pt_base {:#x}",
         si.pt_base
     );
-    check!(
-        "nr_pt_frames_at_least_4",
-        si.nr_pt_frames >= 4,
-        "{}",
-        si.nr_pt_frames
-    );
     value!("mfn_list", "{:#x}", si.mfn_list);
     let mfn_list_ok = check!(
         "mfn_list_is_virtual",
