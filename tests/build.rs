@@ -47,6 +47,10 @@ const GUESTS: &[GuestSpec] = &[
 /// Guests also built hosted (run by the ptrace harness in src/hosted.rs without KVM).
 const HOSTED: &[GuestSpec] = &[
     GuestSpec {
+        name: "startinfo",
+        source: "tests/startinfo.rs",
+    },
+    GuestSpec {
         name: "demo",
         source: "demo.rs",
     },

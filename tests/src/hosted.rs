@@ -4,12 +4,15 @@
 //! It proves the guest side of the kit — notes, entry, hypercall wrappers and page layout,
 //! console buffering, the test protocol, trap stubs and the iret frame — against Xen's
 //! conventions, independently of kxen. It is NOT a model of Xen: only the hypercalls the
-//! guests use are answered, with Xen's errnos, and there are no page tables.
+//! guests use are answered, with Xen's errnos; the start-of-day layout follows
+//! xg_dom_x86.c's order for a 16 MiB domU.
 //!
 //! How: the child is started under `PTRACE_SYSEMU`, so every `syscall` (the hypercall
-//! page's instruction) stops it without entering Linux. The harness writes Xen's
-//! hypercall-page bytes and a start_info, then answers each hypercall from rax/rdi.. and
-//! turns SIGILL/SIGTRAP/SIGSEGV/SIGFPE into Xen bounce frames for the guest's trap table.
+//! page's instruction) stops it without entering Linux. Before it runs, the harness maps
+//! the guest RAM (injected mmap syscalls), writes Xen's hypercall page, the p2m, start_info,
+//! page tables and M2P, and sets Xen's entry registers; then it answers each hypercall
+//! from rax/rdi.. and turns SIGILL/SIGTRAP/SIGSEGV/SIGFPE into Xen bounce frames for the
+//! guest's trap table.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -50,6 +53,10 @@ struct Child {
     traps: [u64; 256],
     out: Vec<u8>,
     shutdown: Option<u32>,
+    /// Guest pages mapped read-only by its page tables (the page-table frames).
+    read_only: std::ops::Range<u64>,
+    /// XENMEM_machphys_mapping answer: v_start, v_end, max_mfn.
+    m2p: [u64; 3],
 }
 
 fn canonical(v: u64) -> bool {
@@ -81,8 +88,10 @@ impl Child {
 
     /// Writes honour the mapping's permissions (a ptracer could write read-only pages).
     fn write(&self, a: u64, b: &[u8]) -> bool {
-        Self::range_ok(a, b.len() as u64)
-            && self.writable(a, b.len() as u64)
+        let n = b.len() as u64;
+        Self::range_ok(a, n)
+            && !(a < self.read_only.end && a.saturating_add(n) > self.read_only.start)
+            && self.writable(a, n)
             && self.mem.write_all_at(b, a).is_ok()
     }
 
@@ -134,6 +143,15 @@ impl Child {
                 _ => -ENOSYS,
             },
             0 => self.set_trap_table(a[0]),
+            // memory_op(XENMEM_machphys_mapping)
+            12 if a[0] == 12 => {
+                let b: Vec<u8> = self.m2p.iter().flat_map(|v| v.to_le_bytes()).collect();
+                if self.write(a[1], &b) {
+                    0
+                } else {
+                    -EFAULT
+                }
+            }
             13 => self.multicall(a[0], a[1]),
             _ => -ENOSYS,
         }
@@ -223,6 +241,160 @@ fn hypercall_page() -> Vec<u8> {
         .collect()
 }
 
+/// Hosted VIRT_BASE (kit/abi.rs with `kxen_hosted`).
+const VIRT_BASE: u64 = 0x4000_0000;
+/// Guest RAM in pages (16 MiB).
+const NR_PAGES: u64 = 4096;
+/// Where the harness puts the M2P table.
+const M2P_BASE: u64 = 0x5000_0000;
+
+fn round_up(x: u64, a: u64) -> u64 {
+    x.div_ceil(a) * a
+}
+
+/// Make the tracee run one real Linux syscall (used before the guest starts, to map its
+/// RAM): point rip at a `syscall` instruction and step over it with PTRACE_SYSCALL.
+fn inject_syscall(pid: i32, syscall_insn: u64, nr: i64, args: [u64; 6]) -> i64 {
+    let saved = get_regs(pid);
+    let mut r = saved;
+    r.rax = nr as u64;
+    r.orig_rax = nr as u64;
+    (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) =
+        (args[0], args[1], args[2], args[3], args[4], args[5]);
+    r.rip = syscall_insn;
+    set_regs(pid, &r);
+    let mut status = 0;
+    for _ in 0..2 {
+        // SAFETY: step our stopped tracee to its syscall entry, then exit stop.
+        unsafe {
+            libc::ptrace(libc::PTRACE_SYSCALL, pid, 0, 0);
+            libc::waitpid(pid, &mut status, 0);
+        }
+    }
+    let res = get_regs(pid).rax as i64;
+    set_regs(pid, &saved);
+    res
+}
+
+/// Where things landed; see [`build_start_of_day`].
+struct StartOfDay {
+    start_info: u64,
+    boot_stack_top: u64,
+}
+
+/// Build Xen's PV start-of-day layout (xg_dom_x86.c order) in the tracee: image, p2m list,
+/// start_info, xenstore and console pages, page tables (L4, L3, L2, L1s; identity frames,
+/// page-table frames read-only), one boot-stack page, the mapping rounded to 4 MiB with at
+/// least 512 KiB spare; plus an identity M2P.
+fn build_start_of_day(c: &mut Child, elf: &[u8], hc_page: u64) -> Result<StartOfDay, HostedError> {
+    let bad = |what| HostedError::Image("hosted guest".into(), what);
+    // Image extent from the PT_LOADs.
+    let phoff = u64::from_le_bytes(
+        elf.get(32..40)
+            .ok_or(bad("short ELF"))?
+            .try_into()
+            .unwrap_or([0; 8]),
+    ) as usize;
+    let phnum = usize::from(u16::from_le_bytes([elf[56], elf[57]]));
+    let (mut kstart, mut kend) = (u64::MAX, 0u64);
+    for i in 0..phnum {
+        let ph = elf
+            .get(phoff + i * 56..phoff + (i + 1) * 56)
+            .ok_or(bad("short phdrs"))?;
+        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) != 1 {
+            continue;
+        }
+        let f = |o: usize| u64::from_le_bytes(ph[o..o + 8].try_into().unwrap_or([0; 8]));
+        kstart = kstart.min(f(16));
+        kend = kend.max(f(16) + f(40));
+    }
+    let kend = round_up(kend, 4096);
+    let mfn_list = kend;
+    let start_info = round_up(mfn_list + NR_PAGES * 8, 4096);
+    let pt_base = start_info + 3 * 4096;
+    // Page tables for [VIRT_BASE, end): one L4, one L3, one L2, one L1 per 2 MiB.
+    let extra = 1 + 128;
+    let mut pages = extra;
+    let (end, nr_pt) = loop {
+        let end = round_up(pt_base + pages * 4096, 4 << 20);
+        let nr_pt = 3 + (end - VIRT_BASE) / (2 << 20);
+        if pt_base + (nr_pt + extra) * 4096 <= end {
+            break (end, nr_pt);
+        }
+        pages = nr_pt + extra;
+    };
+    let boot_stack_top = pt_base + (nr_pt + 1) * 4096;
+
+    // Map the guest RAM around the image, and the M2P.
+    let syscall_insn = hc_page + 8; // entry 0: push, push, mov $0,%eax, then syscall
+    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let flags = (libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let m2p_len = round_up(NR_PAGES * 8, 4096);
+    for (lo, hi) in [
+        (VIRT_BASE, kstart),
+        (kend, end),
+        (M2P_BASE, M2P_BASE + m2p_len),
+    ] {
+        let args = [lo, hi - lo, prot, flags, u64::MAX, 0];
+        if inject_syscall(c.pid, syscall_insn, libc::SYS_mmap, args) != lo as i64 {
+            return Err(HostedError::Ptrace("mmap in the tracee failed".into()));
+        }
+    }
+    let ident: Vec<u8> = (0..NR_PAGES).flat_map(u64::to_le_bytes).collect();
+    c.mem.write_all_at(&ident, mfn_list)?;
+    c.mem.write_all_at(&ident, M2P_BASE)?;
+    c.m2p = [M2P_BASE, M2P_BASE + m2p_len, NR_PAGES - 1];
+
+    let pfn = |va: u64| (va - VIRT_BASE) / 4096;
+    let mut si = vec![0u8; 4096];
+    let mut put = |off: usize, v: u64| si[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    put(32, NR_PAGES);
+    put(40, (NR_PAGES + 16) << 12); // shared_info: a machine address outside RAM
+    put(56, pfn(start_info) + 1);
+    put(64, 1); // store_evtchn
+    put(72, pfn(start_info) + 2);
+    put(80, 2); // console_evtchn
+    put(88, pt_base);
+    put(96, nr_pt);
+    put(104, mfn_list);
+    si[..14].copy_from_slice(b"xen-3.0-x86_64");
+    si[128..140].copy_from_slice(b"console=hvc0");
+    c.mem.write_all_at(&si, start_info)?;
+
+    // Page tables: L4 at pt_base, then L3, L2, L1s; entries name frames (pfn == mfn).
+    let upper = 0x67; // P|RW|US|A|D
+    let (l4, l3, l2) = (pt_base, pt_base + 4096, pt_base + 2 * 4096);
+    let idx = |va: u64, level: u32| ((va >> (12 + 9 * (level - 1))) & 511) * 8;
+    c.mem.write_all_at(
+        &((pfn(l3) << 12) | upper).to_le_bytes(),
+        l4 + idx(VIRT_BASE, 4),
+    )?;
+    c.mem.write_all_at(
+        &((pfn(l2) << 12) | upper).to_le_bytes(),
+        l3 + idx(VIRT_BASE, 3),
+    )?;
+    let nr_l1 = nr_pt - 3;
+    for i in 0..nr_l1 {
+        let l1 = pt_base + (3 + i) * 4096;
+        let va = VIRT_BASE + i * (2 << 20);
+        c.mem
+            .write_all_at(&((pfn(l1) << 12) | upper).to_le_bytes(), l2 + idx(va, 2))?;
+        let mut t = Vec::with_capacity(4096);
+        for k in 0..512u64 {
+            let page = pfn(va) + k;
+            let is_pt = (pfn(pt_base)..pfn(pt_base) + nr_pt).contains(&page);
+            let flags = if is_pt { 0x21 } else { 0x23 }; // P|A, RW unless a page table
+            t.extend_from_slice(&((page << 12) | flags).to_le_bytes());
+        }
+        c.mem.write_all_at(&t, l1)?;
+    }
+    c.read_only = pt_base..pt_base + nr_pt * 4096;
+    Ok(StartOfDay {
+        start_info,
+        boot_stack_top,
+    })
+}
+
 /// Run the hosted guest at `path` to its shutdown (or failure).
 pub fn run(path: &str) -> Result<Outcome, HostedError> {
     let elf = std::fs::read(path)?;
@@ -272,22 +444,18 @@ pub fn run(path: &str) -> Result<Outcome, HostedError> {
         traps: [0; 256],
         out: Vec::new(),
         shutdown: None,
+        read_only: 0..0,
+        m2p: [0; 3],
     };
     c.mem.write_all_at(&hypercall_page(), hc_page)?;
 
-    // start_info on the initial Linux stack. pt_base names a read-only page (the hypercall
-    // page: its first "entry" points outside RAM, so a page-table walk stops at once).
+    let layout = build_start_of_day(&mut c, &elf, hc_page)?;
     let mut r = get_regs(pid);
-    let si = (r.rsp - 0x8000) & !0xfff;
-    let mut page = vec![0u8; 4096];
-    page[..14].copy_from_slice(b"xen-3.0-x86_64");
-    page[32..40].copy_from_slice(&32768u64.to_le_bytes());
-    page[88..96].copy_from_slice(&hc_page.to_le_bytes());
-    page[96..104].copy_from_slice(&4u64.to_le_bytes());
-    page[128..140].copy_from_slice(b"console=hvc0");
-    c.mem.write_all_at(&page, si)?;
-    r.rsi = si;
-    r.rsp = si - 0x1000;
+    (r.rax, r.rbx, r.rcx, r.rdx, r.rdi, r.rbp) = (0, 0, 0, 0, 0, 0);
+    (r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15) = (0, 0, 0, 0, 0, 0, 0, 0);
+    r.rsi = layout.start_info;
+    r.rsp = layout.boot_stack_top;
+    r.eflags = 0x202;
     set_regs(pid, &r);
 
     let mut outcome = Outcome::default();
