@@ -83,7 +83,7 @@ fn kmain(si: &'static StartInfo) {
         // SAFETY: no such hypercall; nothing is dereferenced.
         let rc = unsafe { hc::hypercall0(nr) };
         check_eq!(
-            num_name("unknown_hypercall_", nr as u64).as_str(),
+            num_name("unknown_hypercall_", nr as u64, false).as_str(),
             rc,
             -ENOSYS
         );
@@ -91,7 +91,7 @@ fn kmain(si: &'static StartInfo) {
     for nr in [128u64, 200, 0x1_0000_0012, u64::MAX] {
         // SAFETY: no such hypercall; nothing is dereferenced.
         let rc = unsafe { hc::raw_hypercall(nr, 0, 0, 0, 0, 0) };
-        check_eq!(num_name("unknown_raw_hypercall_", nr).as_str(), rc, -ENOSYS);
+        check_eq!(num_name("unknown_raw_hypercall_", nr, true).as_str(), rc, -ENOSYS);
     }
 
     // xen: common/multicall.c, do_multicall: the list is checked with guest_handle_okay
@@ -187,11 +187,15 @@ fn what_name(prefix: &str, what: &str) -> Name {
     n
 }
 
-fn num_name(prefix: &str, nr: u64) -> Name {
+fn num_name(prefix: &str, nr: u64, hex: bool) -> Name {
     use core::fmt::Write;
     let mut n = Name::default();
     n.push(prefix);
-    let _ = write!(n, "{}", nr);
+    let _ = if hex {
+        write!(n, "{:#x}", nr)
+    } else {
+        write!(n, "{}", nr)
+    };
     n
 }
 
