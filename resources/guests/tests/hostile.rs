@@ -91,7 +91,11 @@ fn kmain(si: &'static StartInfo) {
     for nr in [128u64, 200, 0x1_0000_0012, u64::MAX] {
         // SAFETY: no such hypercall; nothing is dereferenced.
         let rc = unsafe { hc::raw_hypercall(nr, 0, 0, 0, 0, 0) };
-        check_eq!(num_name("unknown_raw_hypercall_", nr, true).as_str(), rc, -ENOSYS);
+        check_eq!(
+            num_name("unknown_raw_hypercall_", nr, true).as_str(),
+            rc,
+            -ENOSYS
+        );
     }
 
     // xen: common/multicall.c, do_multicall: the list is checked with guest_handle_okay
