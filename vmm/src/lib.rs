@@ -4,6 +4,7 @@
 
 pub mod builder;
 pub mod config;
+pub mod demo_image;
 pub mod hypercall;
 pub mod image;
 pub mod inspect;
