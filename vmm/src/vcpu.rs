@@ -23,7 +23,7 @@ use crate::ring0::{
     Ring0Error, Ring0Layer, VcpuRing0, PORT_SYSCALL, PORT_SYSCALL32, PORT_SYSENTER, RING0_CS,
     RING0_DS, RING3_CS32, RING3_CS64, RING3_DS, TSS_SEL,
 };
-use crate::trap::{read_exception_frame, CpuFrame, TrapError};
+use crate::trap::{read_exception_frame, CpuFrame, TrapError, VEC_GP};
 
 const CR0_PE: u64 = 1 << 0;
 const CR0_MP: u64 = 1 << 1;
@@ -743,6 +743,15 @@ impl Vcpu {
                 let vector = p as u8;
                 let (error_code, frame) =
                     read_exception_frame(&self.ring0, &self.r0, vector, kregs.rsp)?;
+                if vector == VEC_GP && frame.from_guest() && error_code == Some(0) {
+                    // Host quirk (nested KVM on PVM): `syscall`/`sysenter` jump to the entry
+                    // point but stay at CPL3, so the stub's `out` raises #GP. A guest jumping
+                    // to the stub itself is equivalent to a `syscall` with rcx/r11 of its own
+                    // choosing, which it can do anyway.
+                    if let Some(exit) = self.syscall_via_gp(&kregs, &frame) {
+                        return Ok(exit);
+                    }
+                }
                 regs.rip = frame.rip;
                 regs.rsp = frame.rsp;
                 regs.rflags = frame.rflags;
@@ -779,6 +788,27 @@ impl Vcpu {
                 })
             }
         }
+    }
+}
+
+impl Vcpu {
+    fn syscall_via_gp(&self, kregs: &kvm_regs, frame: &CpuFrame) -> Option<VcpuExit> {
+        let port = [PORT_SYSCALL, PORT_SYSCALL32, PORT_SYSENTER]
+            .into_iter()
+            .find(|&p| self.ring0.special_stub(p) == frame.rip)?;
+        let mut regs = GuestRegs::from(kregs);
+        regs.rsp = frame.rsp;
+        if port == PORT_SYSENTER {
+            regs.rip = frame.rip;
+            regs.rflags = frame.rflags;
+            return Some(VcpuExit::Sysenter { regs });
+        }
+        regs.rip = kregs.rcx;
+        regs.rflags = kregs.r11;
+        Some(VcpuExit::Syscall {
+            regs,
+            compat: port == PORT_SYSCALL32,
+        })
     }
 }
 
