@@ -18,6 +18,7 @@ use thiserror::Error;
 use tracing::{debug, warn};
 use xen_abi::pv_vcpu::PvVcpuState;
 
+use crate::hypercall::HypercallCtx;
 use crate::memory::{GuestRam, MemArea, MemoryError};
 use crate::ring0::{
     Ring0Error, Ring0Layer, VcpuRing0, PORT_SYSCALL, PORT_SYSCALL32, PORT_SYSENTER, RING0_CS,
@@ -615,6 +616,15 @@ impl Vcpu {
     /// Mutable PV state.
     pub fn pv_mut(&mut self) -> &mut PvVcpuState {
         &mut self.pv
+    }
+
+    /// A hypercall context for this vCPU: its PV state and its current page tables.
+    pub fn hypercall_ctx<'a>(
+        &'a mut self,
+        ram: &'a GuestRam,
+        regs: &'a mut GuestRegs,
+    ) -> HypercallCtx<'a> {
+        HypercallCtx::new(self.id, ram, self.sregs.cr3, regs, &mut self.pv)
     }
 
     /// Special registers as of the last exit (CR2, CR3, segments...).
