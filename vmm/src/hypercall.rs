@@ -228,7 +228,7 @@ mod tests {
         let ram = GuestRam::new(8).unwrap();
         for (pfn, next) in [(1u64, 2u64), (2, 3), (3, 4), (4, 5)] {
             ram.mem()
-                .write_obj(next * PAGE_SIZE | 7, GuestAddress(pfn * PAGE_SIZE))
+                .write_obj((next * PAGE_SIZE) | 7, GuestAddress(pfn * PAGE_SIZE))
                 .unwrap();
         }
         ram
@@ -307,12 +307,17 @@ mod tests {
             )
         };
         assert_eq!(call(&mut ctx, 16, 24), 0);
-        assert_eq!(ram.mem().read_obj::<u64>(GuestAddress(5 * PAGE_SIZE + 24)).unwrap(), 42);
+        assert_eq!(
+            ram.mem()
+                .read_obj::<u64>(GuestAddress(5 * PAGE_SIZE + 24))
+                .unwrap(),
+            42
+        );
         for bad in [
-            0x1000,                 // unmapped
-            0x0000_8000_0000_0000,  // non-canonical
-            0xffff_8080_0000_0000,  // Xen range
-            4090,                   // crosses into an unmapped page
+            0x1000,                // unmapped
+            0x0000_8000_0000_0000, // non-canonical
+            0xffff_8080_0000_0000, // Xen range
+            4090,                  // crosses into an unmapped page
         ] {
             assert_eq!(call(&mut ctx, bad, 24), -EFAULT, "read {bad:#x}");
             assert_eq!(call(&mut ctx, 16, bad), -EFAULT, "write {bad:#x}");

@@ -249,7 +249,10 @@ impl<'a> GuestVirt<'a> {
     }
 
     /// Split `[va, va+len)` into per-page pieces `(va, offset into buffer, len)`.
-    fn pieces(va: u64, len: usize) -> Result<impl Iterator<Item = (u64, usize, usize)>, GuestAccessError> {
+    fn pieces(
+        va: u64,
+        len: usize,
+    ) -> Result<impl Iterator<Item = (u64, usize, usize)>, GuestAccessError> {
         let len64 = u64::try_from(len).map_err(|_| GuestAccessError::NonCanonical(va))?;
         if len64 > 0 && va.checked_add(len64 - 1).is_none() {
             return Err(GuestAccessError::NonCanonical(va));
@@ -275,7 +278,10 @@ impl<'a> GuestVirt<'a> {
             self.ram
                 .mem()
                 .read_slice(&mut buf[off..off + n], GuestAddress(gpa))
-                .map_err(|_| GuestAccessError::BadFrame { va: cur, pfn: gpa >> 12 })?;
+                .map_err(|_| GuestAccessError::BadFrame {
+                    va: cur,
+                    pfn: gpa >> 12,
+                })?;
         }
         Ok(())
     }
@@ -287,7 +293,10 @@ impl<'a> GuestVirt<'a> {
             self.ram
                 .mem()
                 .write_slice(&buf[off..off + n], GuestAddress(gpa))
-                .map_err(|_| GuestAccessError::BadFrame { va: cur, pfn: gpa >> 12 })?;
+                .map_err(|_| GuestAccessError::BadFrame {
+                    va: cur,
+                    pfn: gpa >> 12,
+                })?;
         }
         Ok(())
     }
@@ -327,7 +336,10 @@ mod tests {
         assert!(!ram.contains(1, 4 * PAGE_SIZE));
         assert!(!ram.contains(u64::MAX, 2));
         ram.mem().write_obj(0x55u64, GuestAddress(8)).unwrap();
-        assert!(ram.mem().read_obj::<u64>(GuestAddress(4 * PAGE_SIZE)).is_err());
+        assert!(ram
+            .mem()
+            .read_obj::<u64>(GuestAddress(4 * PAGE_SIZE))
+            .is_err());
         assert_ne!(ram.host_addr(), 0);
     }
 
@@ -362,19 +374,19 @@ mod walk_tests {
                 .write_obj(v, GuestAddress(pfn * PAGE_SIZE + idx * 8))
                 .unwrap()
         };
-        w(1, 511, 2 * PAGE_SIZE | T);
+        w(1, 511, (2 * PAGE_SIZE) | T);
         w(1, 257, (1u64 << 39) | T); // a kxen-private entry: must never be followed
-        w(1, 0, 20 * PAGE_SIZE | T);
-        w(20, 0, 21 * PAGE_SIZE | P | RW | US | PTE_PS); // 1G superpage at VA 0
-        w(1, 1, 5000 * PAGE_SIZE | T); // L3 frame outside RAM
-        w(2, 510, 3 * PAGE_SIZE | T);
-        w(3, 0, 4 * PAGE_SIZE | T);
-        w(3, 1, 22 * PAGE_SIZE | T | PTE_PS); // 2M superpage
-        w(4, 0, 10 * PAGE_SIZE | T);
-        w(4, 1, 11 * PAGE_SIZE | P | US);
-        w(4, 2, 12 * PAGE_SIZE | P | RW);
-        w(4, 3, 999 * PAGE_SIZE | T);
-        w(4, 4, 13 * PAGE_SIZE | T);
+        w(1, 0, (20 * PAGE_SIZE) | T);
+        w(20, 0, (21 * PAGE_SIZE) | P | RW | US | PTE_PS); // 1G superpage at VA 0
+        w(1, 1, (5000 * PAGE_SIZE) | T); // L3 frame outside RAM
+        w(2, 510, (3 * PAGE_SIZE) | T);
+        w(3, 0, (4 * PAGE_SIZE) | T);
+        w(3, 1, (22 * PAGE_SIZE) | T | PTE_PS); // 2M superpage
+        w(4, 0, (10 * PAGE_SIZE) | T);
+        w(4, 1, (11 * PAGE_SIZE) | P | US);
+        w(4, 2, (12 * PAGE_SIZE) | P | RW);
+        w(4, 3, (999 * PAGE_SIZE) | T);
+        w(4, 4, (13 * PAGE_SIZE) | T);
         (ram, PAGE_SIZE)
     }
 

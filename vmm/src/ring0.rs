@@ -83,9 +83,9 @@ pub const IST_MC: u8 = 3;
 pub(crate) const PTE_P: u64 = 1 << 0;
 pub(crate) const PTE_RW: u64 = 1 << 1;
 pub(crate) const PTE_US: u64 = 1 << 2;
-pub(crate) const PTE_PS: u64 = 1 << 7;
 pub(crate) const PTE_NX: u64 = 1 << 63;
-pub(crate) const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+#[cfg(test)]
+const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
 const IDT_PAGE: u64 = 0;
 const STUB_PAGE: u64 = 1;
@@ -146,9 +146,8 @@ impl VcpuRing0 {
 
     /// Whether `[va, va+len)` lies on one of this vCPU's ring-0 stacks (RSP0 or IST).
     pub fn on_ring0_stack(&self, va: u64, len: u64) -> bool {
-        let within = |top: u64, size: u64| {
-            va >= top - size && va.checked_add(len).is_some_and(|e| e <= top)
-        };
+        let within =
+            |top: u64, size: u64| va >= top - size && va.checked_add(len).is_some_and(|e| e <= top);
         within(self.rsp0_top, STACK_PAGES * PAGE_SIZE)
             || self.ist_tops.iter().any(|&t| within(t, PAGE_SIZE))
     }
@@ -289,12 +288,10 @@ impl Ring0Layer {
         self.w64(ent(RING3_CS32), seg_desc(0xfb, 0xc))?; // DPL3 code, G, D
         self.w64(ent(RING3_DS), seg_desc(0xf3, 0xc))?; // DPL3 data
         self.w64(ent(RING3_CS64), seg_desc(0xfb, 0xa))?; // DPL3 code, G, L
-        // TSS descriptor (64-bit available TSS, type 9).
+                                                         // TSS descriptor (64-bit available TSS, type 9).
         let b = l.tss_base;
-        let lo = (TSS_SIZE - 1)
-            | ((b & 0xff_ffff) << 16)
-            | (0x89 << 40)
-            | (((b >> 24) & 0xff) << 56);
+        let lo =
+            (TSS_SIZE - 1) | ((b & 0xff_ffff) << 16) | (0x89 << 40) | (((b >> 24) & 0xff) << 56);
         self.w64(ent(TSS_SEL), lo)?;
         self.w64(ent(TSS_SEL) + 8, b >> 32)?;
         // TSS: RSP0 at offset 4, IST1..3 at 36.., I/O map base beyond the limit (no bitmap).

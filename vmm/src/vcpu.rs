@@ -197,7 +197,10 @@ impl ExitStats {
     }
     /// Count one hypercall `nr`.
     pub fn count_hypercall(&self, nr: u64) {
-        match usize::try_from(nr).ok().and_then(|i| self.hypercalls.get(i)) {
+        match usize::try_from(nr)
+            .ok()
+            .and_then(|i| self.hypercalls.get(i))
+        {
             Some(c) => c.fetch_add(1, Ordering::Relaxed),
             None => self.hypercalls_other.fetch_add(1, Ordering::Relaxed),
         };
@@ -212,7 +215,10 @@ impl ExitStats {
     }
     /// Hypercalls `nr` so far (`nr >= HYPERCALL_COUNTERS` all share one counter).
     pub fn hypercalls(&self, nr: u64) -> u64 {
-        match usize::try_from(nr).ok().and_then(|i| self.hypercalls.get(i)) {
+        match usize::try_from(nr)
+            .ok()
+            .and_then(|i| self.hypercalls.get(i))
+        {
             Some(c) => c.load(Ordering::Relaxed),
             None => self.hypercalls_other.load(Ordering::Relaxed),
         }
@@ -688,9 +694,7 @@ impl Vcpu {
             return Ok(());
         }
         self.fd.set_regs(regs).map_err(kvm_err("set regs"))?;
-        self.fd
-            .set_sregs(&self.sregs)
-            .map_err(kvm_err("set sregs"))
+        self.fd.set_sregs(&self.sregs).map_err(kvm_err("set sregs"))
     }
 
     /// Fetch registers and special registers (into `self.sregs`) after an exit.

@@ -5,7 +5,7 @@ mod kvm_support;
 
 use std::time::Instant;
 
-use kvm_support::{Asm, TestGuest, R, CODE_VA, STACK_TOP};
+use kvm_support::{Asm, TestGuest, CODE_VA, R, STACK_TOP};
 use kxen::vcpu::{ExitKind, GuestCs, VcpuExit};
 
 const ROUNDS: u64 = 10_000;
@@ -68,7 +68,11 @@ fn ring0_out_exit_cost_vs_syscall_and_exception_round_trips() {
     let start = Instant::now();
     for _ in 0..N {
         match g.vcpu.run().unwrap() {
-            VcpuExit::Io { port: 0xf0, size: 1, .. } => {}
+            VcpuExit::Io {
+                port: 0xf0,
+                size: 1,
+                ..
+            } => {}
             other => panic!("expected out exit, got {other:?}"),
         }
     }
@@ -95,7 +99,10 @@ fn ring0_out_exit_cost_vs_syscall_and_exception_round_trips() {
     let mut g = TestGuest::new(&a.code);
     let start = Instant::now();
     for _ in 0..N {
-        let VcpuExit::Exception { regs, vector: 3, .. } = g.vcpu.run().unwrap() else {
+        let VcpuExit::Exception {
+            regs, vector: 3, ..
+        } = g.vcpu.run().unwrap()
+        else {
             panic!("expected #BP");
         };
         g.vcpu.return_to_guest(&regs, GuestCs::Long64).unwrap();

@@ -3,7 +3,7 @@
 
 mod kvm_support;
 
-use kvm_support::{Asm, TestGuest, R, DATA_VA, RO_VA, STACK_TOP, SUPER_VA, UNMAPPED_VA};
+use kvm_support::{Asm, TestGuest, DATA_VA, R, RO_VA, STACK_TOP, SUPER_VA, UNMAPPED_VA};
 use kxen::trap::{pf_error, CpuFrame, VEC_BP, VEC_GP, VEC_OF, VEC_PF, VEC_UD};
 use kxen::vcpu::{ExitKind, GuestCs, GuestRegs, VcpuExit};
 

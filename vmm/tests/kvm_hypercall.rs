@@ -3,9 +3,7 @@
 
 mod kvm_support;
 
-use kvm_support::{
-    Asm, TestGuest, R, DATA_PFN, DATA_VA, RO_VA, SUPER_VA, UNMAPPED_VA,
-};
+use kvm_support::{Asm, TestGuest, DATA_PFN, DATA_VA, R, RO_VA, SUPER_VA, UNMAPPED_VA};
 use kxen::hypercall::{HypercallArgs, HypercallCtx, HypercallTable, EFAULT, ENOSYS};
 use kxen::memory::PAGE_SIZE;
 use kxen::vcpu::{GuestCs, VcpuExit};
@@ -30,23 +28,24 @@ fn copy(ctx: &mut HypercallCtx<'_>, a: &HypercallArgs) -> i64 {
 fn guest_pointers_are_checked_and_hostile_ones_get_efault() {
     require_kvm!();
     let ring0_va = 0xffff_8080_0000_1000; // kxen's stub page: user-readable, but Xen range
-    // (src, dst, len, expected result)
+                                          // (src, dst, len, expected result)
     let cases: Vec<(u64, u64, u64, i64)> = vec![
-        (DATA_VA, DATA_VA + 0x800, 16, 16),         // fine
-        (DATA_VA + 0xff8, DATA_VA + 0x900, 16, 16),     // read across into the RO page: fine
-        (RO_VA + 0xff8, DATA_VA + 0x900, 16, -EFAULT), // read across into a supervisor page
-        (UNMAPPED_VA, DATA_VA + 0xa00, 8, -EFAULT),  // unmapped
-        (0x0000_8000_0000_0000, DATA_VA, 8, -EFAULT), // non-canonical
-        (ring0_va, DATA_VA + 0xa00, 8, -EFAULT),     // Xen range, though mapped U=1
+        (DATA_VA, DATA_VA + 0x800, 16, 16),                   // fine
+        (DATA_VA + 0xff8, DATA_VA + 0x900, 16, 16),           // read across into the RO page: fine
+        (RO_VA + 0xff8, DATA_VA + 0x900, 16, -EFAULT),        // read across into a supervisor page
+        (UNMAPPED_VA, DATA_VA + 0xa00, 8, -EFAULT),           // unmapped
+        (0x0000_8000_0000_0000, DATA_VA, 8, -EFAULT),         // non-canonical
+        (ring0_va, DATA_VA + 0xa00, 8, -EFAULT),              // Xen range, though mapped U=1
         (0xffff_8000_0000_0000, DATA_VA + 0xa00, 8, -EFAULT), // Xen range start
-        (SUPER_VA, DATA_VA + 0xa00, 8, -EFAULT),     // supervisor-only page
-        (DATA_VA, RO_VA, 8, -EFAULT),                // write to read-only
-        (DATA_VA, ring0_va, 8, -EFAULT),             // write into kxen's area
-        (DATA_VA, u64::MAX - 3, 8, -EFAULT),          // wrapping
+        (SUPER_VA, DATA_VA + 0xa00, 8, -EFAULT),              // supervisor-only page
+        (DATA_VA, RO_VA, 8, -EFAULT),                         // write to read-only
+        (DATA_VA, ring0_va, 8, -EFAULT),                      // write into kxen's area
+        (DATA_VA, u64::MAX - 3, 8, -EFAULT),                  // wrapping
     ];
     let mut a = Asm::new();
     a.mov_imm(R::Rax, 0x1111_2222_3333_4444).store_rax(DATA_VA);
-    a.mov_imm(R::Rax, 0x5555_6666_7777_8888).store_rax(DATA_VA + 8);
+    a.mov_imm(R::Rax, 0x5555_6666_7777_8888)
+        .store_rax(DATA_VA + 8);
     for (i, &(src, dst, len, _)) in cases.iter().enumerate() {
         a.mov_imm(R::Rax, HC_COPY)
             .mov_imm(R::Rdi, src)

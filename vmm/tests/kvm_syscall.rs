@@ -3,7 +3,7 @@
 
 mod kvm_support;
 
-use kvm_support::{Asm, TestGuest, R, DATA_VA, STACK_TOP};
+use kvm_support::{Asm, TestGuest, DATA_VA, R, STACK_TOP};
 use kxen::vcpu::{ExitKind, GuestCs, VcpuExit};
 
 #[test]

@@ -63,19 +63,19 @@ impl TestGuest {
                 .unwrap()
         };
         let table = P | RW | US;
-        w(L4_PFN, 511, L3_PFN * PAGE_SIZE | table);
+        w(L4_PFN, 511, (L3_PFN * PAGE_SIZE) | table);
         for &(slot, e) in vm.ring0().private_l4_entries() {
             w(L4_PFN, slot as u64, e);
         }
-        w(L3_PFN, 510, L2_PFN * PAGE_SIZE | table);
-        w(L2_PFN, 0, L1_PFN * PAGE_SIZE | table);
+        w(L3_PFN, 510, (L2_PFN * PAGE_SIZE) | table);
+        w(L2_PFN, 0, (L1_PFN * PAGE_SIZE) | table);
         for i in 0..4 {
-            w(L1_PFN, i, (CODE_PFN + i) * PAGE_SIZE | P | US);
+            w(L1_PFN, i, ((CODE_PFN + i) * PAGE_SIZE) | P | US);
         }
-        w(L1_PFN, 0x10, STACK_PFN * PAGE_SIZE | P | RW | US | NX);
-        w(L1_PFN, 0x11, DATA_PFN * PAGE_SIZE | P | RW | US | NX);
-        w(L1_PFN, 0x12, RO_PFN * PAGE_SIZE | P | US | NX);
-        w(L1_PFN, 0x13, SUPER_PFN * PAGE_SIZE | P | RW | NX);
+        w(L1_PFN, 0x10, (STACK_PFN * PAGE_SIZE) | P | RW | US | NX);
+        w(L1_PFN, 0x11, (DATA_PFN * PAGE_SIZE) | P | RW | US | NX);
+        w(L1_PFN, 0x12, (RO_PFN * PAGE_SIZE) | P | US | NX);
+        w(L1_PFN, 0x13, (SUPER_PFN * PAGE_SIZE) | P | RW | NX);
         mem.write_slice(code, GuestAddress(CODE_PFN * PAGE_SIZE))
             .unwrap();
         let mut vcpu = vm.create_vcpu(0).expect("create vCPU");
