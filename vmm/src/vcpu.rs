@@ -415,15 +415,21 @@ impl Vm {
             memory_size: area.size(),
             userspace_addr: area.host_addr(),
         };
-        // SAFETY: the region is a live mmap owned by `area`, whose clones are kept by the `Vm`
-        // (guest RAM, ring-0 layer) for as long as the VM file descriptor exists; the
-        // mapping is never unmapped or resized while the VM lives.
+        // SAFETY: the region is a live mmap owned by `area`. Clones of it are held by the `Vm`
+        // and by every `Vcpu` (fields declared after their KVM fds, so the fds close first),
+        // so the mapping outlives every file descriptor through which KVM can reach it; it is
+        // never resized or remapped.
         unsafe { fd.set_user_memory_region(region) }.map_err(vm_err("set memory region"))
     }
 
     /// Guest RAM.
     pub fn ram(&self) -> &GuestRam {
         &self.ram
+    }
+
+    /// The KVM VM file descriptor (for irqfd/ioeventfd and the like).
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.fd
     }
 
     /// The ring-0 layer (for [`Ring0Layer::private_l4_entries`]).
@@ -456,6 +462,7 @@ impl Vm {
         let mut vcpu = Vcpu {
             id,
             fd,
+            ram: self.ram.clone(),
             ring0: Arc::clone(&self.ring0),
             r0,
             stats: Arc::clone(&self.stats),
@@ -498,6 +505,9 @@ fn null_seg() -> kvm_segment {
 pub struct Vcpu {
     id: u32,
     fd: VcpuFd,
+    /// Keeps guest RAM mapped while the vCPU (and so the VM in the kernel) exists.
+    ram: GuestRam,
+    /// Keeps private memory mapped, likewise.
     ring0: Arc<Ring0Layer>,
     r0: VcpuRing0,
     stats: Arc<ExitStats>,
@@ -635,12 +645,13 @@ impl Vcpu {
     }
 
     /// A hypercall context for this vCPU: its PV state and its current page tables.
-    pub fn hypercall_ctx<'a>(
-        &'a mut self,
-        ram: &'a GuestRam,
-        regs: &'a mut GuestRegs,
-    ) -> HypercallCtx<'a> {
-        HypercallCtx::new(self.id, ram, self.sregs.cr3, regs, &mut self.pv)
+    pub fn hypercall_ctx<'a>(&'a mut self, regs: &'a mut GuestRegs) -> HypercallCtx<'a> {
+        HypercallCtx::new(self.id, &self.ram, self.sregs.cr3, regs, &mut self.pv)
+    }
+
+    /// Guest RAM (the vCPU keeps the mapping alive while it exists).
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
     }
 
     /// Special registers as of the last exit (CR2, CR3, segments...).

@@ -55,8 +55,13 @@ pub struct TestGuest {
 impl TestGuest {
     /// Build a VM with `code` at CODE_VA and start the vCPU at CPL3 there.
     pub fn new(code: &[u8]) -> TestGuest {
+        Self::with_vcpus(code, 1)
+    }
+
+    /// Like `new`, for a VM sized for `nr_vcpus` (only vCPU 0 is created and started).
+    pub fn with_vcpus(code: &[u8], nr_vcpus: u32) -> TestGuest {
         assert!(code.len() as u64 <= 4 * PAGE_SIZE);
-        let vm = Vm::new(GUEST_PAGES, 1).expect("create VM");
+        let vm = Vm::new(GUEST_PAGES, nr_vcpus).expect("create VM");
         let mem = vm.ram().mem();
         let w = |pfn: u64, idx: u64, v: u64| {
             mem.write_obj(v, GuestAddress(pfn * PAGE_SIZE + idx * 8))

@@ -1,0 +1,104 @@
+//! The start-of-day CPU state is usable by a guest: x87/SSE work at CPL3, XCR0 is set when
+//! the host has XSAVE, and several vCPUs run concurrently on their own ring-0 stacks.
+
+mod kvm_support;
+
+use kvm_support::{Asm, TestGuest, CODE_VA, DATA_VA, R, STACK_TOP};
+use kxen::vcpu::{GuestCs, PvEntry, VcpuExit};
+
+#[test]
+fn x87_sse_and_xgetbv_work_at_cpl3() {
+    require_kvm!();
+    let mut a = Asm::new();
+    a.bytes(&[0x31, 0xc9]) // xor ecx, ecx
+        .bytes(&[0x0f, 0x01, 0xd0]) // xgetbv
+        .mov_rr(R::Rdi, R::Rax)
+        .mov_imm(R::Rax, 21)
+        .bytes(&[0x66, 0x48, 0x0f, 0x6e, 0xc8]) // movq %rax, %xmm1
+        .bytes(&[0x66, 0x0f, 0xd4, 0xc9]) // paddq %xmm1, %xmm1
+        .bytes(&[0x66, 0x48, 0x0f, 0x7e, 0xce]) // movq %xmm1, %rsi
+        .mov_imm(R::Rbx, DATA_VA)
+        .bytes(&[0xd9, 0xe8]) // fld1
+        .bytes(&[0xd8, 0xc0]) // fadd %st(0), %st
+        .bytes(&[0xdf, 0x3b]) // fistpll (%rbx)
+        .mov_imm(R::Rax, 1)
+        .syscall()
+        .ud2();
+    let mut g = TestGuest::new(&a.code);
+    let exit = g.vcpu.run().unwrap();
+    let VcpuExit::Syscall { regs, .. } = exit else {
+        panic!("expected syscall, got {exit:?}");
+    };
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let xcr0 = regs.rdi & 0xffff_ffff;
+    assert_eq!(xcr0 & 3, 3, "XCR0 has x87|SSE");
+    if cpuinfo.split_whitespace().any(|w| w == "avx") {
+        assert_ne!(xcr0 & 4, 0, "XCR0 has AVX on an AVX host");
+    }
+    assert_eq!(regs.rsi, 42, "SSE arithmetic");
+    assert_eq!(g.read_data(0), 2, "x87 arithmetic");
+}
+
+#[test]
+fn two_vcpus_run_concurrently_on_their_own_ring0_stacks() {
+    require_kvm!();
+    // Each vCPU: 200 x (int3 then syscall), rbx counting; r15 holds the vCPU id.
+    let mut a = Asm::new();
+    a.mov_imm(R::Rbx, 0);
+    let top = a.here();
+    a.int3()
+        .mov_imm(R::Rax, 1)
+        .syscall()
+        .inc(R::Rbx)
+        .cmp_imm(R::Rbx, 200)
+        .jne(top)
+        .mov_imm(R::Rax, 2)
+        .syscall()
+        .ud2();
+    // Build with the shared helper for page tables, then add a second vCPU.
+    let g = TestGuest::with_vcpus(&a.code, 2);
+    let TestGuest { vm, vcpu, cr3 } = g;
+    let mut vcpus = vec![vcpu, vm.create_vcpu(1).unwrap()];
+    assert!(vm.create_vcpu(1).is_err(), "a vCPU id is created once");
+    assert!(vm.create_vcpu(2).is_err(), "ids are bounded");
+    vcpus[1]
+        .set_pv_entry(PvEntry {
+            rip: CODE_VA,
+            rsp: STACK_TOP,
+            rsi: 0,
+            cr3,
+            rflags: 0x202,
+        })
+        .unwrap();
+    let stacks: Vec<u64> = vcpus.iter().map(|v| v.ring0().rsp0_top).collect();
+    assert_ne!(stacks[0], stacks[1]);
+    std::thread::scope(|s| {
+        for mut v in vcpus {
+            s.spawn(move || {
+                let mut rounds = 0;
+                loop {
+                    match v.run().unwrap() {
+                        VcpuExit::Exception {
+                            vector: 3, regs, ..
+                        } => {
+                            assert_eq!(regs.rbx, rounds);
+                            v.return_to_guest(&regs, GuestCs::Long64).unwrap();
+                        }
+                        VcpuExit::Syscall { mut regs, .. } if regs.rax == 1 => {
+                            regs.rax = u64::from(v.id());
+                            v.return_to_guest(&regs, GuestCs::Long64).unwrap();
+                            rounds += 1;
+                        }
+                        VcpuExit::Syscall { regs, .. } if regs.rax == 2 => {
+                            assert_eq!(regs.rbx, 200);
+                            break;
+                        }
+                        other => panic!("vCPU {}: unexpected {other:?}", v.id()),
+                    }
+                }
+                assert_eq!(rounds, 200);
+            });
+        }
+    });
+    assert_eq!(vm.stats().vector(3), 400);
+}
