@@ -6,7 +6,7 @@
 //! setting registers and segments ([`Vcpu::return_to_guest`]). `vmcall` is never used: on
 //! these hosts (nested KVM on PVM) it never returns.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::{
@@ -469,7 +469,9 @@ impl Vm {
             sregs: kvm_sregs::default(),
             pv: Box::default(),
             sync: false,
+            kick: Arc::default(),
         };
+        install_kick_handler()?;
         vcpu.setup(&self.kvm)?;
         Ok(vcpu)
     }
@@ -516,6 +518,7 @@ pub struct Vcpu {
     pv: Box<PvVcpuState>,
     /// Registers travel through `kvm_run` (KVM_CAP_SYNC_REGS) instead of ioctls.
     sync: bool,
+    kick: Arc<KickState>,
 }
 
 impl Vcpu {
@@ -757,10 +760,33 @@ impl Vcpu {
         exit
     }
 
-    /// Run the vCPU until the guest needs the VMM.
+    /// A handle that interrupts this vCPU's `run` from another thread.
+    pub fn kicker(&self) -> VcpuKicker {
+        VcpuKicker(Arc::clone(&self.kick))
+    }
+
+    /// Run the vCPU until the guest needs the VMM or a [`VcpuKicker`] kicks it.
     pub fn run(&mut self) -> Result<VcpuExit, VcpuError> {
-        let exit = self.run_inner()?;
-        Ok(self.count(exit))
+        let ie = &mut self.fd.get_kvm_run().immediate_exit as *mut u8;
+        IMMEDIATE_EXIT.with(|c| c.set(ie));
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() } as u64;
+        self.kick.thread.store(me, Ordering::SeqCst);
+        let exit = if self.kick.pending.swap(false, Ordering::SeqCst) {
+            // Kicked before entering: a signal may also have set immediate_exit; clear it.
+            self.set_immediate_exit(false);
+            Ok(VcpuExit::Interrupted)
+        } else {
+            self.run_inner()
+        };
+        self.kick.thread.store(0, Ordering::SeqCst);
+        // A late signal must not write here once `run` has returned (the vCPU may move to
+        // another thread or be dropped); a kick it carried is still in `pending`.
+        IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
+        if matches!(exit, Ok(VcpuExit::Interrupted)) {
+            self.kick.pending.store(false, Ordering::SeqCst);
+        }
+        Ok(self.count(exit?))
     }
 
     fn run_inner(&mut self) -> Result<VcpuExit, VcpuError> {
@@ -873,6 +899,67 @@ fn set_cpl3_segments(sregs: &mut kvm_sregs, cs: GuestCs) {
         GuestCs::Compat32 => seg(RING3_CS32, 11, 3, 0, 1),
     };
     sregs.ss = seg(RING3_DS, 3, 3, 0, 1);
+}
+
+/// Signal used to kick vCPU threads out of `KVM_RUN` (`SIGRTMIN + 2`).
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN() + 2
+}
+
+thread_local! {
+    /// The running vCPU's `kvm_run.immediate_exit`, for the kick signal handler.
+    static IMMEDIATE_EXIT: std::cell::Cell<*mut u8> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Only async-signal-safe work: a const-initialised thread-local read and a volatile store.
+    let p = IMMEDIATE_EXIT.with(std::cell::Cell::get);
+    if !p.is_null() {
+        // SAFETY: `p` is non-null only while `Vcpu::run` executes on this thread (it sets it
+        // on entry and clears it before returning), and then points at the `immediate_exit`
+        // byte of that vCPU's `kvm_run` mapping, which the `&mut Vcpu` keeps alive.
+        unsafe { std::ptr::write_volatile(p, 1) };
+    }
+}
+
+fn install_kick_handler() -> Result<(), VcpuError> {
+    static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
+                .map_err(|e| e.errno())
+        })
+        .map_err(|e| VcpuError::Kvm {
+            what: "install kick signal handler",
+            err: kvm_ioctls::Error::new(e),
+        })
+}
+
+/// Shared between a [`Vcpu`] and its [`VcpuKicker`]s.
+#[derive(Debug, Default)]
+struct KickState {
+    /// A kick is pending.
+    pending: AtomicBool,
+    /// `pthread_t` of the thread inside [`Vcpu::run`], 0 when none.
+    thread: AtomicU64,
+}
+
+/// Makes a vCPU's [`Vcpu::run`] return [`VcpuExit::Interrupted`] soon, from any thread.
+#[derive(Debug, Clone)]
+pub struct VcpuKicker(Arc<KickState>);
+
+impl VcpuKicker {
+    /// Kick: the current or next `run` returns `Interrupted` (possibly once more than asked).
+    pub fn kick(&self) {
+        self.0.pending.store(true, Ordering::SeqCst);
+        let t = self.0.thread.load(Ordering::SeqCst);
+        if t != 0 {
+            // SAFETY: `t` is the pthread_t of a thread that is inside `Vcpu::run` (it is reset
+            // to 0 before that thread leaves it); signalling it only runs `kick_handler`, which
+            // is installed before any `run`.
+            unsafe { libc::pthread_kill(t as libc::pthread_t, kick_signal()) };
+        }
+    }
 }
 
 /// Whether `/dev/kvm` can be opened (tests skip without it).

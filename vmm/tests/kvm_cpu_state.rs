@@ -5,6 +5,7 @@ mod kvm_support;
 
 use kvm_support::{Asm, TestGuest, CODE_VA, DATA_VA, R, STACK_TOP};
 use kxen::vcpu::{GuestCs, PvEntry, VcpuExit};
+use vm_memory::{Bytes, GuestAddress};
 
 #[test]
 fn x87_sse_and_xgetbv_work_at_cpl3() {
@@ -101,4 +102,48 @@ fn two_vcpus_run_concurrently_on_their_own_ring0_stacks() {
         }
     });
     assert_eq!(vm.stats().vector(3), 400);
+}
+
+#[test]
+fn kicker_interrupts_a_spinning_guest_which_then_resumes() {
+    require_kvm!();
+    // Spin until the data word becomes 1, then report with a syscall.
+    let mut a = Asm::new();
+    let top = a.here();
+    a.load_rax(DATA_VA)
+        .cmp_imm(R::Rax, 1)
+        .jne(top)
+        .mov_imm(R::Rax, 9)
+        .syscall()
+        .ud2();
+    let mut g = TestGuest::new(&a.code);
+    let kicker = g.vcpu.kicker();
+    // A kick before run: returns at once.
+    kicker.kick();
+    assert_eq!(g.vcpu.run().unwrap(), VcpuExit::Interrupted);
+    // A kick from another thread while the guest spins inside KVM_RUN.
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        kicker.kick();
+    });
+    let start = std::time::Instant::now();
+    assert_eq!(g.vcpu.run().unwrap(), VcpuExit::Interrupted);
+    assert!(start.elapsed() >= std::time::Duration::from_millis(90));
+    t.join().unwrap();
+    // The guest resumes where it was.
+    g.vm.ram()
+        .mem()
+        .write_obj(1u64, GuestAddress(kvm_support::DATA_PFN * 4096))
+        .unwrap();
+    let exit = loop {
+        match g.vcpu.run().unwrap() {
+            VcpuExit::Interrupted => continue, // at most one spurious
+            other => break other,
+        }
+    };
+    let VcpuExit::Syscall { regs, .. } = exit else {
+        panic!("expected syscall, got {exit:?}");
+    };
+    assert_eq!(regs.rax, 9);
+    assert!(g.vm.stats().exits(kxen::vcpu::ExitKind::Interrupted) >= 2);
 }
