@@ -147,3 +147,61 @@ fn kicker_interrupts_a_spinning_guest_which_then_resumes() {
     assert_eq!(regs.rax, 9);
     assert!(g.vm.stats().exits(kxen::vcpu::ExitKind::Interrupted) >= 2);
 }
+
+#[test]
+fn compat_mode_return_runs_32bit_code_with_cs_e023() {
+    require_kvm!();
+    // 32-bit code: nop ; nop ; ud2 ; syscall (compat) ; ud2
+    // (not int3: on nested KVM on PVM, int3 in compat mode raises #UD)
+    let code32 = [0x90, 0x90, 0x0f, 0x0b, 0x0f, 0x05, 0x0f, 0x0b];
+    let mut g = TestGuest::new(&code32);
+    // Map VA 0x10000000 (L4[0], L3[0], L2[0x80], L1[0]) to the code page and 0x10001000 to
+    // the stack page, using spare RAM pages 40..43 for the tables.
+    let mem = g.vm.ram().mem();
+    let w = |pfn: u64, idx: u64, v: u64| {
+        mem.write_obj(v, GuestAddress(pfn * 4096 + idx * 8)).unwrap()
+    };
+    w(1, 0, (40 << 12) | 7);
+    w(40, 0, (41 << 12) | 7);
+    w(41, 0x80, (42 << 12) | 7);
+    w(42, 0, (kvm_support::CODE_PFN << 12) | 5);
+    w(42, 1, (kvm_support::STACK_PFN << 12) | 7);
+    let regs = kxen::vcpu::GuestRegs {
+        rip: 0x1000_0000,
+        rsp: 0x1000_2000,
+        rbx: 0x0b0b,
+        ..Default::default()
+    };
+    g.vcpu.return_to_guest(&regs, GuestCs::Compat32).unwrap();
+    match g.vcpu.run().unwrap() {
+        VcpuExit::Exception {
+            vector: 6,
+            frame,
+            mut regs,
+            ..
+        } => {
+            assert_eq!(frame.cs, 0xe023);
+            assert_eq!(frame.ss, 0xe02b);
+            assert_eq!(frame.rip, 0x1000_0002);
+            assert_eq!(frame.rsp, 0x1000_2000);
+            regs.rip += 2;
+            g.vcpu.return_to_guest(&regs, GuestCs::Compat32).unwrap();
+        }
+        other => panic!("expected #UD from compat mode, got {other:?}"),
+    }
+    match g.vcpu.run().unwrap() {
+        VcpuExit::Syscall { regs, compat } => {
+            assert!(compat, "compat syscall goes through CSTAR");
+            assert_eq!(regs.rip, 0x1000_0006);
+            assert_eq!(regs.rbx, 0x0b0b);
+        }
+        // Intel CPUs raise #UD for `syscall` outside 64-bit mode.
+        VcpuExit::Exception {
+            vector: 6, frame, ..
+        } => {
+            assert_eq!(frame.rip, 0x1000_0004);
+            eprintln!("compat syscall: #UD (Intel behaviour)");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
