@@ -7,6 +7,7 @@
 
 use thiserror::Error;
 
+use crate::memory::GuestVirt;
 use crate::ring0::{vector_has_error_code, Ring0Layer, VcpuRing0};
 
 /// `#DE`.
@@ -109,6 +110,18 @@ pub fn read_exception_frame(
     Ok((error_code, frame))
 }
 
+/// If the instruction at `rip` (guest-virtual, read through the guest's page tables) is
+/// `int $n` (`CD nn`), return `n`.
+///
+/// Needed because on nested KVM on PVM an `int $n` (n other than 3 and 4) from CPL3 raises #UD
+/// at the instruction instead of #GP(`n << 3 | 2`) or delivering through a DPL-3 gate; the
+/// trap layer uses this to recognise a software interrupt (e.g. `int $0x80`).
+pub fn software_int_at(guest: &GuestVirt<'_>, rip: u64) -> Option<u8> {
+    let mut insn = [0u8; 2];
+    guest.copy_from_guest(rip, &mut insn).ok()?;
+    (insn[0] == 0xcd).then_some(insn[1])
+}
+
 /// A short name for a vector, for logs.
 pub fn vector_name(vector: u8) -> &'static str {
     const NAMES: [&str; 32] = [
@@ -163,6 +176,26 @@ mod tests {
             assert!(read_exception_frame(&l, &c, VEC_GP, rsp).is_err());
         }
         assert!(read_exception_frame(&l, &c, VEC_DF, c.ist_tops[0] - 48).is_ok());
+    }
+
+    #[test]
+    fn software_int_is_decoded_through_guest_page_tables() {
+        use crate::memory::GuestRam;
+        let ram = GuestRam::new(8).unwrap();
+        // VA 0.. -> L4 pfn 1 -> L3 2 -> L2 3 -> L1 4 -> pfn 5.
+        for (pfn, next) in [(1u64, 2u64), (2, 3), (3, 4), (4, 5)] {
+            ram.mem()
+                .write_obj((next << 12) | 7, GuestAddress(pfn << 12))
+                .unwrap();
+        }
+        ram.mem()
+            .write_slice(&[0xcd, 0x80, 0x0f, 0x0b], GuestAddress(5 << 12))
+            .unwrap();
+        let g = GuestVirt::new(&ram, 1 << 12);
+        assert_eq!(software_int_at(&g, 0), Some(0x80));
+        assert_eq!(software_int_at(&g, 2), None);
+        assert_eq!(software_int_at(&g, 0x1000), None, "unmapped");
+        assert_eq!(software_int_at(&g, 0xfff), None, "crosses into unmapped");
     }
 
     #[test]

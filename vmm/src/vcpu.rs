@@ -5,6 +5,40 @@
 //! port map in [`crate::ring0`]); the VMM reads the state, and resumes the guest at CPL3 by
 //! setting registers and segments ([`Vcpu::return_to_guest`]). `vmcall` is never used: on
 //! these hosts (nested KVM on PVM) it never returns.
+//!
+//! Typical loop (the builder sets memory up first):
+//!
+//! ```text
+//! let vm = Vm::new(pages, nr_vcpus)?;            // RAM + ring-0 layer, two memslots
+//! // builder: write guest page tables incl. vm.ring0().private_l4_entries()
+//! let mut v = vm.create_vcpu(0)?;
+//! v.set_pv_entry(PvEntry { rip, rsp, rsi, cr3, rflags: 0x202 })?;
+//! loop { match v.run()? {
+//!     VcpuExit::Syscall { mut regs, .. } => { /* dispatch */ v.return_to_guest(&regs, GuestCs::Long64)? }
+//!     VcpuExit::Exception { .. } => { /* bounce to the guest's trap table */ }
+//!     ...
+//! } }
+//! ```
+//!
+//! # What each exit carries
+//!
+//! * `Syscall { regs, compat }`: all GPRs as the guest left them; `regs.rip = rcx` (return
+//!   address), `regs.rflags = r11`; `rsp` is the guest's. CR3 (for guest memory access) is in
+//!   [`Vcpu::cr3`].
+//! * `Exception { vector, error_code, cr2, frame, regs }`: the CPU-pushed frame read from the
+//!   ring-0 stack; `regs` has the guest GPRs with `rip/rsp/rflags` from the frame.
+//! * `Io`, `Shutdown` (triple fault), `Interrupted` (kicked), `Unexpected { reason }`.
+//!
+//! # Quirks of nested KVM on PVM (measured here)
+//!
+//! * `syscall` from CPL3 jumps to LSTAR but stays at CPL3 (CS 0xe033); the stub's `out` then
+//!   raises #GP(0) with the stub as `rip`, which [`Vcpu::run`] turns back into `Syscall`.
+//!   That makes a hypercall round trip ~3-5x a bare ring-0 `out` exit.
+//! * `int $n` from CPL3 (n other than 3/4 in 64-bit mode) raises #UD at the instruction
+//!   whatever the gate DPL; `int3` in compat mode raises #UD too; `sysenter` raises #UD.
+//!   [`crate::trap::software_int_at`] decodes `int $n` for the trap layer.
+//! * `KVM_GET/SET_(S)REGS` ioctls cost several µs each: registers travel through `kvm_run`
+//!   (`KVM_CAP_SYNC_REGS`) when available.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -665,6 +699,22 @@ impl Vcpu {
     /// Current page-table base (CR3) as of the last exit, or as set for the next return.
     pub fn cr3(&self) -> u64 {
         self.sregs.cr3
+    }
+
+    /// Set the FS base used from the next return to the guest on.
+    pub fn set_fs_base(&mut self, base: u64) {
+        self.sregs.fs.base = base;
+    }
+
+    /// Set the GS base used from the next return to the guest on.
+    pub fn set_gs_base(&mut self, base: u64) {
+        self.sregs.gs.base = base;
+    }
+
+    /// Special registers to be applied at the next return (CS/SS are overwritten by
+    /// [`Vcpu::return_to_guest`]; keep CR0/CR4/EFER/GDT/IDT/TR as set up).
+    pub fn sregs_mut(&mut self) -> &mut kvm_sregs {
+        &mut self.sregs
     }
 
     /// Change CR3 for the next return to the guest (a full TLB flush of non-global entries).

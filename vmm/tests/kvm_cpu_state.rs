@@ -159,7 +159,8 @@ fn compat_mode_return_runs_32bit_code_with_cs_e023() {
     // the stack page, using spare RAM pages 40..43 for the tables.
     let mem = g.vm.ram().mem();
     let w = |pfn: u64, idx: u64, v: u64| {
-        mem.write_obj(v, GuestAddress(pfn * 4096 + idx * 8)).unwrap()
+        mem.write_obj(v, GuestAddress(pfn * 4096 + idx * 8))
+            .unwrap()
     };
     w(1, 0, (40 << 12) | 7);
     w(40, 0, (41 << 12) | 7);
@@ -204,4 +205,37 @@ fn compat_mode_return_runs_32bit_code_with_cs_e023() {
         }
         other => panic!("unexpected {other:?}"),
     }
+}
+
+#[test]
+fn fs_and_gs_bases_set_by_the_vmm_apply_at_cpl3() {
+    require_kvm!();
+    let mut a = Asm::new();
+    a.bytes(&[0x64, 0x48, 0x8b, 0x04, 0x25, 0x08, 0x00, 0x00, 0x00]) // mov %fs:8, %rax
+        .mov_rr(R::Rdi, R::Rax)
+        .bytes(&[0x65, 0x48, 0x8b, 0x04, 0x25, 0x10, 0x00, 0x00, 0x00]) // mov %gs:16, %rax
+        .mov_rr(R::Rsi, R::Rax)
+        .mov_imm(R::Rax, 1)
+        .syscall()
+        .ud2();
+    let mut g = TestGuest::new(&a.code);
+    let mem = g.vm.ram().mem();
+    let data = kvm_support::DATA_PFN * 4096;
+    mem.write_obj(0xf5f5u64, GuestAddress(data + 0x108))
+        .unwrap();
+    mem.write_obj(0x6565u64, GuestAddress(data + 0x210))
+        .unwrap();
+    g.vcpu.set_fs_base(DATA_VA + 0x100);
+    g.vcpu.set_gs_base(DATA_VA + 0x200);
+    let regs = kxen::vcpu::GuestRegs {
+        rip: CODE_VA,
+        rsp: STACK_TOP,
+        ..Default::default()
+    };
+    g.vcpu.return_to_guest(&regs, GuestCs::Long64).unwrap();
+    let VcpuExit::Syscall { regs, .. } = g.vcpu.run().unwrap() else {
+        panic!("expected syscall");
+    };
+    assert_eq!((regs.rdi, regs.rsi), (0xf5f5, 0x6565));
+    assert_eq!(g.vcpu.sregs().fs.base, DATA_VA + 0x100);
 }
