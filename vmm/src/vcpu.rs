@@ -247,6 +247,27 @@ impl ExitStats {
     pub fn vector(&self, vector: u8) -> u64 {
         self.vectors[usize::from(vector)].load(Ordering::Relaxed)
     }
+    /// Non-zero counters as `(name, count)`: exit kinds (`exit.syscall`...), exception
+    /// vectors (`vector.14`), hypercalls (`hypercall.17`, `hypercall.other`).
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for k in ExitKind::ALL {
+            out.push((format!("exit.{k:?}").to_lowercase(), self.exits(k)));
+        }
+        for (v, c) in self.vectors.iter().enumerate() {
+            out.push((format!("vector.{v}"), c.load(Ordering::Relaxed)));
+        }
+        for (n, c) in self.hypercalls.iter().enumerate() {
+            out.push((format!("hypercall.{n}"), c.load(Ordering::Relaxed)));
+        }
+        out.push((
+            "hypercall.other".into(),
+            self.hypercalls_other.load(Ordering::Relaxed),
+        ));
+        out.retain(|(_, c)| *c != 0);
+        out
+    }
+
     /// Hypercalls `nr` so far (`nr >= HYPERCALL_COUNTERS` all share one counter).
     pub fn hypercalls(&self, nr: u64) -> u64 {
         match usize::try_from(nr)
@@ -426,6 +447,20 @@ impl Vm {
     /// Create a VM with `mem_pages` pages of guest RAM and room for `nr_vcpus` vCPUs.
     pub fn new(mem_pages: u64, nr_vcpus: u32) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(vm_err("open /dev/kvm"))?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(vm_err("get supported cpuid"))?;
+        let phys_bits = cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == 0x8000_0008)
+            .map_or(36, |e| e.eax & 0xff);
+        // Private memory sits at PRIVATE_BASE = 1 << 39: the guest must address 40 bits.
+        if phys_bits < 40 {
+            return Err(VmError::Unsupported(
+                "fewer than 40 guest physical address bits",
+            ));
+        }
         let fd = kvm.create_vm().map_err(vm_err("create VM"))?;
         let ram = GuestRam::new(mem_pages)?;
         let ring0 = Ring0Layer::new(nr_vcpus)?;
@@ -1049,5 +1084,11 @@ mod tests {
         assert_eq!(s.hypercalls(3), 1);
         assert_eq!(s.hypercalls(999), 2);
         assert_eq!(s.vector(14), 1);
+        let snap = s.snapshot();
+        assert!(snap.contains(&("exit.io".to_string(), 1)));
+        assert!(snap.contains(&("vector.14".to_string(), 1)));
+        assert!(snap.contains(&("hypercall.3".to_string(), 1)));
+        assert!(snap.contains(&("hypercall.other".to_string(), 2)));
+        assert_eq!(snap.len(), 4);
     }
 }
