@@ -905,7 +905,7 @@ impl Vcpu {
         let at_stub = |stub: u64| kregs.rip == stub || kregs.rip == stub + 2;
         let from_ring0 = self.sregs.cs.selector == RING0_CS;
         match (size, port) {
-            (1, p) if from_ring0 && at_stub(self.ring0.vector_stub(p as u8)) && p < 256 => {
+            (1, p) if p < 256 && from_ring0 && at_stub(self.ring0.vector_stub(p as u8)) => {
                 let vector = p as u8;
                 let (error_code, frame) =
                     read_exception_frame(&self.ring0, &self.r0, vector, kregs.rsp)?;
@@ -917,6 +917,9 @@ impl Vcpu {
                     if let Some(exit) = self.syscall_via_gp(&kregs, &frame) {
                         return Ok(exit);
                     }
+                }
+                if !frame.from_guest() {
+                    warn!(vcpu = self.id, vector, ?frame, "exception in kxen's ring 0");
                 }
                 regs.rip = frame.rip;
                 regs.rsp = frame.rsp;

@@ -267,3 +267,38 @@ fn int_n_through_dpl0_gate_is_gp_or_ud_at_the_instruction() {
         other => panic!("expected #GP or #UD, got {other:?}"),
     }
 }
+
+#[test]
+fn guest_cannot_raise_iopl_to_reach_kxen_ports() {
+    require_kvm!();
+    // pushfq ; orq $0x3000, (%rsp) ; popfq ; out %eax, $0   (the syscall stub's port)
+    let mut a = Asm::new();
+    a.mov_imm(R::Rbx, 0x0b0b)
+        .bytes(&[0x9c])
+        .bytes(&[0x48, 0x81, 0x0c, 0x24, 0x00, 0x30, 0x00, 0x00])
+        .bytes(&[0x9d]);
+    let at = a.here();
+    a.bytes(&[0xe7, 0x00]).ud2();
+    let mut g = TestGuest::new(&a.code);
+    let exit = g.vcpu.run().unwrap();
+    let VcpuExit::Exception {
+        vector: VEC_GP,
+        error_code: Some(0),
+        frame,
+        mut regs,
+        ..
+    } = exit
+    else {
+        panic!("expected #GP from out at CPL3, got {exit:?}");
+    };
+    assert_eq!(frame.rip, at);
+    assert_eq!(frame.rflags & 0x3000, 0, "popf at CPL3 cannot raise IOPL");
+    // Nor can a VMM return path that copies guest-chosen flags.
+    regs.rflags |= 0x3000;
+    g.vcpu.return_to_guest(&regs, GuestCs::Long64).unwrap();
+    let exit = g.vcpu.run().unwrap();
+    assert!(
+        matches!(exit, VcpuExit::Exception { vector: VEC_GP, frame, .. } if frame.rip == at && frame.rflags & 0x3000 == 0),
+        "got {exit:?}"
+    );
+}
