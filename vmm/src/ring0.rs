@@ -14,6 +14,7 @@
 //! | 3 | private L2 | supervisor, RW, NX |
 //! | 4 .. 4+n | private L1s | supervisor, RW, NX |
 //! | then per vCPU | 16 GDT pages, 1 TSS page, 2 ring-0 stack pages, 3 IST stack pages | supervisor, RW, NX |
+//! | last entry of the last L1 | the syscall exit page: GPA [`SYSCALL_EXIT_GPA`], no memslot | **user**, RW, NX |
 //!
 //! # Exit port map
 //!
@@ -28,8 +29,16 @@
 //! | 4 bytes | [`PORT_SYSCALL32`] (1) | compat `syscall` (CSTAR) |
 //! | 4 bytes | [`PORT_SYSENTER`] (2) | `sysenter` |
 //!
-//! The guest itself can never issue these: it runs at CPL3 with IOPL 0 and no TSS I/O bitmap,
-//! so its `in`/`out` raise #GP. Do not create an in-kernel PIC/PIT (`KVM_CREATE_IRQCHIP`,
+//! | 4-byte MMIO write to [`SYSCALL_EXIT_GPA`] | — | 64-bit `syscall`: LSTAR points at [`Ring0Layer::syscall_stub`], `mov %eax, (exit page)` |
+//!
+//! The 64-bit `syscall` entry uses an MMIO write instead of `out` because on nested KVM on PVM
+//! `syscall` reaches LSTAR still at CPL3, where `out` faults; the #GP detour costs ~65 µs per
+//! round trip against ~40 µs for the MMIO exit. The exit page must be user-writable for that
+//! reason, so a guest can write it directly: that is treated as a `syscall` too, which is
+//! harmless (the guest can make a `syscall` with any rcx/r11 it likes anyway).
+//!
+//! The guest itself can never issue the port exits: it runs at CPL3 with IOPL 0 and no TSS I/O
+//! bitmap, so its `in`/`out` raise #GP. Do not create an in-kernel PIC/PIT (`KVM_CREATE_IRQCHIP`,
 //! `KVM_CREATE_PIT2`): they would swallow ports 0x20/0x21/0x40-0x43/0x61/0xa0/0xa1.
 //! A split irqchip (in-kernel LAPIC only) is fine.
 
@@ -65,7 +74,13 @@ pub const XEN_VIRT_START: u64 = 0xffff_8000_0000_0000;
 /// End (exclusive) of Xen's reserved virtual range.
 pub const XEN_VIRT_END: u64 = 0xffff_8800_0000_0000;
 
-/// Port of the 64-bit `syscall` stub (4-byte access).
+/// Guest-physical address of the syscall exit page: no memslot backs it, so a write exits to
+/// the VMM as MMIO. Above the private memslot (which stays below 1 GiB).
+pub const SYSCALL_EXIT_GPA: u64 = PRIVATE_BASE + (1 << 30);
+/// Offset of the MMIO syscall stub in the stub page.
+const SYSCALL_MMIO_STUB: u64 = 0x800;
+
+/// Port of the 64-bit `syscall` port stub (4-byte access; reached only via the #GP fallback).
 pub const PORT_SYSCALL: u16 = 0;
 /// Port of the compat `syscall` stub (4-byte access).
 pub const PORT_SYSCALL32: u16 = 1;
@@ -159,6 +174,7 @@ pub struct Ring0Layer {
     mem: PrivateMem,
     nr_vcpus: u32,
     first_vcpu_page: u64,
+    nr_l1: u64,
     l4_entries: Vec<(usize, u64)>,
 }
 
@@ -182,9 +198,9 @@ impl Ring0Layer {
             return Err(Ring0Error::BadVcpuCount(nr_vcpus));
         }
         let per_vcpu_total = u64::from(nr_vcpus) * PER_VCPU_PAGES;
-        // Enough L1s to map every private page, the L1s included.
+        // Enough L1s to map every private page, the L1s included, plus the exit page.
         let mut nr_l1 = 1;
-        while FIRST_L1_PAGE + nr_l1 + per_vcpu_total > nr_l1 * 512 {
+        while FIRST_L1_PAGE + nr_l1 + per_vcpu_total + 1 > nr_l1 * 512 {
             nr_l1 += 1;
         }
         let first_vcpu_page = FIRST_L1_PAGE + nr_l1;
@@ -194,6 +210,7 @@ impl Ring0Layer {
             mem,
             nr_vcpus,
             first_vcpu_page,
+            nr_l1,
             l4_entries: vec![(RING0_L4_SLOT, gpa_of(L3_PAGE) | PTE_P | PTE_RW | PTE_US)],
         };
         this.write_page_tables(total, nr_l1)?;
@@ -225,6 +242,10 @@ impl Ring0Layer {
             // L1s are contiguous, so the entry for `page` is at index `page` from the first.
             self.w64(gpa_of(FIRST_L1_PAGE) + page * 8, gpa_of(page) | flags)?;
         }
+        self.w64(
+            gpa_of(FIRST_L1_PAGE) + self.exit_page_index() * 8,
+            SYSCALL_EXIT_GPA | PTE_P | PTE_RW | PTE_US | PTE_NX,
+        )?;
         Ok(())
     }
 
@@ -267,6 +288,11 @@ impl Ring0Layer {
             // out %eax, $port ; ud2
             page[o..o + 4].copy_from_slice(&[0xe7, port as u8, 0x0f, 0x0b]);
         }
+        // mov %eax, (syscall exit page) ; ud2
+        let o = SYSCALL_MMIO_STUB as usize;
+        page[o] = 0xa3;
+        page[o + 1..o + 9].copy_from_slice(&self.syscall_exit_va().to_le_bytes());
+        page[o + 9..o + 11].copy_from_slice(&[0x0f, 0x0b]);
         self.mem
             .mem()
             .write_slice(&page, GuestAddress(gpa_of(STUB_PAGE)))?;
@@ -331,7 +357,21 @@ impl Ring0Layer {
         va_of(STUB_PAGE) + u64::from(v) * 4
     }
 
-    /// Address of the special stub for `port` (`PORT_SYSCALL`, ...).
+    fn exit_page_index(&self) -> u64 {
+        self.nr_l1 * 512 - 1
+    }
+
+    /// Virtual address of the syscall exit page (user-writable, MMIO).
+    pub fn syscall_exit_va(&self) -> u64 {
+        va_of(self.exit_page_index())
+    }
+
+    /// The 64-bit `syscall` entry point (MSR_LSTAR): an MMIO write to the exit page.
+    pub fn syscall_stub(&self) -> u64 {
+        va_of(STUB_PAGE) + SYSCALL_MMIO_STUB
+    }
+
+    /// Address of the special port stub for `port` (`PORT_SYSCALL`, ...).
     pub fn special_stub(&self, port: u16) -> u64 {
         va_of(STUB_PAGE) + SPECIAL_STUBS + u64::from(port) * 4
     }
@@ -411,6 +451,31 @@ mod tests {
         );
         assert!(walk(&l, v.rsp0_top - 8).is_some());
         assert!(l.vcpu(3).is_none());
+    }
+
+    #[test]
+    fn syscall_exit_page_is_user_writable_and_unbacked() {
+        for n in [1, 20, 23, 24, 100] {
+            let l = Ring0Layer::new(n).unwrap();
+            let e = walk(&l, l.syscall_exit_va()).unwrap();
+            assert_eq!(e & PTE_ADDR_MASK, SYSCALL_EXIT_GPA);
+            assert_eq!(e & (PTE_US | PTE_RW | PTE_NX), PTE_US | PTE_RW | PTE_NX);
+            assert!(!l.private_mem().contains(SYSCALL_EXIT_GPA, 1));
+            // It does not shadow a private page.
+            assert!(l.va_to_gpa(l.syscall_exit_va(), 1).is_none());
+            let stub = l.syscall_stub();
+            let gpa = l.va_to_gpa(stub, 11).unwrap();
+            let mut b = [0u8; 11];
+            l.private_mem()
+                .mem()
+                .read_slice(&mut b, GuestAddress(gpa))
+                .unwrap();
+            assert_eq!(b[0], 0xa3);
+            assert_eq!(
+                u64::from_le_bytes(b[1..9].try_into().unwrap()),
+                l.syscall_exit_va()
+            );
+        }
     }
 
     #[test]
