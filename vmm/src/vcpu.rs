@@ -886,9 +886,9 @@ impl Vcpu {
     /// One `KVM_RUN`; `None` when the exit was handled here and the guest should just go on.
     fn run_once(&mut self) -> Result<Option<VcpuExit>, VcpuError> {
         let io = match self.fd.run() {
-            Ok(KvmExit::MmioWrite(SYSCALL_EXIT_GPA, data)) if data.len() == 4 => {
-                // The LSTAR stub's store (or the guest writing the exit page itself, which is
-                // equivalent to a `syscall`). KVM has already retired the store.
+            Ok(KvmExit::MmioWrite(addr, _)) if addr & !0xfff == SYSCALL_EXIT_GPA => {
+                // The LSTAR stub's store (or the guest writing the exit page itself, any size or
+                // offset, which is equivalent to a `syscall`). KVM has already retired it.
                 let kregs = self.fetch_state()?;
                 let mut regs = GuestRegs::from(&kregs);
                 regs.rip = kregs.rcx;
@@ -900,7 +900,8 @@ impl Vcpu {
                 }));
             }
             Ok(KvmExit::MmioRead(addr, data)) => {
-                // Only reachable by the guest reading the exit page: reads as all ones.
+                // Only reachable by the guest reading the exit page (no guest PTE can name
+                // another unbacked address): reads as all ones.
                 debug!(vcpu = self.id, addr, "guest read of the syscall exit page");
                 data.fill(0xff);
                 return Ok(None);
