@@ -50,11 +50,15 @@ impl HypercallArgs {
     }
 }
 
-/// What a handler gets besides its arguments.
+/// What a handler gets besides its arguments. `D` is the domain-wide state handlers share
+/// (event channels, console, ...), defined by the domain code; it is shared by all vCPUs, so
+/// it uses interior mutability.
 #[derive(Debug)]
-pub struct HypercallCtx<'a> {
+pub struct HypercallCtx<'a, D = ()> {
     /// The calling vCPU.
     pub vcpu_id: u32,
+    /// Domain-wide state.
+    pub domain: &'a D,
     /// The guest's registers at the call (handlers like `iret` change more than `rax`).
     pub regs: &'a mut GuestRegs,
     /// The calling vCPU's PV state.
@@ -62,7 +66,7 @@ pub struct HypercallCtx<'a> {
     mem: GuestVirt<'a>,
 }
 
-impl<'a> HypercallCtx<'a> {
+impl<'a, D> HypercallCtx<'a, D> {
     /// A context for vCPU `vcpu_id` whose current page tables are at `cr3`.
     pub fn new(
         vcpu_id: u32,
@@ -70,9 +74,11 @@ impl<'a> HypercallCtx<'a> {
         cr3: u64,
         regs: &'a mut GuestRegs,
         pv: &'a mut PvVcpuState,
+        domain: &'a D,
     ) -> Self {
         Self {
             vcpu_id,
+            domain,
             regs,
             pv,
             mem: GuestVirt::new(ram, cr3),
@@ -111,7 +117,7 @@ fn fault(e: GuestAccessError) -> i64 {
 }
 
 /// A hypercall handler: returns the value for the guest's `rax`.
-pub type HypercallFn = fn(&mut HypercallCtx<'_>, &HypercallArgs) -> i64;
+pub type HypercallFn<D = ()> = fn(&mut HypercallCtx<'_, D>, &HypercallArgs) -> i64;
 
 /// Errors registering handlers.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -121,22 +127,22 @@ pub enum HypercallError {
     OutOfRange(u64),
 }
 
-/// The dispatch table.
+/// The dispatch table, for handlers over domain state `D`.
 #[derive(Debug)]
-pub struct HypercallTable {
-    handlers: [Option<(&'static str, HypercallFn)>; NR_HYPERCALLS],
+pub struct HypercallTable<D = ()> {
+    handlers: [Option<(&'static str, HypercallFn<D>)>; NR_HYPERCALLS],
     logged: [AtomicBool; NR_HYPERCALLS],
     logged_high: AtomicBool,
     stats: Option<Arc<ExitStats>>,
 }
 
-impl Default for HypercallTable {
+impl<D> Default for HypercallTable<D> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl HypercallTable {
+impl<D> HypercallTable<D> {
     /// An empty table: every hypercall returns `-ENOSYS`.
     pub fn new() -> Self {
         Self {
@@ -158,7 +164,7 @@ impl HypercallTable {
         &mut self,
         nr: u64,
         name: &'static str,
-        f: HypercallFn,
+        f: HypercallFn<D>,
     ) -> Result<Option<&'static str>, HypercallError> {
         let slot = usize::try_from(nr)
             .ok()
@@ -172,7 +178,7 @@ impl HypercallTable {
         self.lookup(nr).map(|(n, _)| n)
     }
 
-    fn lookup(&self, nr: u64) -> Option<(&'static str, HypercallFn)> {
+    fn lookup(&self, nr: u64) -> Option<(&'static str, HypercallFn<D>)> {
         usize::try_from(nr)
             .ok()
             .and_then(|i| self.handlers.get(i))
@@ -181,7 +187,7 @@ impl HypercallTable {
     }
 
     /// Run the handler for `args.nr`; unknown numbers give `-ENOSYS` (logged once each).
-    pub fn dispatch(&self, ctx: &mut HypercallCtx<'_>, args: &HypercallArgs) -> i64 {
+    pub fn dispatch(&self, ctx: &mut HypercallCtx<'_, D>, args: &HypercallArgs) -> i64 {
         if let Some(s) = &self.stats {
             s.count_hypercall(args.nr);
         }
@@ -270,7 +276,7 @@ mod tests {
         let ram = ram_with_one_page();
         let mut regs = GuestRegs::default();
         let mut pv = PvVcpuState::default();
-        let mut ctx = HypercallCtx::new(0, &ram, PAGE_SIZE, &mut regs, &mut pv);
+        let mut ctx = HypercallCtx::new(0, &ram, PAGE_SIZE, &mut regs, &mut pv, &());
         let args = HypercallArgs {
             nr: 17,
             a: [1, 2, 3, 4, 5],
@@ -287,6 +293,33 @@ mod tests {
     }
 
     #[test]
+    fn handlers_reach_shared_domain_state() {
+        use std::sync::atomic::AtomicU64;
+        struct Dom {
+            calls: AtomicU64,
+        }
+        fn count(ctx: &mut HypercallCtx<'_, Dom>, a: &HypercallArgs) -> i64 {
+            ctx.domain.calls.fetch_add(a.a[0], Ordering::Relaxed) as i64
+        }
+        let mut t: HypercallTable<Dom> = HypercallTable::new();
+        t.register(3, "count", count).unwrap();
+        let dom = Dom {
+            calls: AtomicU64::new(10),
+        };
+        let ram = ram_with_one_page();
+        let mut regs = GuestRegs::default();
+        let mut pv = PvVcpuState::default();
+        let mut ctx = HypercallCtx::new(1, &ram, PAGE_SIZE, &mut regs, &mut pv, &dom);
+        let args = HypercallArgs {
+            nr: 3,
+            a: [5, 0, 0, 0, 0],
+        };
+        assert_eq!(t.dispatch(&mut ctx, &args), 10);
+        assert_eq!(t.dispatch(&mut ctx, &args), 15);
+        assert_eq!(dom.calls.load(Ordering::Relaxed), 20);
+    }
+
+    #[test]
     fn handlers_get_efault_for_bad_pointers() {
         let mut t = HypercallTable::new();
         t.register(1, "bump", bump).unwrap();
@@ -296,7 +329,7 @@ mod tests {
             .unwrap();
         let mut regs = GuestRegs::default();
         let mut pv = PvVcpuState::default();
-        let mut ctx = HypercallCtx::new(0, &ram, PAGE_SIZE, &mut regs, &mut pv);
+        let mut ctx = HypercallCtx::new(0, &ram, PAGE_SIZE, &mut regs, &mut pv, &());
         let call = |ctx: &mut HypercallCtx<'_>, a0, a1| {
             t.dispatch(
                 ctx,

@@ -717,9 +717,21 @@ impl Vcpu {
         &mut self.pv
     }
 
-    /// A hypercall context for this vCPU: its PV state and its current page tables.
-    pub fn hypercall_ctx<'a>(&'a mut self, regs: &'a mut GuestRegs) -> HypercallCtx<'a> {
-        HypercallCtx::new(self.id, &self.ram, self.sregs.cr3, regs, &mut self.pv)
+    /// A hypercall context for this vCPU: its PV state, its current page tables and the
+    /// domain-wide state `domain`.
+    pub fn hypercall_ctx<'a, D>(
+        &'a mut self,
+        regs: &'a mut GuestRegs,
+        domain: &'a D,
+    ) -> HypercallCtx<'a, D> {
+        HypercallCtx::new(
+            self.id,
+            &self.ram,
+            self.sregs.cr3,
+            regs,
+            &mut self.pv,
+            domain,
+        )
     }
 
     /// Guest RAM (the vCPU keeps the mapping alive while it exists).

@@ -76,7 +76,7 @@ fn guest_pointers_are_checked_and_hostile_ones_get_efault() {
         let args = HypercallArgs::from_regs(&regs);
         let mut r = regs;
         let ret = {
-            let mut ctx = g.vcpu.hypercall_ctx(&mut r);
+            let mut ctx = g.vcpu.hypercall_ctx(&mut r, &());
             table.dispatch(&mut ctx, &args)
         };
         regs.rax = ret as u64;
