@@ -239,3 +239,17 @@ fn fs_and_gs_bases_set_by_the_vmm_apply_at_cpl3() {
     assert_eq!((regs.rdi, regs.rsi), (0xf5f5, 0x6565));
     assert_eq!(g.vcpu.sregs().fs.base, DATA_VA + 0x100);
 }
+
+#[test]
+fn vm_creation_rejects_bad_sizes() {
+    require_kvm!();
+    assert!(kxen::vcpu::Vm::new(0, 1).is_err(), "no RAM");
+    assert!(kxen::vcpu::Vm::new(16, 0).is_err(), "no vCPUs");
+    assert!(
+        kxen::vcpu::Vm::new(kxen::memory::MAX_GUEST_PAGES + 1, 1).is_err(),
+        "RAM overlapping the private area"
+    );
+    let vm = kxen::vcpu::Vm::new(16, 1).unwrap();
+    assert_eq!(vm.ram().nr_pages(), 16);
+    assert_eq!(vm.ring0().private_l4_entries().len(), 1);
+}
