@@ -69,10 +69,6 @@ pub const GDT_PAGES: u64 = 16;
 pub const RING0_L4_SLOT: usize = 257;
 /// Virtual base of the ring-0 area (L4 slot 257).
 pub const RING0_VIRT_BASE: u64 = 0xffff_8080_0000_0000;
-/// Start of Xen's reserved virtual range (L4 slots 256..=271).
-pub const XEN_VIRT_START: u64 = 0xffff_8000_0000_0000;
-/// End (exclusive) of Xen's reserved virtual range.
-pub const XEN_VIRT_END: u64 = 0xffff_8800_0000_0000;
 
 /// Guest-physical address of the syscall exit page: no memslot backs it, so a write exits to
 /// the VMM as MMIO. Above the private memslot (which stays below 1 GiB).
