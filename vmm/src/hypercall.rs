@@ -1,1 +1,359 @@
-//! TODO
+//! Hypercall dispatch: a table from hypercall number to handler, typed arguments, and a
+//! context giving handlers checked access to guest-virtual memory.
+//!
+//! Flow: the vCPU loop gets [`crate::vcpu::VcpuExit::Syscall`] from the guest kernel, builds
+//! [`HypercallArgs::from_regs`] and a [`HypercallCtx`], calls [`HypercallTable::dispatch`] and
+//! returns the result in `rax` ([`crate::vcpu::Vcpu::return_to_guest`]).
+//!
+//! Handlers return Xen's convention: `>= 0` success, `-errno` (Xen errno values) on failure.
+//! They touch guest memory only through the context (`-EFAULT` on any failure).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use thiserror::Error;
+use tracing::warn;
+use vm_memory::ByteValued;
+use xen_abi::pv_vcpu::PvVcpuState;
+
+use crate::memory::{GuestAccessError, GuestRam, GuestVirt};
+use crate::vcpu::{ExitStats, GuestRegs};
+
+// TODO: use xen_abi::errno once merged (h-abi).
+/// Xen `EFAULT`.
+pub const EFAULT: i64 = 14;
+/// Xen `EINVAL`.
+pub const EINVAL: i64 = 22;
+/// Xen `ENOSYS`.
+pub const ENOSYS: i64 = 38;
+
+/// Hypercall numbers handled individually by the table (Xen's are all below 64).
+pub const NR_HYPERCALLS: usize = 64;
+
+/// A hypercall's number and arguments as the 64-bit PV ABI passes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HypercallArgs {
+    /// Hypercall number (`rax`).
+    pub nr: u64,
+    /// Arguments: `rdi, rsi, rdx, r10, r8`.
+    // xen: public/arch-x86/xen-x86_64.h, hypercall argument registers
+    pub a: [u64; 5],
+}
+
+impl HypercallArgs {
+    /// Take the number and arguments from the registers at a `syscall` exit.
+    pub fn from_regs(r: &GuestRegs) -> Self {
+        Self {
+            nr: r.rax,
+            a: [r.rdi, r.rsi, r.rdx, r.r10, r.r8],
+        }
+    }
+}
+
+/// What a handler gets besides its arguments. `D` is the domain-wide state handlers share
+/// (event channels, console, ...), defined by the domain code; it is shared by all vCPUs, so
+/// it uses interior mutability.
+#[derive(Debug)]
+pub struct HypercallCtx<'a, D = ()> {
+    /// The calling vCPU.
+    pub vcpu_id: u32,
+    /// Domain-wide state.
+    pub domain: &'a D,
+    /// The guest's registers at the call (handlers like `iret` change more than `rax`).
+    pub regs: &'a mut GuestRegs,
+    /// The calling vCPU's PV state.
+    pub pv: &'a mut PvVcpuState,
+    mem: GuestVirt<'a>,
+}
+
+impl<'a, D> HypercallCtx<'a, D> {
+    /// A context for vCPU `vcpu_id` whose current page tables are at `cr3`.
+    pub fn new(
+        vcpu_id: u32,
+        ram: &'a GuestRam,
+        cr3: u64,
+        regs: &'a mut GuestRegs,
+        pv: &'a mut PvVcpuState,
+        domain: &'a D,
+    ) -> Self {
+        Self {
+            vcpu_id,
+            domain,
+            regs,
+            pv,
+            mem: GuestVirt::new(ram, cr3),
+        }
+    }
+
+    /// Guest-virtual memory through the caller's current page tables.
+    pub fn guest(&self) -> &GuestVirt<'a> {
+        &self.mem
+    }
+
+    /// Copy from guest-virtual memory; `Err(-EFAULT)` on any failure.
+    pub fn copy_from_guest(&self, va: u64, buf: &mut [u8]) -> Result<(), i64> {
+        self.mem.copy_from_guest(va, buf).map_err(fault)
+    }
+
+    /// Copy to guest-virtual memory; `Err(-EFAULT)` on any failure.
+    pub fn copy_to_guest(&self, va: u64, buf: &[u8]) -> Result<(), i64> {
+        self.mem.copy_to_guest(va, buf).map_err(fault)
+    }
+
+    /// Read a plain-data object; `Err(-EFAULT)` on any failure.
+    pub fn read_obj<T: ByteValued>(&self, va: u64) -> Result<T, i64> {
+        self.mem.read_obj(va).map_err(fault)
+    }
+
+    /// Write a plain-data object; `Err(-EFAULT)` on any failure.
+    pub fn write_obj<T: ByteValued>(&self, va: u64, v: &T) -> Result<(), i64> {
+        self.mem.write_obj(va, v).map_err(fault)
+    }
+}
+
+fn fault(e: GuestAccessError) -> i64 {
+    tracing::debug!("guest access: {e}");
+    -EFAULT
+}
+
+/// A hypercall handler: returns the value for the guest's `rax`.
+pub type HypercallFn<D = ()> = fn(&mut HypercallCtx<'_, D>, &HypercallArgs) -> i64;
+
+/// Errors registering handlers.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum HypercallError {
+    /// The number is beyond the table.
+    #[error("hypercall number {0} out of range (0..{NR_HYPERCALLS})")]
+    OutOfRange(u64),
+}
+
+/// The dispatch table, for handlers over domain state `D`.
+#[derive(Debug)]
+pub struct HypercallTable<D = ()> {
+    handlers: [Option<(&'static str, HypercallFn<D>)>; NR_HYPERCALLS],
+    logged: [AtomicBool; NR_HYPERCALLS],
+    logged_high: AtomicBool,
+    stats: Option<Arc<ExitStats>>,
+}
+
+impl<D> Default for HypercallTable<D> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<D> HypercallTable<D> {
+    /// An empty table: every hypercall returns `-ENOSYS`.
+    pub fn new() -> Self {
+        Self {
+            handlers: [None; NR_HYPERCALLS],
+            logged: std::array::from_fn(|_| AtomicBool::new(false)),
+            logged_high: AtomicBool::new(false),
+            stats: None,
+        }
+    }
+
+    /// Count dispatched hypercalls in `stats`.
+    pub fn with_stats(mut self, stats: Arc<ExitStats>) -> Self {
+        self.stats = Some(stats);
+        self
+    }
+
+    /// Install `f` as the handler for `nr`; returns the previous one's name.
+    pub fn register(
+        &mut self,
+        nr: u64,
+        name: &'static str,
+        f: HypercallFn<D>,
+    ) -> Result<Option<&'static str>, HypercallError> {
+        let slot = usize::try_from(nr)
+            .ok()
+            .and_then(|i| self.handlers.get_mut(i))
+            .ok_or(HypercallError::OutOfRange(nr))?;
+        Ok(slot.replace((name, f)).map(|(n, _)| n))
+    }
+
+    /// The name a handler was registered with.
+    pub fn name(&self, nr: u64) -> Option<&'static str> {
+        self.lookup(nr).map(|(n, _)| n)
+    }
+
+    fn lookup(&self, nr: u64) -> Option<(&'static str, HypercallFn<D>)> {
+        usize::try_from(nr)
+            .ok()
+            .and_then(|i| self.handlers.get(i))
+            .copied()
+            .flatten()
+    }
+
+    /// Run the handler for `args.nr`; unknown numbers give `-ENOSYS` (logged once each).
+    pub fn dispatch(&self, ctx: &mut HypercallCtx<'_, D>, args: &HypercallArgs) -> i64 {
+        if let Some(s) = &self.stats {
+            s.count_hypercall(args.nr);
+        }
+        match self.lookup(args.nr) {
+            Some((_, f)) => f(ctx, args),
+            None => {
+                let flag = usize::try_from(args.nr)
+                    .ok()
+                    .and_then(|i| self.logged.get(i))
+                    .unwrap_or(&self.logged_high);
+                if !flag.swap(true, Ordering::Relaxed) {
+                    warn!(nr = args.nr, vcpu = ctx.vcpu_id, "unimplemented hypercall");
+                }
+                -ENOSYS
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::PAGE_SIZE;
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn sum(_: &mut HypercallCtx<'_>, a: &HypercallArgs) -> i64 {
+        a.a.iter().fold(0i64, |s, v| s.wrapping_add(*v as i64))
+    }
+
+    /// Reads a u64 at a0, writes it + 1 at a1.
+    fn bump(ctx: &mut HypercallCtx<'_>, a: &HypercallArgs) -> i64 {
+        let v: u64 = match ctx.read_obj(a.a[0]) {
+            Ok(v) => v,
+            Err(e) => return e,
+        };
+        match ctx.write_obj(a.a[1], &(v + 1)) {
+            Ok(()) => 0,
+            Err(e) => e,
+        }
+    }
+
+    fn ram_with_one_page() -> GuestRam {
+        // L4 pfn 1 -> L3 pfn 2 -> L2 pfn 3 -> L1 pfn 4 -> data pfn 5 at VA 0 .. (slot 0).
+        let ram = GuestRam::new(8).unwrap();
+        for (pfn, next) in [(1u64, 2u64), (2, 3), (3, 4), (4, 5)] {
+            ram.mem()
+                .write_obj((next * PAGE_SIZE) | 7, GuestAddress(pfn * PAGE_SIZE))
+                .unwrap();
+        }
+        ram
+    }
+
+    #[test]
+    fn args_come_from_the_abi_registers() {
+        let r = GuestRegs {
+            rax: 17,
+            rdi: 1,
+            rsi: 2,
+            rdx: 3,
+            r10: 4,
+            r8: 5,
+            rcx: 99,
+            r9: 98,
+            ..Default::default()
+        };
+        assert_eq!(
+            HypercallArgs::from_regs(&r),
+            HypercallArgs {
+                nr: 17,
+                a: [1, 2, 3, 4, 5]
+            }
+        );
+    }
+
+    #[test]
+    fn dispatch_runs_registered_handlers_and_enosys_otherwise() {
+        let stats = Arc::new(ExitStats::default());
+        let mut t = HypercallTable::new().with_stats(stats.clone());
+        assert_eq!(t.register(17, "sum", sum), Ok(None));
+        assert_eq!(t.register(17, "sum", sum), Ok(Some("sum")));
+        assert_eq!(
+            t.register(64, "x", sum),
+            Err(HypercallError::OutOfRange(64))
+        );
+        assert_eq!(t.name(17), Some("sum"));
+        let ram = ram_with_one_page();
+        let mut regs = GuestRegs::default();
+        let mut pv = PvVcpuState::default();
+        let mut ctx = HypercallCtx::new(0, &ram, PAGE_SIZE, &mut regs, &mut pv, &());
+        let args = HypercallArgs {
+            nr: 17,
+            a: [1, 2, 3, 4, 5],
+        };
+        assert_eq!(t.dispatch(&mut ctx, &args), 15);
+        for nr in [0, 63, 64, u64::MAX] {
+            let args = HypercallArgs { nr, a: [0; 5] };
+            assert_eq!(t.dispatch(&mut ctx, &args), -ENOSYS);
+            assert_eq!(t.dispatch(&mut ctx, &args), -ENOSYS);
+        }
+        assert_eq!(stats.hypercalls(17), 1);
+        assert_eq!(stats.hypercalls(0), 2);
+        assert_eq!(stats.hypercalls(64), 4);
+    }
+
+    #[test]
+    fn handlers_reach_shared_domain_state() {
+        use std::sync::atomic::AtomicU64;
+        struct Dom {
+            calls: AtomicU64,
+        }
+        fn count(ctx: &mut HypercallCtx<'_, Dom>, a: &HypercallArgs) -> i64 {
+            ctx.domain.calls.fetch_add(a.a[0], Ordering::Relaxed) as i64
+        }
+        let mut t: HypercallTable<Dom> = HypercallTable::new();
+        t.register(3, "count", count).unwrap();
+        let dom = Dom {
+            calls: AtomicU64::new(10),
+        };
+        let ram = ram_with_one_page();
+        let mut regs = GuestRegs::default();
+        let mut pv = PvVcpuState::default();
+        let mut ctx = HypercallCtx::new(1, &ram, PAGE_SIZE, &mut regs, &mut pv, &dom);
+        let args = HypercallArgs {
+            nr: 3,
+            a: [5, 0, 0, 0, 0],
+        };
+        assert_eq!(t.dispatch(&mut ctx, &args), 10);
+        assert_eq!(t.dispatch(&mut ctx, &args), 15);
+        assert_eq!(dom.calls.load(Ordering::Relaxed), 20);
+    }
+
+    #[test]
+    fn handlers_get_efault_for_bad_pointers() {
+        let mut t = HypercallTable::new();
+        t.register(1, "bump", bump).unwrap();
+        let ram = ram_with_one_page();
+        ram.mem()
+            .write_obj(41u64, GuestAddress(5 * PAGE_SIZE + 16))
+            .unwrap();
+        let mut regs = GuestRegs::default();
+        let mut pv = PvVcpuState::default();
+        let mut ctx = HypercallCtx::new(0, &ram, PAGE_SIZE, &mut regs, &mut pv, &());
+        let call = |ctx: &mut HypercallCtx<'_>, a0, a1| {
+            t.dispatch(
+                ctx,
+                &HypercallArgs {
+                    nr: 1,
+                    a: [a0, a1, 0, 0, 0],
+                },
+            )
+        };
+        assert_eq!(call(&mut ctx, 16, 24), 0);
+        assert_eq!(
+            ram.mem()
+                .read_obj::<u64>(GuestAddress(5 * PAGE_SIZE + 24))
+                .unwrap(),
+            42
+        );
+        for bad in [
+            0x1000,                // unmapped
+            0x0000_8000_0000_0000, // non-canonical
+            0xffff_8080_0000_0000, // Xen range
+            4090,                  // crosses into an unmapped page
+        ] {
+            assert_eq!(call(&mut ctx, bad, 24), -EFAULT, "read {bad:#x}");
+            assert_eq!(call(&mut ctx, 16, bad), -EFAULT, "write {bad:#x}");
+        }
+    }
+}
