@@ -5,6 +5,7 @@
 pub mod builder;
 pub mod config;
 pub mod demo_image;
+pub mod domain;
 pub mod hypercall;
 pub mod image;
 pub mod inspect;
