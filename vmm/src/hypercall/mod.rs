@@ -40,6 +40,9 @@ pub mod pv;
 pub mod sched;
 pub mod version;
 
+#[cfg(test)]
+mod handler_tests;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
