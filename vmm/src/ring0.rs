@@ -306,7 +306,11 @@ impl Ring0Layer {
             )?;
             for (i, b) in buf.chunks_exact_mut(8).enumerate() {
                 let mfn = p * 512 + i as u64;
-                let v = if mfn < self.guest_pages { mfn } else { M2P_INVALID };
+                let v = if mfn < self.guest_pages {
+                    mfn
+                } else {
+                    M2P_INVALID
+                };
                 b.copy_from_slice(&v.to_le_bytes());
             }
             self.mem
@@ -482,7 +486,8 @@ mod tests {
     use super::*;
 
     fn walk(l: &Ring0Layer, va: u64) -> Option<u64> {
-        let (_, l4e) = l.private_l4_entries()[0];
+        let slot = ((va >> 39) & 511) as usize;
+        let (_, l4e) = *l.private_l4_entries().iter().find(|(s, _)| *s == slot)?;
         let mut e = l4e;
         let mut flags = e;
         for shift in [30u32, 21, 12] {
@@ -500,6 +505,42 @@ mod tests {
             flags |= e & PTE_NX;
         }
         Some((e & PTE_ADDR_MASK) | (flags & (PTE_US | PTE_RW | PTE_NX)))
+    }
+
+    #[test]
+    fn m2p_is_identity_read_only_user_nx_at_slot_258() {
+        for pages in [1u64, 511, 512, 513, 5000, 512 * 512 + 1] {
+            let l = Ring0Layer::new(2, pages).unwrap();
+            assert_eq!(l.private_l4_entries().len(), 2);
+            let read = |mfn: u64| {
+                let va = M2P_VIRT_BASE + mfn * 8;
+                let e = walk(&l, va)?;
+                assert_eq!(
+                    e & (PTE_US | PTE_RW | PTE_NX),
+                    PTE_US | PTE_NX,
+                    "pages {pages}"
+                );
+                let gpa = (e & PTE_ADDR_MASK) + (va & 0xfff);
+                l.mem.mem().read_obj::<u64>(GuestAddress(gpa)).ok()
+            };
+            for mfn in [0, pages / 2, pages - 1] {
+                assert_eq!(read(mfn), Some(mfn), "pages {pages} mfn {mfn}");
+            }
+            let end = m2p_pages(pages) * 512;
+            for mfn in pages..end.min(pages + 3) {
+                assert_eq!(read(mfn), Some(M2P_INVALID));
+            }
+            assert_eq!(
+                walk(&l, M2P_VIRT_BASE + end * 8),
+                None,
+                "nothing past the table"
+            );
+            // The slot-257 view does not reach the M2P's private pages.
+            let past = RING0_VIRT_BASE + l.ring0_pages * PAGE_SIZE;
+            assert!(l.va_to_gpa(past, 8).is_none());
+        }
+        assert!(Ring0Layer::new(1, 0).is_err());
+        assert!(Ring0Layer::new(1, 1 << 30).is_err());
     }
 
     #[test]

@@ -215,7 +215,8 @@ pub fn bounce(
     if ev.vector == X86_EXC_PF && !ev.software {
         // The guest kernel runs at CPL3, so the CPU always sets the user bit: Xen reports
         // it only for faults from guest user mode.
-        error_code = error_code.map(|e| (e & !pf_error::USER) | if user { pf_error::USER } else { 0 });
+        error_code =
+            error_code.map(|e| (e & !pf_error::USER) | if user { pf_error::USER } else { 0 });
     }
     if !entry.is_set() {
         return Err(BounceError::NoHandler {
@@ -283,7 +284,12 @@ pub fn bounce(
     regs.rflags &= !(rflags::TF | rflags::VM | rflags::RF | rflags::NT | rflags::AC);
     regs.rsp = frame;
     regs.rip = entry.address;
-    debug!(vector = ev.vector, handler = entry.address, frame, "bounced to guest");
+    debug!(
+        vector = ev.vector,
+        handler = entry.address,
+        frame,
+        "bounced to guest"
+    );
     Ok(new_cr3)
 }
 
@@ -460,5 +466,189 @@ mod tests {
     fn vector_names() {
         assert_eq!(vector_name(14), "#PF");
         assert_eq!(vector_name(200), "int");
+    }
+}
+
+#[cfg(test)]
+mod bounce_tests {
+    use super::*;
+    use crate::hypercall::handler_tests::{Guest, RO, UNMAPPED, VA, VA_END};
+    use crate::memory::PAGE_SIZE;
+    use xen_abi::negotiate::LaunchMode;
+    use xen_abi::pv_vcpu::{TrapEntry, TRAP_FLAG_MASK_EVENTS};
+    use xen_abi::sched::ShutdownReason;
+
+    const HANDLER: u64 = 0xffff_ffff_8000_4000;
+
+    fn guest_with_handler(vector: u8, flags: u8) -> Guest {
+        let mut g = Guest::new(LaunchMode::Unprivileged);
+        g.pv.traps[usize::from(vector)] = TrapEntry {
+            address: HANDLER,
+            cs: 0xe033,
+            flags,
+            pad: [0; 5],
+        };
+        g.regs = GuestRegs {
+            rip: 0xffff_ffff_8000_1234,
+            rsp: VA + 0x808, // not 16-byte aligned
+            rflags: 0x202 | rflags::TF | rflags::AC | rflags::NT | rflags::RF,
+            rcx: 0xc,
+            r11: 0xb,
+            rax: 0xa,
+            ..Default::default()
+        };
+        g
+    }
+
+    fn ev(vector: u8, error_code: Option<u64>, cr2: u64) -> GuestEvent {
+        GuestEvent {
+            vector,
+            error_code,
+            cr2,
+            cs: 0xe033,
+            ss: 0xe02b,
+            software: false,
+        }
+    }
+
+    fn run(g: &mut Guest, e: &GuestEvent) -> Result<Option<u64>, BounceError> {
+        bounce(&g.ram, PAGE_SIZE, &mut g.pv, &g.dom, 0, e, &mut g.regs)
+    }
+
+    #[test]
+    fn kernel_mode_frame_without_error_code_is_xen_layout() {
+        let mut g = guest_with_handler(6, 0);
+        assert_eq!(run(&mut g, &ev(6, None, 0)), Ok(None));
+        let top = (VA + 0x808) & !0xf;
+        assert_eq!(g.regs.rsp, top - 56);
+        assert_eq!(g.regs.rip, HANDLER);
+        assert_eq!(
+            g.regs.rflags & (rflags::TF | rflags::AC | rflags::NT | rflags::RF),
+            0
+        );
+        assert_eq!((g.regs.rax, g.regs.rcx, g.regs.r11), (0xa, 0xc, 0xb));
+        let f: [u64; 7] = g.get(g.regs.rsp);
+        // rcx, r11, rip, cs (RPL cleared, saved mask 1 in bits 32-39), rflags (IF = !mask),
+        // rsp, ss
+        assert_eq!(f[0], 0xc);
+        assert_eq!(f[1], 0xb);
+        assert_eq!(f[2], 0xffff_ffff_8000_1234);
+        assert_eq!(f[3], 0x1_0000_e030);
+        assert_eq!(f[4] & rflags::IF, 0);
+        assert_ne!(
+            f[4] & rflags::TF,
+            0,
+            "the frame keeps the interrupted flags"
+        );
+        assert_eq!(f[5], VA + 0x808);
+        assert_eq!(f[6], 0xe02b);
+        assert_eq!(g.mask(), 1);
+    }
+
+    #[test]
+    fn error_code_frame_pf_cr2_user_bit_and_event_masking() {
+        let mut g = guest_with_handler(14, TRAP_FLAG_MASK_EVENTS);
+        g.set_mask(0);
+        let e = ev(14, Some(pf_error::USER | pf_error::WRITE), 0xdead_b000);
+        assert_eq!(run(&mut g, &e), Ok(None));
+        let f: [u64; 8] = g.get(g.regs.rsp);
+        assert_eq!(
+            f[2],
+            pf_error::WRITE,
+            "user bit cleared for guest kernel mode"
+        );
+        assert_eq!(f[3], 0xffff_ffff_8000_1234);
+        assert_eq!(f[4], 0xe030, "saved mask 0");
+        assert_ne!(f[5] & rflags::IF, 0);
+        assert_eq!(g.mask(), 1, "disable-events flag sets the mask");
+        let gpa = vm_memory::GuestAddress(60 * PAGE_SIZE + 16);
+        use vm_memory::Bytes;
+        assert_eq!(g.ram.mem().read_obj::<u64>(gpa).unwrap(), 0xdead_b000);
+    }
+
+    #[test]
+    fn user_mode_switches_to_the_kernel_stack_and_page_tables() {
+        let mut g = guest_with_handler(13, 0);
+        g.pv.set_guest_mode(GuestMode::User);
+        g.pv.kernel_sp = VA + 0x1008;
+        g.pv.kernel_cr3 = PAGE_SIZE;
+        assert_eq!(run(&mut g, &ev(13, Some(0), 0)), Ok(Some(PAGE_SIZE)));
+        assert_eq!(g.pv.guest_mode(), GuestMode::Kernel);
+        assert_eq!(g.regs.rsp, VA + 0x1000 - 64);
+        let f: [u64; 8] = g.get(g.regs.rsp);
+        assert_eq!(f[4] & 3, 3, "RPL kept: interrupted user mode");
+        assert_eq!(f[6], VA + 0x808);
+    }
+
+    #[test]
+    fn unhandled_vector_or_bad_stack_is_an_error() {
+        let mut g = guest_with_handler(6, 0);
+        assert!(matches!(
+            run(&mut g, &ev(14, Some(0), 0)),
+            Err(BounceError::NoHandler { vector: 14, .. })
+        ));
+        for rsp in [
+            UNMAPPED,
+            RO + 64,
+            0x8000_0000_0000_0000,
+            0xffff_8080_0000_0100,
+            16,
+        ] {
+            let mut g = guest_with_handler(6, 0);
+            g.regs.rsp = rsp;
+            assert!(
+                matches!(
+                    run(&mut g, &ev(6, None, 0)),
+                    Err(BounceError::FrameFault { .. })
+                ),
+                "rsp {rsp:#x}"
+            );
+        }
+        let _ = VA_END;
+    }
+
+    fn put_insn(g: &Guest, va: u64, b: [u8; 2]) {
+        g.put(va, &b);
+    }
+
+    #[test]
+    fn int_n_quirk_becomes_software_interrupt_or_gp() {
+        let at = VA + 0x40;
+        let frame = CpuFrame {
+            rip: at,
+            cs: 0xe033,
+            rflags: 0x202,
+            rsp: VA + 0x800,
+            ss: 0xe02b,
+        };
+        // DPL 3 entry: delivered as vector 0x80, rip after the instruction, no error code.
+        let mut g = guest_with_handler(0x80, 3);
+        put_insn(&g, at, [0xcd, 0x80]);
+        g.regs.rip = at;
+        let guest = GuestVirt::new(&g.ram, PAGE_SIZE);
+        let e = event_for_exit(&guest, &g.pv, 6, None, 0, &frame, &mut g.regs);
+        assert_eq!((e.vector, e.error_code, e.software), (0x80, None, true));
+        assert_eq!(g.regs.rip, at + 2);
+        assert_eq!(run(&mut g, &e), Ok(None));
+        let f: [u64; 7] = g.get(g.regs.rsp);
+        assert_eq!(f[2], at + 2);
+        // DPL 0 entry: #GP(n << 3 | 2) at the instruction.
+        let mut g = guest_with_handler(0x80, 0);
+        put_insn(&g, at, [0xcd, 0x80]);
+        g.regs.rip = at;
+        let guest = GuestVirt::new(&g.ram, PAGE_SIZE);
+        let e = event_for_exit(&guest, &g.pv, 6, None, 0, &frame, &mut g.regs);
+        assert_eq!((e.vector, e.error_code), (13, Some(0x402)));
+        assert_eq!(g.regs.rip, at);
+        // A real #UD stays #UD.
+        let mut g = guest_with_handler(6, 0);
+        put_insn(&g, at, [0x0f, 0x0b]);
+        g.regs.rip = at;
+        let guest = GuestVirt::new(&g.ram, PAGE_SIZE);
+        let e = event_for_exit(&guest, &g.pv, 6, None, 0, &frame, &mut g.regs);
+        assert_eq!((e.vector, e.error_code), (6, None));
+        assert!(permit_softint(1, GuestMode::Kernel));
+        assert!(!permit_softint(2, GuestMode::User));
+        let _ = ShutdownReason::Crash;
     }
 }

@@ -53,13 +53,13 @@ impl Guest {
     pub fn new(mode: LaunchMode) -> Self {
         let ram = GuestRam::new(PAGES).unwrap();
         let w = |gpa: u64, v: u64| ram.mem().write_obj(v, GuestAddress(gpa)).unwrap();
-        w(PAGE_SIZE, 2 * PAGE_SIZE | 7);
-        w(2 * PAGE_SIZE, 3 * PAGE_SIZE | 7);
-        w(3 * PAGE_SIZE, 4 * PAGE_SIZE | 7);
+        w(PAGE_SIZE, (2 * PAGE_SIZE) | 7);
+        w(2 * PAGE_SIZE, (3 * PAGE_SIZE) | 7);
+        w(3 * PAGE_SIZE, (4 * PAGE_SIZE) | 7);
         for i in 0..32u64 {
-            w(4 * PAGE_SIZE + (16 + i) * 8, (16 + i) * PAGE_SIZE | 7);
+            w(4 * PAGE_SIZE + (16 + i) * 8, ((16 + i) * PAGE_SIZE) | 7);
         }
-        w(4 * PAGE_SIZE + 48 * 8, 48 * PAGE_SIZE | 5); // RO
+        w(4 * PAGE_SIZE + 48 * 8, (48 * PAGE_SIZE) | 5); // RO
         let out = Out::default();
         let dom = DomainShared::new(
             "t".into(),
@@ -178,10 +178,22 @@ mod version {
     #[test]
     fn get_features_submap0_only() {
         let mut g = Guest::new(LaunchMode::Unprivileged);
-        g.put(VA, &XenFeatureInfo { submap_idx: 0, submap: 0 });
+        g.put(
+            VA,
+            &XenFeatureInfo {
+                submap_idx: 0,
+                submap: 0,
+            },
+        );
         assert_eq!(g.call(nr::XEN_VERSION, [6, VA, 0, 0, 0]), 0);
         assert_eq!(g.get::<XenFeatureInfo>(VA).submap, 0x1234);
-        g.put(VA, &XenFeatureInfo { submap_idx: 1, submap: 7 });
+        g.put(
+            VA,
+            &XenFeatureInfo {
+                submap_idx: 1,
+                submap: 7,
+            },
+        );
         assert_eq!(g.call(nr::XEN_VERSION, [6, VA, 0, 0, 0]), -EINVAL);
         assert_eq!(g.get::<XenFeatureInfo>(VA).submap, 7);
     }
@@ -216,7 +228,10 @@ mod version {
         // extraversion2: NULL -> length
         assert_eq!(g.call(nr::XEN_VERSION, [11, 0, 0, 0, 0]), 7);
         g.put(VA, &3u32);
-        assert_eq!(g.call(nr::XEN_VERSION, [11, VA, 0, 0, 0]), -(ENOBUFS as i64));
+        assert_eq!(
+            g.call(nr::XEN_VERSION, [11, VA, 0, 0, 0]),
+            -(ENOBUFS as i64)
+        );
         g.put(VA, &64u32);
         assert_eq!(g.call(nr::XEN_VERSION, [11, VA, 0, 0, 0]), 7);
         let b: [u8; 11] = g.get(VA);
@@ -250,14 +265,20 @@ mod console {
     fn write_faults_on_any_bad_range_after_printing_good_chunks() {
         let mut g = Guest::new(LaunchMode::Unprivileged);
         assert_eq!(g.call(nr::CONSOLE_IO, [0, 16, UNMAPPED, 0, 0]), -EFAULT);
-        assert_eq!(g.call(nr::CONSOLE_IO, [0, 16, VA_END + PAGE_SIZE - 8, 0, 0]), -EFAULT);
+        assert_eq!(
+            g.call(nr::CONSOLE_IO, [0, 16, VA_END + PAGE_SIZE - 8, 0, 0]),
+            -EFAULT
+        );
         assert!(g.console().is_empty());
         // 200 bytes ending past the RO page: the first chunk (127) prints, then -EFAULT.
         let start = VA_END + PAGE_SIZE - 150;
         assert_eq!(g.call(nr::CONSOLE_IO, [0, 200, start, 0, 0]), -EFAULT);
         assert_eq!(g.console().len(), 127);
         // a huge count over unmapped memory terminates at once
-        assert_eq!(g.call(nr::CONSOLE_IO, [0, u32::MAX as u64, VA, 0, 0]), -EFAULT);
+        assert_eq!(
+            g.call(nr::CONSOLE_IO, [0, u32::MAX as u64, VA, 0, 0]),
+            -EFAULT
+        );
     }
 
     #[test]
@@ -301,7 +322,12 @@ mod sched {
     #[test]
     fn shutdown_code_overrides_a_later_shutdown_and_compat_takes_reason_in_arg() {
         let mut g = Guest::new(LaunchMode::Unprivileged);
-        g.put(VA, &SchedShutdown { reason: SHUTDOWN_CRASH });
+        g.put(
+            VA,
+            &SchedShutdown {
+                reason: SHUTDOWN_CRASH,
+            },
+        );
         assert_eq!(g.call(nr::SCHED_OP, [5, VA, 0, 0, 0]), 0);
         assert_eq!(g.dom.shutdown_reason(), None);
         assert_eq!(g.call(nr::SCHED_OP_COMPAT, [2, 0, 0, 0, 0]), 0);
@@ -353,7 +379,14 @@ mod pv_state {
     #[test]
     fn set_trap_table_installs_until_terminator_and_null_clears() {
         let mut g = Guest::new(LaunchMode::Unprivileged);
-        g.put(VA, &[ti(14, 4, 0xffff_ffff_8000_1000), ti(0x80, 3, 0x2000), ti(6, 0, 0)]);
+        g.put(
+            VA,
+            &[
+                ti(14, 4, 0xffff_ffff_8000_1000),
+                ti(0x80, 3, 0x2000),
+                ti(6, 0, 0),
+            ],
+        );
         assert_eq!(g.call(nr::SET_TRAP_TABLE, [VA, 0, 0, 0, 0]), 0);
         assert_eq!(g.pv.traps[14].address, 0xffff_ffff_8000_1000);
         assert_eq!(g.pv.traps[14].cs, 0xe033, "RPL forced to 3");
@@ -367,14 +400,25 @@ mod pv_state {
     #[test]
     fn set_trap_table_refuses_non_canonical_and_faults() {
         let mut g = Guest::new(LaunchMode::Unprivileged);
-        g.put(VA, &[ti(3, 0, 0x1000), ti(6, 0, 0x8000_0000_0000_1000), ti(0, 0, 0)]);
+        g.put(
+            VA,
+            &[
+                ti(3, 0, 0x1000),
+                ti(6, 0, 0x8000_0000_0000_1000),
+                ti(0, 0, 0),
+            ],
+        );
         assert_eq!(g.call(nr::SET_TRAP_TABLE, [VA, 0, 0, 0, 0]), -EINVAL);
         assert_eq!(g.pv.traps[3].address, 0x1000, "entries before stay");
         assert!(!g.pv.traps[6].is_set());
         assert_eq!(g.call(nr::SET_TRAP_TABLE, [UNMAPPED, 0, 0, 0, 0]), -EFAULT);
         // runs off the end of the mapping
         g.put(RO - 16, &ti(4, 0, 0x3000));
-        assert_eq!(g.call(nr::SET_TRAP_TABLE, [RO - 16, 0, 0, 0, 0]), 0, "RO page reads as 0");
+        assert_eq!(
+            g.call(nr::SET_TRAP_TABLE, [RO - 16, 0, 0, 0, 0]),
+            0,
+            "RO page reads as 0"
+        );
     }
 
     #[test]
@@ -401,7 +445,10 @@ mod pv_state {
             _pad: 0,
             address,
         };
-        g.put(VA, &reg(CALLBACKTYPE_SYSCALL, CALLBACKF_MASK_EVENTS, 0x5000));
+        g.put(
+            VA,
+            &reg(CALLBACKTYPE_SYSCALL, CALLBACKF_MASK_EVENTS, 0x5000),
+        );
         assert_eq!(g.call(nr::CALLBACK_OP, [0, VA, 0, 0, 0]), 0);
         assert_eq!(g.pv.callbacks[2].address, 0x5000);
         assert_eq!(g.pv.callbacks[2].flags, 1);
@@ -412,10 +459,22 @@ mod pv_state {
         g.put(VA, &reg(CALLBACKTYPE_NMI, 0, 0x7000));
         assert_eq!(g.call(nr::CALLBACK_OP, [0, VA, 0, 0, 0]), 0);
         assert_eq!(g.pv.traps[2].address, 0x7000);
-        g.put(VA, &CallbackUnregister { ty: CALLBACKTYPE_NMI, _unused: 0 });
+        g.put(
+            VA,
+            &CallbackUnregister {
+                ty: CALLBACKTYPE_NMI,
+                _unused: 0,
+            },
+        );
         assert_eq!(g.call(nr::CALLBACK_OP, [1, VA, 0, 0, 0]), 0);
         assert!(!g.pv.traps[2].is_set());
-        g.put(VA, &CallbackUnregister { ty: CALLBACKTYPE_EVENT, _unused: 0 });
+        g.put(
+            VA,
+            &CallbackUnregister {
+                ty: CALLBACKTYPE_EVENT,
+                _unused: 0,
+            },
+        );
         assert_eq!(g.call(nr::CALLBACK_OP, [1, VA, 0, 0, 0]), -EINVAL);
         assert_eq!(g.call(nr::CALLBACK_OP, [0, UNMAPPED, 0, 0, 0]), -EFAULT);
         assert_eq!(g.call(nr::CALLBACK_OP, [7, VA, 0, 0, 0]), -ENOSYS);
@@ -439,7 +498,11 @@ mod pv_state {
         assert_eq!(g.call(nr::VM_ASSIST, [1, 2, 0, 0, 0]), 0);
         assert!(!g.pv.vm_assist(2));
         for ty in [6u64, 31, 33, 64, (1 << 40) | 7] {
-            assert_eq!(g.call(nr::VM_ASSIST, [0, ty, 0, 0, 0]), -EINVAL, "type {ty}");
+            assert_eq!(
+                g.call(nr::VM_ASSIST, [0, ty, 0, 0, 0]),
+                -EINVAL,
+                "type {ty}"
+            );
         }
         // `unsigned int type`: the upper half is dropped
         assert_eq!(g.call(nr::VM_ASSIST, [0, 1 << 40, 0, 0, 0]), 0);
@@ -562,12 +625,21 @@ mod multicall {
     fn bad_lists_fault_and_huge_counts_terminate() {
         let mut g = Guest::new(LaunchMode::Unprivileged);
         assert_eq!(g.call(nr::MULTICALL, [UNMAPPED, 1 << 31, 0, 0, 0]), -EFAULT);
-        assert_eq!(g.call(nr::MULTICALL, [0xffff_8080_0000_0000, 1, 0, 0, 0]), -EFAULT);
-        assert_eq!(g.call(nr::MULTICALL, [0xffff_8080_0000_0000, 0, 0, 0, 0]), -EFAULT);
+        assert_eq!(
+            g.call(nr::MULTICALL, [0xffff_8080_0000_0000, 1, 0, 0, 0]),
+            -EFAULT
+        );
+        assert_eq!(
+            g.call(nr::MULTICALL, [0xffff_8080_0000_0000, 0, 0, 0, 0]),
+            -EFAULT
+        );
         // last RW slot then the RO page: entry 0 runs, entry 1's result cannot be written
         let last = RO - 64;
         g.put(last, &entry(nr::XEN_VERSION, [0; 6]));
-        assert_eq!(g.call(nr::MULTICALL, [last, u32::MAX as u64, 0, 0, 0]), -EFAULT);
+        assert_eq!(
+            g.call(nr::MULTICALL, [last, u32::MAX as u64, 0, 0, 0]),
+            -EFAULT
+        );
         assert_eq!(g.get::<MulticallEntry>(last).result, 0x0004_0013);
     }
 
@@ -582,7 +654,10 @@ mod multicall {
         assert_eq!(ret, 0);
         assert!(replaced);
         assert_eq!(g.regs.rip, rip - 2);
-        assert_eq!((g.regs.rax, g.regs.rdi, g.regs.rsi), (13, VA + 256 * 64, 44));
+        assert_eq!(
+            (g.regs.rax, g.regs.rdi, g.regs.rsi),
+            (13, VA + 256 * 64, 44)
+        );
         let (a, b) = (g.regs.rdi, g.regs.rsi);
         g.regs.rip = rip;
         assert_eq!(g.call_full(nr::MULTICALL, [a, b, 0, 0, 0]), (0, false));

@@ -41,7 +41,7 @@ pub mod sched;
 pub mod version;
 
 #[cfg(test)]
-mod handler_tests;
+pub(crate) mod handler_tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};

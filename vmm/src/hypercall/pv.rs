@@ -110,8 +110,11 @@ fn register(ctx: &mut HypercallCtx<'_, DomainShared>, r: &CallbackRegister) -> i
 // xen: arch/x86/pv/callback.c, unregister_guest_callback
 fn unregister(ctx: &mut HypercallCtx<'_, DomainShared>, ty: u16) -> i64 {
     match ty {
-        CALLBACKTYPE_EVENT | CALLBACKTYPE_FAILSAFE | CALLBACKTYPE_SYSCALL
-        | CALLBACKTYPE_SYSCALL32 | CALLBACKTYPE_SYSENTER => err(EINVAL),
+        CALLBACKTYPE_EVENT
+        | CALLBACKTYPE_FAILSAFE
+        | CALLBACKTYPE_SYSCALL
+        | CALLBACKTYPE_SYSCALL32
+        | CALLBACKTYPE_SYSENTER => err(EINVAL),
         CALLBACKTYPE_NMI => {
             ctx.pv.traps[usize::from(X86_EXC_NMI)] = TrapEntry::default();
             ctx.pv.callbacks[callback_index::NMI] = CallbackEntry::default();
@@ -231,7 +234,10 @@ pub fn iret(ctx: &mut HypercallCtx<'_, DomainShared>, _a: &HypercallArgs) -> i64
     ctx.return_cs = GuestCs::Long64;
     let mask = u8::from(f.rflags & rflags::IF == 0);
     if !ctx.domain.set_upcall_mask(ctx.ram(), ctx.vcpu_id, mask) {
-        warn!(vcpu = ctx.vcpu_id, "iret: no vcpu_info to restore the event mask in");
+        warn!(
+            vcpu = ctx.vcpu_id,
+            "iret: no vcpu_info to restore the event mask in"
+        );
     }
     if !is_canonical(f.rip) {
         // Xen's iretq faults; the #GP(0) is delivered to the guest at the target context.
@@ -248,7 +254,8 @@ pub fn iret(ctx: &mut HypercallCtx<'_, DomainShared>, _a: &HypercallArgs) -> i64
         if let Err(e) =
             crate::trap::bounce(ram, cr3, ctx.pv, ctx.domain, ctx.vcpu_id, &ev, ctx.regs)
         {
-            ctx.domain.crash(&format!("iret to non-canonical rip {:#x}: {e}", f.rip));
+            ctx.domain
+                .crash(&format!("iret to non-canonical rip {:#x}: {e}", f.rip));
         }
     }
     0

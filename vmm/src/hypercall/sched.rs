@@ -42,7 +42,11 @@ pub fn sched_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> 
         },
         SCHEDOP_WATCHDOG => match ctx.read_pod::<SchedWatchdog>(arg) {
             Ok(w) => {
-                debug!(id = w.id, timeout = w.timeout, "SCHEDOP_watchdog (never fires)");
+                debug!(
+                    id = w.id,
+                    timeout = w.timeout,
+                    "SCHEDOP_watchdog (never fires)"
+                );
                 match ctx.domain.watchdog(w.id, w.timeout) {
                     Ok(v) => i64::from(v),
                     Err(e) => err(e),
