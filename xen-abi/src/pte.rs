@@ -28,9 +28,9 @@ use core::fmt;
 
 use crate::errno::Errno;
 use crate::mmu::{
-    _PAGE_ACCESSED, _PAGE_AVAIL, _PAGE_AVAIL_HIGH, _PAGE_DIRTY, _PAGE_GLOBAL, _PAGE_GNTTAB,
-    _PAGE_GUEST_KERNEL, _PAGE_NX, _PAGE_PAT, _PAGE_PCD, _PAGE_PRESENT, _PAGE_PWT, _PAGE_RW,
-    _PAGE_USER, PTE_ADDR_MASK, pte_mfn,
+    pte_mfn, _PAGE_ACCESSED, _PAGE_AVAIL, _PAGE_AVAIL_HIGH, _PAGE_DIRTY, _PAGE_GLOBAL,
+    _PAGE_GNTTAB, _PAGE_GUEST_KERNEL, _PAGE_NX, _PAGE_PAT, _PAGE_PCD, _PAGE_PRESENT, _PAGE_PWT,
+    _PAGE_RW, _PAGE_USER, PTE_ADDR_MASK,
 };
 
 /// Entries per page table.
@@ -401,7 +401,11 @@ impl<const N: usize> SideTable for FixedSideTable<N> {
             Some(i) => i,
             None if entry == SideEntry::default() => return Ok(()),
             None => {
-                let i = self.mfns.iter().position(Option::is_none).ok_or(SideTableFull)?;
+                let i = self
+                    .mfns
+                    .iter()
+                    .position(Option::is_none)
+                    .ok_or(SideTableFull)?;
                 self.mfns[i] = Some(table_mfn);
                 self.bits[i] = TableBits::new();
                 i
@@ -859,12 +863,7 @@ fn check_upper(
 /// read-only and never traps reads, so this is the installed value as is under every
 /// ABI: under [`PteAbi::Kxen`] that is what the guest wrote plus the adjust bits; under
 /// the Xen ABIs it includes bit 52 (and bit 62 on grant mappings, debug).
-pub fn guest_view(
-    _at: EntryAt,
-    installed: u64,
-    _cfg: PteConfig,
-    _side: &impl SideTable,
-) -> u64 {
+pub fn guest_view(_at: EntryAt, installed: u64, _cfg: PteConfig, _side: &impl SideTable) -> u64 {
     installed
 }
 
@@ -898,4 +897,868 @@ pub fn install_grant_l1e(
     side.set(at.table_mfn, at.slot, rec)
         .map_err(|_| err(PteErrorKind::SideTableFull))?;
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mmu::{make_pte, _PAGE_AVAIL0, _PAGE_PSE};
+    use std::format;
+    use std::string::ToString;
+    use std::vec::Vec;
+
+    const ALL_ABIS: [PteAbi; 3] = [PteAbi::Kxen, PteAbi::Xen, PteAbi::XenDebug];
+
+    // Frames of the test domain.
+    const T1: u64 = 0x100; // L1 table
+    const T2: u64 = 0x200; // L2 table
+    const T3: u64 = 0x300; // L3 table
+    const T4: u64 = 0x400; // L4 table
+    const T4B: u64 = 0x401; // another L4
+    const T3B: u64 = 0x301; // another L3
+    const T2B: u64 = 0x201; // another L2
+    const DATA: u64 = 0x1000; // untyped RAM
+    const WRITABLE: u64 = 0x1001; // RAM mapped writable somewhere
+    const GDT: u64 = 0x1002; // descriptor table
+    const SHARED: u64 = 0x1003; // shared_info-like, writable
+    const SHARED_RO: u64 = 0x1004; // read-only shared page
+    const OUTSIDE: u64 = 0x9_0000; // not the domain's
+    const FREE: u64 = 0x8_0000; // untyped RAM far from the others
+
+    struct Frames {
+        over: [(u64, FrameClass); 13],
+        default: FrameClass,
+    }
+
+    const fn ram(type_: FrameType) -> FrameClass {
+        FrameClass::Ram {
+            type_,
+            pinned: false,
+        }
+    }
+
+    impl Frames {
+        fn domain() -> Self {
+            Frames {
+                over: [
+                    (T1, ram(FrameType::L1)),
+                    (T2, ram(FrameType::L2)),
+                    (T3, ram(FrameType::L3)),
+                    (T4, ram(FrameType::L4)),
+                    (T4B, ram(FrameType::L4)),
+                    (T3B, ram(FrameType::L3)),
+                    (T2B, ram(FrameType::L2)),
+                    (DATA, ram(FrameType::None)),
+                    (WRITABLE, ram(FrameType::Writable)),
+                    (GDT, ram(FrameType::SegDesc)),
+                    (SHARED, FrameClass::SharedXen { writable: true }),
+                    (SHARED_RO, FrameClass::SharedXen { writable: false }),
+                    (OUTSIDE, FrameClass::NotGuest),
+                ],
+                // Everything below 16 GiB is untyped RAM, above is not the domain's.
+                default: ram(FrameType::None),
+            }
+        }
+    }
+
+    impl FrameInfo for Frames {
+        fn frame_class(&self, mfn: u64) -> FrameClass {
+            if let Some((_, c)) = self.over.iter().find(|(m, _)| *m == mfn) {
+                return *c;
+            }
+            if mfn < (1 << 22) {
+                self.default
+            } else {
+                FrameClass::NotGuest
+            }
+        }
+    }
+
+    type Side = FixedSideTable<8>;
+
+    fn table_of(level: Level) -> u64 {
+        match level {
+            Level::L1 => T1,
+            Level::L2 => T2,
+            Level::L3 => T3,
+            Level::L4 => T4,
+        }
+    }
+
+    fn upd(
+        level: Level,
+        slot: usize,
+        new: u64,
+        old: u64,
+        cfg: PteConfig,
+    ) -> Result<PteUpdate, PteError> {
+        let mut side = Side::new();
+        update_entry(
+            EntryAt::new(table_of(level), level, slot),
+            new,
+            old,
+            cfg,
+            &Frames::domain(),
+            &mut side,
+        )
+    }
+
+    fn errno_of(level: Level, slot: usize, new: u64, cfg: PteConfig) -> Option<Errno> {
+        upd(level, slot, new, 0, cfg).err().map(|e| e.errno())
+    }
+
+    const P: u64 = _PAGE_PRESENT;
+    const RW: u64 = _PAGE_RW;
+    const U: u64 = _PAGE_USER;
+    const G: u64 = _PAGE_GLOBAL;
+    const A: u64 = _PAGE_ACCESSED;
+    const GK: u64 = _PAGE_GUEST_KERNEL;
+
+    // ----- flags, table-driven over every bit ------------------------------------------------
+
+    /// Bits a guest may set in a present entry, written out by hand from Xen's masks
+    /// (not derived from this module's constants).
+    fn allowed_bits(level: Level, cfg: PteConfig) -> Vec<u32> {
+        let mut v: Vec<u32> = std::vec![0, 1, 2, 5, 6, 9, 10, 11];
+        v.extend(12..=51); // address bits
+        v.extend(52..=61);
+        if !(level == Level::L1 && cfg.abi == PteAbi::XenDebug) {
+            v.push(62);
+        }
+        v.push(63);
+        if level == Level::L1 {
+            v.push(8); // GLOBAL is allowed in L1 only
+            if cfg.cache_attrs {
+                v.extend([3, 4, 7]);
+            }
+        }
+        v
+    }
+
+    /// Every frame is untyped RAM: address bits never change the verdict.
+    struct AllRam;
+
+    impl FrameInfo for AllRam {
+        fn frame_class(&self, _mfn: u64) -> FrameClass {
+            ram(FrameType::None)
+        }
+    }
+
+    #[test]
+    fn every_bit_at_every_level_is_allowed_or_refused_with_einval() {
+        for abi in ALL_ABIS {
+            for cache_attrs in [false, true] {
+                let cfg = PteConfig {
+                    abi,
+                    cache_attrs,
+                    linear_pt: true,
+                };
+                for level in Level::ALL {
+                    let allowed = allowed_bits(level, cfg);
+                    for bit in 0..64u32 {
+                        let new = make_pte(FREE, P) | (1u64 << bit);
+                        let mut side = Side::new();
+                        let at = EntryAt::new(table_of(level), level, 5);
+                        let r = update_entry(at, new, 0, cfg, &AllRam, &mut side);
+                        if allowed.contains(&bit) {
+                            let u = r.unwrap_or_else(|e| {
+                                panic!("{abi:?} cache={cache_attrs} {level} bit {bit}: {e}")
+                            });
+                            // Only the documented adjust bits are added.
+                            let added = u.value & !new;
+                            let expect_added = match level {
+                                Level::L1 if abi == PteAbi::Kxen => U | G,
+                                Level::L1 => U | G | GK,
+                                Level::L2 | Level::L3 => U,
+                                Level::L4 => U | A,
+                            };
+                            assert_eq!(added & !expect_added, 0, "{level} bit {bit}");
+                        } else {
+                            let e = r.expect_err(&format!("{abi:?} {level} bit {bit} accepted"));
+                            assert_eq!(e.errno(), Errno::EINVAL);
+                            assert_eq!(e.kind, PteErrorKind::BadFlags { bits: 1 << bit });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn superpages_global_and_cache_bits_refused_above_l1() {
+        for level in [Level::L2, Level::L3, Level::L4] {
+            for bits in [_PAGE_PSE, G, _PAGE_PWT, _PAGE_PCD] {
+                let cfg = PteConfig {
+                    cache_attrs: true,
+                    ..PteConfig::default()
+                };
+                assert_eq!(
+                    errno_of(level, 1, make_pte(FREE, P | RW | bits), cfg),
+                    Some(Errno::EINVAL),
+                    "{level} {bits:#x}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cache_attrs_in_l1_need_permission() {
+        for bits in [_PAGE_PWT, _PAGE_PCD, _PAGE_PAT] {
+            let new = make_pte(DATA, P | RW | bits);
+            assert_eq!(
+                errno_of(Level::L1, 0, new, PteConfig::default()),
+                Some(Errno::EINVAL)
+            );
+            let cfg = PteConfig {
+                cache_attrs: true,
+                ..PteConfig::default()
+            };
+            assert_eq!(errno_of(Level::L1, 0, new, cfg), None);
+            // ... but never on a Xen-shared page (xen: -EACCES).
+            let e = upd(Level::L1, 0, make_pte(SHARED, P | bits), 0, cfg).unwrap_err();
+            assert_eq!(
+                (e.errno(), e.kind),
+                (Errno::EACCES, PteErrorKind::CacheAttrsOnXenPage)
+            );
+        }
+    }
+
+    #[test]
+    fn gnttab_bit_refused_in_l1_only_under_xen_debug() {
+        let new = make_pte(DATA, P | _PAGE_GNTTAB);
+        let dbg = PteConfig::from(PteAbi::XenDebug);
+        let e = upd(Level::L1, 3, new, 0, dbg).unwrap_err();
+        assert_eq!(e.errno(), Errno::EINVAL);
+        assert_eq!(e.kind, PteErrorKind::BadFlags { bits: _PAGE_GNTTAB });
+        for abi in [PteAbi::Kxen, PteAbi::Xen] {
+            let v = upd(Level::L1, 3, new, 0, abi.into()).unwrap().value;
+            assert_ne!(v & _PAGE_GNTTAB, 0, "{abi:?}");
+        }
+        // Bit 62 is fine in upper levels even for a debug build.
+        assert!(upd(Level::L2, 3, make_pte(T1, P | _PAGE_GNTTAB), 0, dbg).is_ok());
+    }
+
+    // ----- frames ------------------------------------------------------------------------------
+
+    #[test]
+    fn writable_l1_mapping_of_tables_and_descriptor_pages_is_ebusy() {
+        for frame in [T1, T2, T3, T4, GDT, SHARED_RO] {
+            for abi in ALL_ABIS {
+                let e = upd(Level::L1, 7, make_pte(frame, P | RW), 0, abi.into()).unwrap_err();
+                assert_eq!(e.errno(), Errno::EBUSY, "frame {frame:#x}");
+                assert!(matches!(e.kind, PteErrorKind::WritableConflict { .. }));
+                // Read-only is fine: guests map their own page tables read-only.
+                let u = upd(Level::L1, 7, make_pte(frame, P), 0, abi.into()).unwrap();
+                assert_eq!(u.new_ref, Ref::Page(frame));
+            }
+        }
+        for frame in [DATA, WRITABLE, SHARED] {
+            let u = upd(
+                Level::L1,
+                7,
+                make_pte(frame, P | RW),
+                0,
+                PteConfig::default(),
+            )
+            .unwrap();
+            assert_eq!(u.new_ref, Ref::Typed(frame, FrameType::Writable));
+        }
+    }
+
+    #[test]
+    fn frames_outside_the_domain_are_eperm_in_l1_and_einval_above() {
+        let cfg = PteConfig::default();
+        let e = upd(Level::L1, 0, make_pte(OUTSIDE, P), 0, cfg).unwrap_err();
+        assert_eq!(
+            (e.errno(), e.kind),
+            (Errno::EPERM, PteErrorKind::NotGuestFrame)
+        );
+        let e = upd(Level::L1, 0, make_pte(PTE_INVALID_MFN, P), 0, cfg).unwrap_err();
+        assert_eq!(
+            (e.errno(), e.kind),
+            (Errno::EINVAL, PteErrorKind::InvalidMfn)
+        );
+        for level in [Level::L2, Level::L3, Level::L4] {
+            let e = upd(level, 0, make_pte(OUTSIDE, P), 0, cfg).unwrap_err();
+            assert_eq!(
+                (e.errno(), e.kind),
+                (Errno::EINVAL, PteErrorKind::NotGuestFrame)
+            );
+        }
+    }
+
+    #[test]
+    fn upper_levels_need_the_child_table_type_or_einval() {
+        let cfg = PteConfig::default();
+        let ok = [(Level::L2, T1), (Level::L3, T2), (Level::L4, T3)];
+        for (level, child) in ok {
+            let u = upd(level, 9, make_pte(child, P | RW | U), 0, cfg).unwrap();
+            let t = level.child_type().unwrap();
+            assert_eq!((u.new_ref, u.promote), (Ref::Typed(child, t), false));
+        }
+        let bad = [
+            (Level::L2, WRITABLE),
+            (Level::L2, GDT),
+            (Level::L2, T3),
+            (Level::L3, T1),
+            (Level::L3, SHARED),
+            (Level::L4, T2),
+            (Level::L4, T1),
+        ];
+        for (level, frame) in bad {
+            for rw in [0, RW] {
+                let e = upd(level, 9, make_pte(frame, P | rw), 0, cfg).unwrap_err();
+                assert_eq!(e.errno(), Errno::EINVAL, "{level} -> {frame:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn untyped_frame_under_upper_entry_must_be_promoted() {
+        for level in [Level::L2, Level::L3, Level::L4] {
+            let u = upd(level, 2, make_pte(DATA, P | RW), 0, PteConfig::default()).unwrap();
+            assert!(u.promote);
+            assert_eq!(u.new_ref, Ref::Typed(DATA, level.child_type().unwrap()));
+        }
+        let u = upd(
+            Level::L1,
+            2,
+            make_pte(DATA, P | RW),
+            0,
+            PteConfig::default(),
+        )
+        .unwrap();
+        assert!(!u.promote);
+    }
+
+    // ----- linear (self) maps ------------------------------------------------------------------
+
+    #[test]
+    fn read_only_self_map_allowed_writable_refused() {
+        for level in [Level::L2, Level::L3, Level::L4] {
+            let t = table_of(level);
+            let u = upd(level, 0x1ed, make_pte(t, P | A), 0, PteConfig::default()).unwrap();
+            assert_eq!((u.new_ref, u.promote), (Ref::None, false), "{level}");
+            let e = upd(level, 0x1ed, make_pte(t, P | RW), 0, PteConfig::default()).unwrap_err();
+            assert_eq!(
+                (e.errno(), e.kind),
+                (Errno::EINVAL, PteErrorKind::LinearWritable)
+            );
+        }
+    }
+
+    #[test]
+    fn read_only_linear_map_of_same_level_table_allowed() {
+        for (level, other) in [(Level::L2, T2B), (Level::L3, T3B), (Level::L4, T4B)] {
+            let u = upd(level, 3, make_pte(other, P), 0, PteConfig::default()).unwrap();
+            assert_eq!(u.new_ref, Ref::Typed(other, level.table_type()));
+            let e = upd(level, 3, make_pte(other, P | RW), 0, PteConfig::default()).unwrap_err();
+            assert_eq!(e.kind, PteErrorKind::LinearWritable);
+        }
+        // A linear map must be the same level: L4 -> L2 is neither child nor linear.
+        let e = upd(Level::L4, 3, make_pte(T2, P), 0, PteConfig::default()).unwrap_err();
+        assert!(matches!(e.kind, PteErrorKind::TypeConflict { .. }));
+        // With pv-linear-pt off even a read-only self-map is refused.
+        let cfg = PteConfig {
+            linear_pt: false,
+            ..PteConfig::default()
+        };
+        let e = upd(Level::L4, 3, make_pte(T4, P), 0, cfg).unwrap_err();
+        assert_eq!(
+            (e.errno(), e.kind),
+            (Errno::EINVAL, PteErrorKind::LinearDisabled)
+        );
+    }
+
+    // ----- slots -------------------------------------------------------------------------------
+
+    #[test]
+    fn xen_l4_slots_refused_even_when_not_present() {
+        for slot in 0..ENTRIES_PER_TABLE {
+            for new in [0, make_pte(T3, P | RW)] {
+                let r = upd(Level::L4, slot, new, 0, PteConfig::default());
+                if (256..=271).contains(&slot) {
+                    let e = r.unwrap_err();
+                    assert_eq!((e.errno(), e.kind), (Errno::EINVAL, PteErrorKind::XenSlot));
+                    assert!(e.to_string().contains("L4 update in Xen-private area"));
+                } else {
+                    assert!(r.is_ok(), "slot {slot}");
+                }
+            }
+        }
+        // Only L4 has Xen slots.
+        assert!(upd(Level::L3, 256, make_pte(T2, P), 0, PteConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn slot_out_of_range_is_einval() {
+        let e = upd(Level::L1, 512, 0, 0, PteConfig::default()).unwrap_err();
+        assert_eq!((e.errno(), e.kind), (Errno::EINVAL, PteErrorKind::BadSlot));
+    }
+
+    #[test]
+    fn non_present_entries_are_installed_verbatim() {
+        for level in Level::ALL {
+            for new in [
+                0,
+                !P,
+                0x7fff_ffff_ffff_fffe,
+                make_pte(OUTSIDE, RW | _PAGE_PSE),
+            ] {
+                let u = upd(level, 1, new, 0, PteAbi::XenDebug.into()).unwrap();
+                assert_eq!((u.value, u.new_ref), (new, Ref::None));
+            }
+        }
+    }
+
+    // ----- adjust ------------------------------------------------------------------------------
+
+    #[test]
+    fn adjust_sets_xen_bits_per_level() {
+        let v = make_pte(DATA, P | RW);
+        let x = PteAbi::Xen;
+        assert_eq!(adjust(Level::L1, v, MappingKind::Kernel, x), v | U | GK);
+        assert_eq!(adjust(Level::L1, v | U, MappingKind::User, x), v | U | G);
+        assert_eq!(
+            adjust(Level::L1, v, MappingKind::Kernel, PteAbi::Kxen),
+            v | U
+        );
+        assert_eq!(
+            adjust(Level::L1, v | G, MappingKind::Kernel, PteAbi::Kxen),
+            v | U
+        );
+        assert_eq!(
+            adjust(Level::L1, v | U, MappingKind::User, PteAbi::Kxen),
+            v | U | G
+        );
+        for abi in ALL_ABIS {
+            assert_eq!(adjust(Level::L2, v, MappingKind::User, abi), v | U);
+            assert_eq!(adjust(Level::L3, v, MappingKind::User, abi), v | U);
+            assert_eq!(adjust(Level::L4, v, MappingKind::User, abi), v | U | A);
+            assert_eq!(adjust(Level::L4, v & !P, MappingKind::User, abi), v & !P);
+        }
+    }
+
+    #[test]
+    fn adjust_is_idempotent_for_every_flag_pair() {
+        for abi in ALL_ABIS {
+            for level in Level::ALL {
+                for kind in [MappingKind::Kernel, MappingKind::User] {
+                    for a in 0..64 {
+                        for b in [0, 1, 2, 5, 8, 52, 62, 63] {
+                            let v = make_pte(DATA, P) | 1u64 << a | 1u64 << b;
+                            let once = adjust(level, v, kind, abi);
+                            assert_eq!(adjust(level, once, kind, abi), once);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn update_is_a_fixpoint_on_its_own_result() {
+        // Writing back what was installed changes nothing, in every ABI and level.
+        for abi in ALL_ABIS {
+            for level in Level::ALL {
+                let target = match level {
+                    Level::L1 => DATA,
+                    l => table_of(Level::from_number(l.number() - 1).unwrap()),
+                };
+                for flags in [
+                    P,
+                    P | RW,
+                    P | U,
+                    P | RW | U | A,
+                    P | G,
+                    P | _PAGE_NX | 0xe00,
+                ] {
+                    if level != Level::L1 && flags & G != 0 {
+                        continue;
+                    }
+                    let at = EntryAt::new(table_of(level), level, 4);
+                    let mut side = Side::new();
+                    let f = Frames::domain();
+                    let new = make_pte(target, flags);
+                    let v1 = validate_and_adjust(at, new, 0, abi.into(), &f, &mut side).unwrap();
+                    let v2 = validate_and_adjust(at, v1, v1, abi.into(), &f, &mut side).unwrap();
+                    assert_eq!(v1, v2, "{abi:?} {level} {flags:#x}");
+                }
+            }
+        }
+    }
+
+    // ----- the PTE ABI ---------------------------------------------------------------------
+
+    const SOFT_BITS: [u32; 14] = [9, 10, 11, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62];
+
+    #[test]
+    fn kxen_abi_software_bits_round_trip_unchanged() {
+        let f = Frames::domain();
+        for level in Level::ALL {
+            let target = if level == Level::L1 { DATA } else { FREE };
+            for bit in SOFT_BITS {
+                for user in [0, U] {
+                    let at = EntryAt::new(table_of(level), level, 11);
+                    let mut side = Side::new();
+                    let cfg = PteConfig::default();
+                    let new = make_pte(target, P | user) | 1u64 << bit;
+                    let v = validate_and_adjust(at, new, 0, cfg, &f, &mut side).unwrap();
+                    let read = guest_view(at, v, cfg, &side);
+                    assert_eq!(read, v, "kxen returns the installed value as is");
+                    let soft = _PAGE_AVAIL | _PAGE_AVAIL_HIGH;
+                    assert_eq!(read & soft, new & soft, "{level} bit {bit}");
+                    // Nothing but the adjust bits differs.
+                    assert_eq!((read ^ new) & !(U | G | A), 0, "{level} bit {bit}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kxen_abi_keeps_kernel_flag_in_side_table_not_bit_52() {
+        let f = Frames::domain();
+        let at = EntryAt::new(T1, Level::L1, 20);
+        let mut side = Side::new();
+        let cfg = PteConfig::default();
+        let v = validate_and_adjust(at, make_pte(DATA, P | RW), 0, cfg, &f, &mut side).unwrap();
+        assert_eq!(v, make_pte(DATA, P | RW | U));
+        assert_eq!(
+            side.get(T1, 20),
+            SideEntry {
+                kernel: true,
+                grant: false
+            }
+        );
+        // A user mapping: GLOBAL, no side record.
+        let at2 = EntryAt::new(T1, Level::L1, 21);
+        let v2 = validate_and_adjust(at2, make_pte(DATA, P | U), 0, cfg, &f, &mut side).unwrap();
+        assert_eq!(v2, make_pte(DATA, P | U | G));
+        assert_eq!(side.get(T1, 21), SideEntry::default());
+        // The guest's own bit 52 on a user mapping is just a guest bit.
+        let v3 =
+            validate_and_adjust(at2, make_pte(DATA, P | U | GK), 0, cfg, &f, &mut side).unwrap();
+        assert_eq!(v3, make_pte(DATA, P | U | G | GK));
+        // Clearing the entry clears the record.
+        validate_and_adjust(at, 0, v, cfg, &f, &mut side).unwrap();
+        assert_eq!(side.get(T1, 20), SideEntry::default());
+        assert_eq!(side.tables_in_use(), 0);
+    }
+
+    #[test]
+    fn xen_abi_sets_bit_52_on_kernel_mappings_and_honours_guest_bit_52() {
+        let f = Frames::domain();
+        for abi in [PteAbi::Xen, PteAbi::XenDebug] {
+            let cfg = PteConfig::from(abi);
+            let at = EntryAt::new(T1, Level::L1, 30);
+            let mut side = Side::new();
+            let k = validate_and_adjust(at, make_pte(DATA, P), 0, cfg, &f, &mut side).unwrap();
+            assert_eq!(k, make_pte(DATA, P | U | GK));
+            assert!(side.get(T1, 30).kernel);
+            // The guest writing USER|bit 52 itself: a kernel mapping, not GLOBAL (xen).
+            let k2 =
+                validate_and_adjust(at, make_pte(DATA, P | U | GK), 0, cfg, &f, &mut side).unwrap();
+            assert_eq!(k2, make_pte(DATA, P | U | GK));
+            assert!(side.get(T1, 30).kernel);
+            // User mapping: GLOBAL, no bit 52.
+            let u = validate_and_adjust(at, make_pte(DATA, P | U), 0, cfg, &f, &mut side).unwrap();
+            assert_eq!(u, make_pte(DATA, P | U | G));
+            assert!(!side.get(T1, 30).kernel);
+            // Kernel mapping with GLOBAL: Xen keeps it and warns.
+            let r = update_entry(at, make_pte(DATA, P | G), 0, cfg, &f, &mut side).unwrap();
+            assert_eq!(r.value, make_pte(DATA, P | U | G | GK));
+            assert!(r.global_kernel_warning);
+        }
+        // Kxen drops GLOBAL from kernel mappings instead.
+        let mut side = Side::new();
+        let at = EntryAt::new(T1, Level::L1, 30);
+        let r = update_entry(
+            at,
+            make_pte(DATA, P | G),
+            0,
+            PteConfig::default(),
+            &f,
+            &mut side,
+        )
+        .unwrap();
+        assert_eq!(r.value, make_pte(DATA, P | U));
+        assert!(r.global_kernel_warning);
+    }
+
+    #[test]
+    fn kxen_read_modify_write_keeps_a_kernel_mapping_kernel() {
+        let f = Frames::domain();
+        let cfg = PteConfig::default();
+        let at = EntryAt::new(T1, Level::L1, 40);
+        let mut side = Side::new();
+        let v = validate_and_adjust(at, make_pte(DATA, P | RW), 0, cfg, &f, &mut side).unwrap();
+        // The guest reads it back (USER set, no GLOBAL), clears RW and sets a soft bit.
+        let read = guest_view(at, v, cfg, &side);
+        let rmw = (read & !RW) | _PAGE_AVAIL0;
+        let v2 = validate_and_adjust(at, rmw, v, cfg, &f, &mut side).unwrap();
+        assert_eq!(v2, rmw);
+        assert_eq!(v2 & G, 0);
+        assert!(side.get(T1, 40).kernel);
+        // Writing USER|GLOBAL, or USER for another frame, makes a user mapping.
+        let v3 = validate_and_adjust(at, v2 | G, v2, cfg, &f, &mut side).unwrap();
+        assert!(!side.get(T1, 40).kernel);
+        assert_ne!(v3 & G, 0);
+        let mut side = Side::new();
+        let v = validate_and_adjust(at, make_pte(DATA, P), 0, cfg, &f, &mut side).unwrap();
+        let other = make_pte(WRITABLE, P | U);
+        let v4 = validate_and_adjust(at, other, v, cfg, &f, &mut side).unwrap();
+        assert_eq!(v4, other | G);
+        assert!(!side.get(T1, 40).kernel);
+    }
+
+    // ----- references, fast path, grants -----------------------------------------------------
+
+    #[test]
+    fn fast_path_skips_revalidation_and_reference_changes() {
+        let f = Frames::domain();
+        let cfg = PteConfig::default();
+        let at = EntryAt::new(T1, Level::L1, 50);
+        let mut side = Side::new();
+        let v = validate_and_adjust(at, make_pte(DATA, P | RW | U), 0, cfg, &f, &mut side).unwrap();
+        let r = update_entry(at, v | _PAGE_DIRTY | _PAGE_NX, v, cfg, &f, &mut side).unwrap();
+        assert!(r.fast_path);
+        assert_eq!((r.new_ref, r.old_ref), (Ref::None, Ref::None));
+        // Dropping RW is a real change: new read-only ref, old writable ref dropped.
+        let r = update_entry(at, v & !RW, v, cfg, &f, &mut side).unwrap();
+        assert!(!r.fast_path);
+        assert_eq!(r.new_ref, Ref::Page(DATA));
+        assert_eq!(r.old_ref, Ref::Typed(DATA, FrameType::Writable));
+        // Clearing drops the old reference.
+        let r = update_entry(at, 0, v & !RW, cfg, &f, &mut side).unwrap();
+        assert_eq!((r.value, r.old_ref), (0, Ref::Page(DATA)));
+        // An upper-level self-map holds nothing.
+        let at4 = EntryAt::new(T4, Level::L4, 0x1ed);
+        assert_eq!(held_ref(at4, make_pte(T4, P), &f), Ref::None);
+        assert_eq!(
+            held_ref(at4, make_pte(T3, P | RW), &f),
+            Ref::Typed(T3, FrameType::L3)
+        );
+    }
+
+    #[test]
+    fn grant_mappings_are_tracked_in_the_side_table() {
+        let f = Frames::domain();
+        let at = EntryAt::new(T1, Level::L1, 60);
+        for abi in ALL_ABIS {
+            let cfg = PteConfig::from(abi);
+            let mut side = Side::new();
+            let g = install_grant_l1e(
+                at,
+                make_pte(DATA, P | RW | U),
+                MappingKind::User,
+                cfg,
+                &mut side,
+            )
+            .unwrap();
+            assert_eq!(g & _PAGE_GNTTAB != 0, abi == PteAbi::XenDebug, "{abi:?}");
+            assert!(side.get(T1, 60).grant);
+            // An A/D-only rewrite keeps the grant record. (A debug Xen refuses bit 62 from
+            // the guest, so there the guest writes it back without.)
+            let back = if abi == PteAbi::XenDebug {
+                g & !_PAGE_GNTTAB
+            } else {
+                g
+            };
+            let r = update_entry(at, back | A, g, cfg, &f, &mut side).unwrap();
+            assert!(r.fast_path && !r.implicit_grant_unmap);
+            assert!(side.get(T1, 60).grant);
+            // Overwriting it with an ordinary mapping is an implicit grant unmap.
+            let r =
+                update_entry(at, make_pte(WRITABLE, P | U), r.value, cfg, &f, &mut side).unwrap();
+            assert!(r.implicit_grant_unmap);
+            assert!(!side.get(T1, 60).grant);
+        }
+        let mut side = Side::new();
+        let e = install_grant_l1e(
+            EntryAt::new(T2, Level::L2, 0),
+            1,
+            MappingKind::User,
+            PteConfig::default(),
+            &mut side,
+        );
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn full_side_table_refuses_with_enomem_and_changes_nothing() {
+        let f = Frames::domain();
+        let cfg = PteConfig::default();
+        let mut side = FixedSideTable::<1>::new();
+        let a = EntryAt::new(T1, Level::L1, 0);
+        validate_and_adjust(a, make_pte(DATA, P), 0, cfg, &f, &mut side).unwrap();
+        // A second table needs a second record: full.
+        let b = EntryAt::new(0x101, Level::L1, 0);
+        let e = validate_and_adjust(b, make_pte(DATA, P), 0, cfg, &f, &mut side).unwrap_err();
+        assert_eq!(
+            (e.errno(), e.kind),
+            (Errno::ENOMEM, PteErrorKind::SideTableFull)
+        );
+        // User mappings and clears need no record.
+        assert!(validate_and_adjust(b, make_pte(DATA, P | U), 0, cfg, &f, &mut side).is_ok());
+        assert!(validate_and_adjust(b, 0, 0, cfg, &f, &mut side).is_ok());
+        assert!(side.get(T1, 0).kernel);
+    }
+
+    #[test]
+    fn table_bits_store_two_bits_per_slot() {
+        let mut t = TableBits::new();
+        t.set(
+            511,
+            SideEntry {
+                kernel: true,
+                grant: true,
+            },
+        );
+        t.set(
+            0,
+            SideEntry {
+                kernel: false,
+                grant: true,
+            },
+        );
+        assert_eq!(
+            t.get(511),
+            SideEntry {
+                kernel: true,
+                grant: true
+            }
+        );
+        assert_eq!(
+            t.get(0),
+            SideEntry {
+                kernel: false,
+                grant: true
+            }
+        );
+        assert_eq!(t.get(1), SideEntry::default());
+        t.set(
+            512,
+            SideEntry {
+                kernel: true,
+                grant: true,
+            },
+        ); // ignored
+        assert_eq!(t.get(512), SideEntry::default());
+        t.set(511, SideEntry::default());
+        t.set(0, SideEntry::default());
+        assert!(t.is_empty());
+        assert_eq!(core::mem::size_of::<TableBits>(), 128);
+    }
+
+    #[test]
+    fn errors_name_level_slot_and_value() {
+        let e = upd(
+            Level::L2,
+            17,
+            make_pte(DATA, P | G),
+            0,
+            PteConfig::default(),
+        )
+        .unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.starts_with("L2 slot 17 value 0x0000000001000101: "),
+            "{s}"
+        );
+        assert!(s.contains("bad L2 flags 0x100"), "{s}");
+        let e = upd(Level::L1, 3, make_pte(T2, P | RW), 0, PteConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("writable mapping of frame 0x200"));
+    }
+
+    #[test]
+    fn pte_abi_config_names() {
+        for abi in ALL_ABIS {
+            assert_eq!(PteAbi::from_name(abi.name()), Some(abi));
+        }
+        assert_eq!(PteAbi::from_name("xen"), Some(PteAbi::Xen));
+        assert_eq!(PteAbi::from_name("Xen"), None);
+        assert_eq!(PteAbi::default(), PteAbi::Kxen);
+        assert_eq!(PteConfig::default().abi, PteAbi::Kxen);
+        assert!(PteConfig::default().linear_pt && !PteConfig::default().cache_attrs);
+    }
+
+    #[test]
+    fn masks_match_xen() {
+        // base_disallow_mask over the flag bits: PWT, PCD, PAT/PSE, GLOBAL.
+        assert_eq!(BASE_DISALLOW, 0x198);
+        assert_eq!(Level::L1.disallow_mask(PteConfig::default()), 0x98);
+        assert_eq!(
+            Level::L1.disallow_mask(PteAbi::XenDebug.into()),
+            0x98 | 1 << 62
+        );
+        assert_eq!(PTE_INVALID_MFN, 0xff_ffff_ffff);
+    }
+
+    // ----- properties ----------------------------------------------------------------------
+
+    /// Frames classified by a hash of the MFN, so random entries hit every class.
+    struct HashFrames(u64);
+
+    impl FrameInfo for HashFrames {
+        fn frame_class(&self, mfn: u64) -> FrameClass {
+            let h = (mfn ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60;
+            match h {
+                0 => FrameClass::NotGuest,
+                1 => FrameClass::SharedXen {
+                    writable: h & 1 == 0,
+                },
+                2 => ram(FrameType::Writable),
+                3 => ram(FrameType::L1),
+                4 => ram(FrameType::L2),
+                5 => ram(FrameType::L3),
+                6 => ram(FrameType::L4),
+                7 => ram(FrameType::SegDesc),
+                8 => FrameClass::SharedXen { writable: false },
+                _ => ram(FrameType::None),
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_accepted_values_revalidate(
+            level in 1u8..=4,
+            slot in 0usize..600,
+            flags in proptest::prelude::any::<u64>(),
+            flag_mask in proptest::prelude::any::<u64>(),
+            mfn in 0u64..64,
+            table in 0u64..64,
+            old in proptest::prelude::any::<u64>(),
+            abi in 0usize..3,
+            cache_attrs in proptest::prelude::any::<bool>(),
+            linear_pt in proptest::prelude::any::<bool>(),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let level = Level::from_number(level).unwrap();
+            let cfg = PteConfig { abi: ALL_ABIS[abi], cache_attrs, linear_pt };
+            let frames = HashFrames(seed);
+            // Mostly small frames with sparse flags, sometimes raw garbage.
+            let new = if flag_mask & 7 == 0 { flags } else {
+                make_pte(mfn, flags & flag_mask & PTE_FLAG_MASK)
+            };
+            let at = EntryAt::new(table, level, slot);
+            let mut side = Side::new();
+            let _ = update_entry(at, new, old, cfg, &frames, &mut side);
+            let mut side = Side::new();
+            if let Ok(u) = update_entry(at, new, 0, cfg, &frames, &mut side) {
+                let v = u.value;
+                // Writing back the installed value is a fixpoint (fast path).
+                let again = validate_and_adjust(at, v, v, cfg, &frames, &mut side);
+                proptest::prop_assert_eq!(again, Ok(v));
+                // Full re-validation from an empty slot accepts it too; only a Kxen kernel
+                // mapping (no marker bit, no history) turns into a user mapping.
+                let mut fresh = Side::new();
+                let w = validate_and_adjust(at, v, 0, cfg, &frames, &mut fresh);
+                let kxen_kernel = cfg.abi == PteAbi::Kxen && level == Level::L1
+                    && v & P != 0 && new & U == 0;
+                let expect = if kxen_kernel { v | G } else { v };
+                proptest::prop_assert_eq!(w, Ok(expect));
+            }
+        }
+    }
 }
