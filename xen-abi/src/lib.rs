@@ -16,6 +16,7 @@ pub mod elfnote;
 pub mod errno;
 pub mod event_channel;
 pub mod features;
+pub mod frame;
 pub mod hypercall;
 pub mod layout;
 pub mod memory;
