@@ -1683,6 +1683,33 @@ mod tests {
     }
 
     #[test]
+    fn level_helpers_and_preserve_ad() {
+        for (n, l) in (1u8..=4).zip(Level::ALL) {
+            assert_eq!(Level::from_number(n), Some(l));
+            assert_eq!(l.number(), n);
+            assert_eq!(l.table_type().level(), Some(l));
+        }
+        assert_eq!(Level::from_number(0), None);
+        assert_eq!(Level::from_number(5), None);
+        assert_eq!(Level::L1.child_type(), None);
+        assert_eq!(Level::L4.child_type(), Some(FrameType::L3));
+        assert!(!FrameType::SegDesc.is_page_table() && FrameType::L2.is_page_table());
+        let cur = make_pte(DATA, P | A | _PAGE_DIRTY | RW);
+        assert_eq!(
+            preserve_ad(make_pte(DATA, P), cur),
+            make_pte(DATA, P | A | _PAGE_DIRTY)
+        );
+        assert_eq!(
+            held_ref(
+                EntryAt::new(T1, Level::L1, 0),
+                make_pte(OUTSIDE, P),
+                &Frames::domain()
+            ),
+            Ref::None
+        );
+    }
+
+    #[test]
     fn masks_match_xen() {
         // base_disallow_mask over the flag bits: PWT, PCD, PAT/PSE, GLOBAL.
         assert_eq!(BASE_DISALLOW, 0x198);
