@@ -44,6 +44,8 @@ pub struct DomainShared {
     shutdown_code: AtomicU32,
     /// Watchdog slots in use (bit i = watchdog id i + 1).
     watchdogs: Mutex<u32>,
+    /// Why kxen crashed the domain, if it did.
+    crash_message: Mutex<Option<String>>,
 }
 
 /// Number of per-domain watchdogs (xen: common/sched/core.c, NR_DOMAIN_WATCHDOG_TIMERS).
@@ -83,6 +85,7 @@ impl DomainShared {
             shutdown: AtomicU32::new(NO_SHUTDOWN),
             shutdown_code: AtomicU32::new(NO_SHUTDOWN),
             watchdogs: Mutex::new(0),
+            crash_message: Mutex::new(None),
         }
     }
 
@@ -141,7 +144,22 @@ impl DomainShared {
     /// Crash the domain (Xen's `domain_crash`): log why and request a crash shutdown.
     pub fn crash(&self, why: &str) {
         error!(domain = %self.name, "domain crash: {why}");
+        if self.shutdown_reason().is_none() {
+            let mut m = match self.crash_message.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            m.get_or_insert_with(|| why.to_string());
+        }
         self.request_shutdown(ShutdownReason::Crash);
+    }
+
+    /// Why kxen crashed the domain ([`DomainShared::crash`]), if it did.
+    pub fn crash_message(&self) -> Option<String> {
+        match self.crash_message.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     /// `SCHEDOP_watchdog` bookkeeping: id 0 allocates a slot (returns its id), id 1..=2
