@@ -342,10 +342,11 @@ impl Domain {
                     // Run-loop contract: see crate::hypercall (regs_replaced, return_cs).
                     let args = HypercallArgs::from_regs(&regs);
                     let shared = self.shared.clone();
-                    let mut ctx = self.vcpu.hypercall_ctx(&mut regs, &*shared);
-                    let ret = table.dispatch(&mut ctx, &args);
-                    let (replaced, mut cs) = (ctx.regs_replaced, ctx.return_cs);
-                    drop(ctx);
+                    let (ret, replaced, mut cs) = {
+                        let mut ctx = self.vcpu.hypercall_ctx(&mut regs, &*shared);
+                        let ret = table.dispatch(&mut ctx, &args);
+                        (ret, ctx.regs_replaced, ctx.return_cs)
+                    };
                     if !replaced {
                         regs.rax = ret as u64;
                         if compat {
