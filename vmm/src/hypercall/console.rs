@@ -13,6 +13,8 @@ use crate::domain::DomainShared;
 
 /// Bytes copied from the guest per chunk (Xen's `kbuf[128]` minus the NUL).
 pub const WRITE_CHUNK: usize = 127;
+/// Chunks written per call before the call becomes a continuation (about 16 KiB).
+pub const WRITE_BATCH_CHUNKS: u32 = 128;
 
 /// `HYPERVISOR_console_io(cmd, count, buffer)`.
 pub fn console_io(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> i64 {
@@ -27,11 +29,21 @@ pub fn console_io(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -
 
 /// Copy `count` bytes in chunks, writing each chunk out before reading the next (so output
 /// before a bad page is still printed, as in Xen); `-EFAULT` at the first bad chunk, else 0.
-fn write(ctx: &HypercallCtx<'_, DomainShared>, count: u32, buf: u64) -> i64 {
+fn write(ctx: &mut HypercallCtx<'_, DomainShared>, count: u32, buf: u64) -> i64 {
     let mut left = count as usize;
     let mut va = buf;
     let mut chunk = [0u8; WRITE_CHUNK];
+    let mut chunks = 0u32;
     while left > 0 {
+        if chunks == WRITE_BATCH_CHUNKS && !ctx.in_multicall {
+            // Xen preempts long writes with a continuation; so does kxen, after a batch.
+            ctx.continuation(
+                xen_abi::hypercall::CONSOLE_IO,
+                [u64::from(CONSOLEIO_WRITE), left as u64, va, 0, 0],
+            );
+            return 0;
+        }
+        chunks += 1;
         let n = left.min(WRITE_CHUNK);
         if let Err(e) = ctx.copy_from_guest(va, &mut chunk[..n]) {
             return e;

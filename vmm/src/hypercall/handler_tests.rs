@@ -276,9 +276,33 @@ mod console {
         assert_eq!(g.console().len(), 127);
         // a huge count over unmapped memory terminates at once
         assert_eq!(
-            g.call(nr::CONSOLE_IO, [0, u32::MAX as u64, VA, 0, 0]),
+            g.call(nr::CONSOLE_IO, [0, u32::MAX as u64, UNMAPPED, 0, 0]),
             -EFAULT
         );
+    }
+
+    #[test]
+    fn huge_writes_continue_in_batches_until_the_mapping_ends() {
+        let mut g = Guest::new(LaunchMode::Unprivileged);
+        let rip = g.regs.rip;
+        let mut args = [0, u32::MAX as u64, VA, 0, 0];
+        let mut rounds = 0;
+        let ret = loop {
+            rounds += 1;
+            let (ret, replaced) = g.call_full(nr::CONSOLE_IO, args);
+            if !replaced {
+                break ret;
+            }
+            // What the guest re-issues: rip back on the syscall, updated arguments.
+            assert_eq!((g.regs.rip, g.regs.rax), (rip - 2, nr::CONSOLE_IO));
+            args = [g.regs.rdi, g.regs.rsi, g.regs.rdx, g.regs.r10, g.regs.r8];
+            g.regs.rip = rip;
+        };
+        assert_eq!(ret, -EFAULT);
+        // 33 readable pages (32 RW + 1 RO), printed whole chunks only.
+        let readable = 33 * PAGE_SIZE as usize;
+        assert_eq!(g.console().len(), readable - readable % 127);
+        assert_eq!(rounds, 9);
     }
 
     #[test]
@@ -539,13 +563,14 @@ mod pv_state {
         );
         assert_eq!(g.regs.rflags, 0x202, "IOPL and VM stripped");
         assert_eq!(g.mask(), 0, "IF set -> events unmasked");
-        // in_syscall: rcx/r11 untouched; IF clear -> masked (IF still forced on)
+        // in_syscall: returns like sysretq (rcx = rip, r11 = rflags); IF clear -> masked
+        // (IF still forced on)
         g.regs.rsp = VA + 0x100;
         g.regs.rcx = 1;
         g.regs.r11 = 2;
         g.put(VA + 0x100, &frame(1 << 8, 0xe030, 0x2, 0x4000));
         g.call_full(nr::IRET, [0; 5]);
-        assert_eq!((g.regs.rcx, g.regs.r11), (1, 2));
+        assert_eq!((g.regs.rcx, g.regs.r11), (0x4000, 0x202));
         assert_eq!(g.regs.rflags & 0x200, 0x200);
         assert_eq!(g.mask(), 1);
         assert_eq!(g.dom.shutdown_reason(), None);

@@ -199,8 +199,8 @@ pub fn vm_assist(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) ->
 ///
 /// * `cs & 3 == 3` means a return to guest user mode, which needs a user page table: kxen
 ///   has none yet, so (as Xen does without one) the domain is crashed.
-/// * Without `VGCF_in_syscall`, rcx and r11 come from the frame; with it they keep the
-///   values the guest had at the hypercall (Xen leaves them alone; sysret clobbers them).
+/// * Without `VGCF_in_syscall`, rcx and r11 come from the frame; with it Xen returns with
+///   `sysretq`, so rcx = the new rip and r11 = the new rflags.
 /// * rflags: IOPL and VM stripped, IF forced on; the event mask becomes `!IF`.
 /// * A non-canonical rip makes Xen's return `iretq` fault, which Xen turns into a #GP(0)
 ///   for the guest at the target context; kxen does the same through the trap bounce.
@@ -229,9 +229,18 @@ pub fn iret(ctx: &mut HypercallCtx<'_, DomainShared>, _a: &HypercallArgs) -> i64
     if f.flags & VGCF_IN_SYSCALL == 0 {
         r.r11 = f.r11;
         r.rcx = f.rcx;
+    } else if is_canonical(f.rip) {
+        // Xen returns with sysretq, which loads rcx with rip and r11 with rflags.
+        // xen: arch/x86/x86_64/entry.S, restore_all_guest (TRAP_syscall path)
+        r.rcx = f.rip;
+        r.r11 = r.rflags;
     }
     r.rax = f.rax;
-    ctx.return_cs = GuestCs::Long64;
+    ctx.return_cs = if (f.cs | 3) as u16 == xen_abi::arch::FLAT_RING3_CS32 {
+        GuestCs::Compat32
+    } else {
+        GuestCs::Long64
+    };
     let mask = u8::from(f.rflags & rflags::IF == 0);
     if !ctx.domain.set_upcall_mask(ctx.ram(), ctx.vcpu_id, mask) {
         warn!(
