@@ -26,7 +26,10 @@
 //!   after a batch, sets `rip` back onto the `syscall` instruction and updates its argument
 //!   registers so the guest re-issues it (Xen's `hypercall_create_continuation`); the loop
 //!   gets a chance to see shutdowns and kicks in between.
-//! * `return_cs` is the code segment to return with (always [`GuestCs::Long64`] today).
+//! * `return_cs` is the code segment to return with: [`GuestCs::Long64`] unless a handler
+//!   that replaced the registers chose otherwise (`iret` to a `FLAT_RING3_CS32` frame). For
+//!   a compat `syscall` whose registers were not replaced, return with `Compat32`.
+//! * Exceptions: [`crate::trap::handle_exception`] (its own contract is in `trap`).
 //! * A handler that crashes the domain (`DomainShared::crash`) sets the shutdown reason; the
 //!   loop must check [`DomainShared::shutdown_reason`] after every hypercall and exception.
 //!
