@@ -260,6 +260,9 @@ pub enum WireError {
     /// A header announced a payload longer than [`PAYLOAD_MAX`].
     #[error("request payload length {0} exceeds the {PAYLOAD_MAX}-byte maximum")]
     PayloadTooLong(u32),
+    /// The ring page's indices were impossible.
+    #[error("invalid ring indices")]
+    RingIndices,
 }
 
 /// Incremental request parser: feed it bytes as they arrive; it yields complete messages.
