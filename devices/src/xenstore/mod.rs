@@ -659,6 +659,20 @@ impl Xenstore {
         }
     }
 
+    /// Prepare a fresh ring page before the guest starts: advertise the server features
+    /// (reconnection, error field) and mark it connected with no error.
+    pub fn init_ring<P: RingPage>(page: &P) -> Result<(), XenstoreError> {
+        page.write_u32(
+            ring::SERVER_FEATURES_OFFSET,
+            ring::XENSTORE_SERVER_FEATURE_RECONNECTION | ring::XENSTORE_SERVER_FEATURE_ERROR,
+        )
+        .map_err(page_err)?;
+        page.write_u32(ring::ERROR_OFFSET, ring::XENSTORE_ERROR_NONE)
+            .map_err(page_err)?;
+        page.write_u32(ring::CONNECTION_OFFSET, ring::XENSTORE_CONNECTED)
+            .map_err(page_err)
+    }
+
     /// Serve a guest's ring page: handle a reconnect request, consume and handle the
     /// requests in `req` (pausing while too much output waits), then move queued output into
     /// `rsp`. Invalid indices or a wire violation stop the connection and set the ring's
@@ -693,11 +707,6 @@ impl Xenstore {
                 .map_err(page_err)?;
             rep.notify = true;
         }
-        page.write_u32(
-            ring::SERVER_FEATURES_OFFSET,
-            ring::XENSTORE_SERVER_FEATURE_RECONNECTION | ring::XENSTORE_SERVER_FEATURE_ERROR,
-        )
-        .map_err(page_err)?;
         let mut budget = MAX_BYTES_PER_SERVICE;
         loop {
             let conn = self
@@ -934,7 +943,7 @@ impl Xenstore {
                 let conn = self.conns.get_mut(&domid).ok_or(XsError::EIO)?;
                 let tx = conn.txs.remove(&h.tx_id).ok_or(XsError::ENOENT)?;
                 if commit {
-                    self.commit(tx, fires)?;
+                    self.commit(domid, tx, fires)?;
                 }
                 Ok(ok_reply())
             }
@@ -1119,10 +1128,36 @@ impl Xenstore {
 
     /// Commit a transaction: `EAGAIN` if any node it accessed changed since, else apply its
     /// changes with fresh generations and queue its watch events.
-    fn commit(&mut self, tx: Transaction, fires: &mut Vec<Fire>) -> Result<(), XsError> {
+    fn commit(
+        &mut self,
+        domid: DomId,
+        tx: Transaction,
+        fires: &mut Vec<Fire>,
+    ) -> Result<(), XsError> {
         for (p, g) in &tx.log.observed {
             if self.tree.get(p).map(|n| n.gen) != *g {
                 return Err(XsError::EAGAIN);
+            }
+        }
+        if domid != 0 {
+            // The entry quota was checked against the transaction's snapshot; check the
+            // net change against the store as it is now.
+            let owned = |t: &Tree, p: &str| t.get(p).is_some_and(|n| n.perms.owner_id() == domid);
+            let added = tx
+                .log
+                .changed
+                .iter()
+                .filter(|p| owned(&tx.tree, p) && !owned(&self.tree, p))
+                .count();
+            let removed = tx
+                .log
+                .changed
+                .iter()
+                .filter(|p| !owned(&tx.tree, p) && owned(&self.tree, p))
+                .count();
+            let now = self.tree.count_owned(domid);
+            if (now + added).saturating_sub(removed) > self.quotas.entries_per_domain {
+                return Err(XsError::ENOSPC);
             }
         }
         // Removals first, then (re)insertions parents-first (sorted paths put a parent
