@@ -440,7 +440,10 @@ impl Xenstore {
                 "control/platform-feature-multiprocessor-suspend".into(),
                 "1".into(),
             ),
-            ("control/platform-feature-xs_reset_watches".into(), "1".into()),
+            (
+                "control/platform-feature-xs_reset_watches".into(),
+                "1".into(),
+            ),
         ];
         for n in 0..info.max_vcpus {
             let state = if n < info.online_vcpus {
@@ -497,9 +500,13 @@ impl Xenstore {
 
     /// Children of a node, sorted.
     pub fn directory(&self, path: &str) -> Option<Vec<String>> {
-        self.tree
-            .get(path)
-            .map(|_| self.tree.children(path).into_iter().map(str::to_owned).collect())
+        self.tree.get(path).map(|_| {
+            self.tree
+                .children(path)
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        })
     }
 
     /// Write a node as dom0 (creating missing parents), firing watches.
@@ -524,11 +531,7 @@ impl Xenstore {
 
     /// Ask a guest to shut down: write `control/shutdown` in its home (the guest's watch on
     /// it fires).
-    pub fn request_shutdown(
-        &mut self,
-        domid: DomId,
-        req: ShutdownRequest,
-    ) -> Result<(), XsError> {
+    pub fn request_shutdown(&mut self, domid: DomId, req: ShutdownRequest) -> Result<(), XsError> {
         let p = format!("{}/control/shutdown", domain_path(domid));
         self.write(&p, req.as_str().as_bytes())
     }
@@ -596,7 +599,12 @@ impl Xenstore {
             // xenstored: a reply that does not fit the payload limit is E2BIG.
             Ok(_) => error_msg(h, XsError::E2BIG),
             Err(e) => {
-                debug!(domid, ty = h.ty, err = e.as_str(), "xenstore request failed");
+                debug!(
+                    domid,
+                    ty = h.ty,
+                    err = e.as_str(),
+                    "xenstore request failed"
+                );
                 error_msg(h, e)
             }
         };
@@ -688,8 +696,7 @@ impl Xenstore {
         }
         // xs_wire.h: the guest sets connection = XENSTORE_RECONNECT to ask for a reset; the
         // server drops the connection's state, resets the ring and sets it back to CONNECTED.
-        if page.read_u32(ring::CONNECTION_OFFSET).map_err(page_err)? == ring::XENSTORE_RECONNECT
-        {
+        if page.read_u32(ring::CONNECTION_OFFSET).map_err(page_err)? == ring::XENSTORE_RECONNECT {
             if let Some(c) = self.conns.get_mut(&domid) {
                 c.reset();
             }
@@ -788,7 +795,12 @@ impl Xenstore {
         if let Some(c) = self.conns.get_mut(&domid) {
             c.stopped = Some(WireError::RingIndices);
         }
-        warn!(domid, cons = bad.cons, prod = bad.prod, "xenstore ring indices invalid");
+        warn!(
+            domid,
+            cons = bad.cons,
+            prod = bad.prod,
+            "xenstore ring indices invalid"
+        );
         if let Err(e) = page.write_u32(ring::ERROR_OFFSET, ring::XENSTORE_ERROR_RINGIDX) {
             return page_err(e);
         }
@@ -836,7 +848,10 @@ impl Xenstore {
                 for e in events {
                     if c.out.len() + wire::HEADER_SIZE + e.payload.len() > max {
                         c.dropped_events += 1;
-                        warn!(domid = c.domid, "xenstore watch event dropped: output queue full");
+                        warn!(
+                            domid = c.domid,
+                            "xenstore watch event dropped: output queue full"
+                        );
                         continue;
                     }
                     c.push(&e);
@@ -878,7 +893,11 @@ impl Xenstore {
             Watch => {
                 let (path, token, relative) = self.watch_args(domid, pl)?;
                 let conn = self.conns.get_mut(&domid).ok_or(XsError::EIO)?;
-                if conn.watches.iter().any(|w| w.path == path && w.token == token) {
+                if conn
+                    .watches
+                    .iter()
+                    .any(|w| w.path == path && w.token == token)
+                {
                     return Err(XsError::EEXIST);
                 }
                 // xenstored quota: watches per domain (quota_nb_watch_per_domain) -> E2BIG.
@@ -958,7 +977,11 @@ impl Xenstore {
                 }
                 let id = parse_u32(one_arg(pl)?)?;
                 let yes = DomId::try_from(id).is_ok_and(|d| self.introduced.contains(&d));
-                Ok(if yes { b"T\0".to_vec() } else { b"F\0".to_vec() })
+                Ok(if yes {
+                    b"T\0".to_vec()
+                } else {
+                    b"F\0".to_vec()
+                })
             }
             Introduce => {
                 if !privileged {

@@ -187,7 +187,11 @@ impl OpCtx<'_> {
         for (i, m) in missing.into_iter().enumerate() {
             self.observe(&m);
             let g = self.next_gen();
-            let v = if i == last { value.to_vec() } else { Vec::new() };
+            let v = if i == last {
+                value.to_vec()
+            } else {
+                Vec::new()
+            };
             self.changed(&m);
             self.tree.insert(
                 m,

@@ -50,7 +50,8 @@ pub const XENSTORE_ERROR_RINGIDX: u32 = 2;
 pub const XENSTORE_ERROR_PROTO: u32 = 3;
 
 const _: () = assert!(RING_SIZE.is_power_of_two());
-const _: () = assert!(REQ_OFFSET + RING_SIZE == RSP_OFFSET && RSP_OFFSET + RING_SIZE == REQ_CONS_OFFSET);
+const _: () =
+    assert!(REQ_OFFSET + RING_SIZE == RSP_OFFSET && RSP_OFFSET + RING_SIZE == REQ_CONS_OFFSET);
 
 /// Ring indices that cannot be right.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +63,9 @@ pub struct BadIndices {
 }
 
 /// Unconsumed request bytes: `(req_cons, count)`.
-pub(crate) fn req_avail<P: RingPage>(page: &P) -> Result<Result<(u32, usize), BadIndices>, P::Error> {
+pub(crate) fn req_avail<P: RingPage>(
+    page: &P,
+) -> Result<Result<(u32, usize), BadIndices>, P::Error> {
     let cons = page.read_u32(REQ_CONS_OFFSET)?;
     let prod = page.read_u32(REQ_PROD_OFFSET)?;
     // Read the producer index before the data it publishes.
@@ -76,7 +79,11 @@ pub(crate) fn req_avail<P: RingPage>(page: &P) -> Result<Result<(u32, usize), Ba
 
 /// Copy request bytes at index `cons` into `buf` (at most [`RING_SIZE`] bytes) and hand the
 /// space back by advancing `req_cons`.
-pub(crate) fn req_consume<P: RingPage>(page: &P, cons: u32, buf: &mut [u8]) -> Result<(), P::Error> {
+pub(crate) fn req_consume<P: RingPage>(
+    page: &P,
+    cons: u32,
+    buf: &mut [u8],
+) -> Result<(), P::Error> {
     let start = cons as usize & (RING_SIZE - 1);
     let first = buf.len().min(RING_SIZE - start);
     let (a, b) = buf.split_at_mut(first);
@@ -91,7 +98,9 @@ pub(crate) fn req_consume<P: RingPage>(page: &P, cons: u32, buf: &mut [u8]) -> R
 }
 
 /// Free response space: `(rsp_prod, count)`.
-pub(crate) fn rsp_space<P: RingPage>(page: &P) -> Result<Result<(u32, usize), BadIndices>, P::Error> {
+pub(crate) fn rsp_space<P: RingPage>(
+    page: &P,
+) -> Result<Result<(u32, usize), BadIndices>, P::Error> {
     let cons = page.read_u32(RSP_CONS_OFFSET)?;
     let prod = page.read_u32(RSP_PROD_OFFSET)?;
     // Read the consumer index before overwriting the space it frees.

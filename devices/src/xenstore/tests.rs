@@ -9,7 +9,16 @@ const D1: DomId = 1;
 const D2: DomId = 2;
 
 fn info(domid: DomId) -> PvDomuInfo {
-    PvDomuInfo::new(domid, &format!("guest{domid}"), 262_144, 2, 1, 0x1234, 2, 0x1235)
+    PvDomuInfo::new(
+        domid,
+        &format!("guest{domid}"),
+        262_144,
+        2,
+        1,
+        0x1234,
+        2,
+        0x1235,
+    )
 }
 
 /// A test harness: a store with domains 1 and 2 (libxl layout) and a dom0 connection.
@@ -58,7 +67,10 @@ fn parse_msgs(mut bytes: &[u8]) -> Vec<Message> {
 fn event_parts(m: &Message) -> (String, Vec<u8>) {
     let parts = wire::split_strings(&m.payload).expect("event payload NUL-terminated");
     assert_eq!(parts.len(), 2, "event is path and token");
-    (String::from_utf8(parts[0].to_vec()).unwrap(), parts[1].to_vec())
+    (
+        String::from_utf8(parts[0].to_vec()).unwrap(),
+        parts[1].to_vec(),
+    )
 }
 
 fn zjoin(parts: &[&str]) -> Vec<u8> {
@@ -158,7 +170,12 @@ impl H {
     }
 
     fn tx_end(&mut self, d: DomId, tx: u32, commit: bool) -> R {
-        self.call(d, MsgType::TransactionEnd, tx, if commit { b"T\0" } else { b"F\0" })
+        self.call(
+            d,
+            MsgType::TransactionEnd,
+            tx,
+            if commit { b"T\0" } else { b"F\0" },
+        )
     }
 
     fn take_events(&mut self, d: DomId) -> Vec<(String, String)> {
@@ -206,15 +223,32 @@ fn pv_domu_layout_has_libxl_entries_and_permissions() {
     assert_eq!(val(&format!("{d}/console/limit")), "1048576");
     assert_eq!(val(&format!("{d}/console/type")), "xenconsoled");
     assert_eq!(
-        val(&format!("{d}/control/platform-feature-multiprocessor-suspend")),
+        val(&format!(
+            "{d}/control/platform-feature-multiprocessor-suspend"
+        )),
         "1"
     );
-    assert_eq!(val(&format!("{d}/control/platform-feature-xs_reset_watches")), "1");
+    assert_eq!(
+        val(&format!("{d}/control/platform-feature-xs_reset_watches")),
+        "1"
+    );
     let vm = val(&format!("{d}/vm"));
     assert!(vm.starts_with("/vm/"));
     assert_eq!(val(&format!("{vm}/name")), "guest3");
-    assert_eq!(xs.directory(&format!("{d}/device")).unwrap(), vec!["suspend"]);
-    for ro in ["", "/domid", "/name", "/cpu", "/memory/target", "/control", "/device", "/console/port"] {
+    assert_eq!(
+        xs.directory(&format!("{d}/device")).unwrap(),
+        vec!["suspend"]
+    );
+    for ro in [
+        "",
+        "/domid",
+        "/name",
+        "/cpu",
+        "/memory/target",
+        "/control",
+        "/device",
+        "/console/port",
+    ] {
         assert_eq!(perms(&format!("{d}{ro}")), "n0,r3", "{ro}");
     }
     for rw in [
@@ -245,8 +279,15 @@ fn dump_lists_every_node_with_value_and_perms() {
     let mut xs = Xenstore::new_for_pv_domu(&info(1)).unwrap();
     xs.write("/local/domain/1/data/bin", b"a\"b\x01").unwrap();
     let d = xs.dump();
-    assert!(d.lines().any(|l| l == "/local/domain/1/name = \"guest1\" (n0,r1)"), "{d}");
-    assert!(d.contains("/local/domain/1/data/bin = \"a\\\"b\\x01\" (n1)"), "{d}");
+    assert!(
+        d.lines()
+            .any(|l| l == "/local/domain/1/name = \"guest1\" (n0,r1)"),
+        "{d}"
+    );
+    assert!(
+        d.contains("/local/domain/1/data/bin = \"a\\\"b\\x01\" (n1)"),
+        "{d}"
+    );
     assert_eq!(d.lines().count(), xs.node_count());
 }
 
@@ -256,21 +297,31 @@ fn dump_lists_every_node_with_value_and_perms() {
 #[test]
 fn read_relative_and_absolute_paths() {
     let mut h = H::new();
-    assert_eq!(h.read(D1, "name").text(), "guest1", "READ replies carry no NUL");
+    assert_eq!(
+        h.read(D1, "name").text(),
+        "guest1",
+        "READ replies carry no NUL"
+    );
     assert_eq!(h.read(D1, "/local/domain/1/domid").ok(), b"1");
     assert_eq!(h.read(D1, "nope").err(), "ENOENT");
     assert_eq!(h.read(D1, "a//b").err(), "EINVAL");
     assert_eq!(h.read(D1, "").err(), "EINVAL");
     // The path must be NUL-terminated.
     assert_eq!(h.call(D1, MsgType::Read, 0, b"name").err(), "EINVAL");
-    assert_eq!(h.call(D1, MsgType::Read, 0, b"name\0extra\0").err(), "EINVAL");
+    assert_eq!(
+        h.call(D1, MsgType::Read, 0, b"name\0extra\0").err(),
+        "EINVAL"
+    );
 }
 
 #[test]
 fn another_domains_nodes_are_not_readable_or_writable() {
     let mut h = H::new();
     assert_eq!(h.read(D1, "/local/domain/2/name").err(), "EACCES");
-    assert_eq!(h.write(D1, 0, "/local/domain/2/data/x", "1").err(), "EACCES");
+    assert_eq!(
+        h.write(D1, 0, "/local/domain/2/data/x", "1").err(),
+        "EACCES"
+    );
     assert_eq!(h.dir(D1, "/local/domain/2").err(), "EACCES");
     // A missing node under an unreadable one does not reveal absence.
     assert_eq!(h.read(D1, "/local/domain/2/nothing").err(), "EACCES");
@@ -285,14 +336,24 @@ fn write_creates_guest_owned_nodes_where_allowed() {
     assert_eq!(h.write(D1, 0, "data/a/b", "v").ok(), ok());
     assert_eq!(h.read(D1, "data/a/b").ok(), b"v");
     assert_eq!(h.read(D1, "data/a").ok(), b"");
-    assert_eq!(h.xs.node("/local/domain/1/data/a/b").unwrap().perms.to_string(), "n1");
+    assert_eq!(
+        h.xs.node("/local/domain/1/data/a/b")
+            .unwrap()
+            .perms
+            .to_string(),
+        "n1"
+    );
     // Overwrite, including an empty value and binary bytes.
     assert_eq!(h.write(D1, 0, "data/a/b", "").ok(), ok());
     assert_eq!(h.read(D1, "data/a/b").ok(), b"");
     // dom0-owned, guest-readable nodes are read-only for the guest.
     assert_eq!(h.write(D1, 0, "name", "evil").err(), "EACCES");
     assert_eq!(h.write(D1, 0, "newtop", "x").err(), "EACCES");
-    assert_eq!(h.write(D1, 0, "control/platform-feature-xs_reset_watches", "0").err(), "EACCES");
+    assert_eq!(
+        h.write(D1, 0, "control/platform-feature-xs_reset_watches", "0")
+            .err(),
+        "EACCES"
+    );
     // Guest-owned control/shutdown is writable (the guest acknowledges with "").
     assert_eq!(h.write(D1, 0, "control/shutdown", "").ok(), ok());
     // No NUL separating path and value.
@@ -306,7 +367,11 @@ fn mkdir_creates_and_accepts_existing() {
     assert_eq!(h.read(D1, "data/d").ok(), b"");
     h.write(D1, 0, "data/d", "keep").ok();
     assert_eq!(h.call(D1, MsgType::Mkdir, 0, b"data/d\0").ok(), ok());
-    assert_eq!(h.read(D1, "data/d").ok(), b"keep", "mkdir leaves an existing node alone");
+    assert_eq!(
+        h.read(D1, "data/d").ok(),
+        b"keep",
+        "mkdir leaves an existing node alone"
+    );
     assert_eq!(h.call(D1, MsgType::Mkdir, 0, b"cpu/9\0").err(), "EACCES");
     assert_eq!(h.call(D1, MsgType::Mkdir, 0, b"name\0").err(), "EACCES");
 }
@@ -323,7 +388,8 @@ fn directory_lists_children_and_rejects_oversized_replies() {
     assert_eq!(h.dir(D1, "data/zz").err(), "ENOENT");
     // 200 children of 40 characters: more than a payload.
     for i in 0..200 {
-        h.xs.write(&format!("/local/domain/1/data/big/{i:040}"), b"").unwrap();
+        h.xs.write(&format!("/local/domain/1/data/big/{i:040}"), b"")
+            .unwrap();
     }
     assert_eq!(h.dir(D1, "data/big").err(), "E2BIG");
 }
@@ -333,14 +399,20 @@ fn directory_part_pages_through_a_long_child_list() {
     let mut h = H::new();
     let names: Vec<String> = (0..200).map(|i| format!("{i:040}")).collect();
     for n in &names {
-        h.xs.write(&format!("/local/domain/1/data/big/{n}"), b"").unwrap();
+        h.xs.write(&format!("/local/domain/1/data/big/{n}"), b"")
+            .unwrap();
     }
     let gen = h.xs.node("/local/domain/1/data/big").unwrap().gen;
     let mut off = 0usize;
     let mut got: Vec<String> = Vec::new();
     for _ in 0..10 {
         let r = h
-            .call(D1, MsgType::DirectoryPart, 0, &zjoin(&["data/big", &off.to_string()]))
+            .call(
+                D1,
+                MsgType::DirectoryPart,
+                0,
+                &zjoin(&["data/big", &off.to_string()]),
+            )
             .ok();
         assert!(r.len() <= PAYLOAD_MAX);
         let nul = r.iter().position(|&b| b == 0).unwrap();
@@ -360,10 +432,20 @@ fn directory_part_pages_through_a_long_child_list() {
     }
     assert_eq!(got, names);
     assert_eq!(
-        h.call(D1, MsgType::DirectoryPart, 0, &zjoin(&["data/big", "999999"])).err(),
+        h.call(
+            D1,
+            MsgType::DirectoryPart,
+            0,
+            &zjoin(&["data/big", "999999"])
+        )
+        .err(),
         "EINVAL"
     );
-    assert_eq!(h.call(D1, MsgType::DirectoryPart, 0, &zjoin(&["data/big"])).err(), "EINVAL");
+    assert_eq!(
+        h.call(D1, MsgType::DirectoryPart, 0, &zjoin(&["data/big"]))
+            .err(),
+        "EINVAL"
+    );
     // The generation changes when a child is added.
     h.write(D1, 0, "data/big/new", "").ok();
     assert_ne!(h.xs.node("/local/domain/1/data/big").unwrap().gen, gen);
@@ -382,7 +464,10 @@ fn rm_removes_subtrees_and_follows_xenstored_rules() {
     assert_eq!(h.call(D1, MsgType::Rm, 0, b"data/q/r\0").err(), "ENOENT");
     assert_eq!(h.call(0, MsgType::Rm, 0, b"/\0").err(), "EINVAL");
     assert_eq!(h.call(D1, MsgType::Rm, 0, b"name\0").err(), "EACCES");
-    assert_eq!(h.call(D1, MsgType::Rm, 0, b"/local/domain/2/data\0").err(), "EACCES");
+    assert_eq!(
+        h.call(D1, MsgType::Rm, 0, b"/local/domain/2/data\0").err(),
+        "EACCES"
+    );
     assert!(h.xs.read("/local/domain/2/data").is_some());
 }
 
@@ -390,44 +475,104 @@ fn rm_removes_subtrees_and_follows_xenstored_rules() {
 fn perms_get_set_and_grant_other_domains() {
     let mut h = H::new();
     h.write(D1, 0, "data/shared", "hello").ok();
-    assert_eq!(h.call(D1, MsgType::GetPerms, 0, b"data/shared\0").ok(), b"n1\0");
+    assert_eq!(
+        h.call(D1, MsgType::GetPerms, 0, b"data/shared\0").ok(),
+        b"n1\0"
+    );
     assert_eq!(h.read(D2, "/local/domain/1/data/shared").err(), "EACCES");
     assert_eq!(
-        h.call(D1, MsgType::SetPerms, 0, &zjoin(&["data/shared", "n1", "r2"])).ok(),
+        h.call(
+            D1,
+            MsgType::SetPerms,
+            0,
+            &zjoin(&["data/shared", "n1", "r2"])
+        )
+        .ok(),
         ok()
     );
-    assert_eq!(h.call(D1, MsgType::GetPerms, 0, b"data/shared\0").ok(), zjoin(&["n1", "r2"]));
-    assert_eq!(h.read(D2, "/local/domain/1/data/shared").ok(), b"hello");
-    assert_eq!(h.write(D2, 0, "/local/domain/1/data/shared", "x").err(), "EACCES");
     assert_eq!(
-        h.call(D2, MsgType::SetPerms, 0, &zjoin(&["/local/domain/1/data/shared", "b2"])).err(),
+        h.call(D1, MsgType::GetPerms, 0, b"data/shared\0").ok(),
+        zjoin(&["n1", "r2"])
+    );
+    assert_eq!(h.read(D2, "/local/domain/1/data/shared").ok(), b"hello");
+    assert_eq!(
+        h.write(D2, 0, "/local/domain/1/data/shared", "x").err(),
+        "EACCES"
+    );
+    assert_eq!(
+        h.call(
+            D2,
+            MsgType::SetPerms,
+            0,
+            &zjoin(&["/local/domain/1/data/shared", "b2"])
+        )
+        .err(),
         "EACCES"
     );
     // Unprivileged domains cannot give nodes away, nor attach too many entries.
-    assert_eq!(h.call(D1, MsgType::SetPerms, 0, &zjoin(&["data/shared", "n2"])).err(), "EPERM");
     assert_eq!(
-        h.call(D1, MsgType::SetPerms, 0, &zjoin(&["data/shared", "n1", "r2", "r3", "r4", "r5", "r6"]))
+        h.call(D1, MsgType::SetPerms, 0, &zjoin(&["data/shared", "n2"]))
             .err(),
+        "EPERM"
+    );
+    assert_eq!(
+        h.call(
+            D1,
+            MsgType::SetPerms,
+            0,
+            &zjoin(&["data/shared", "n1", "r2", "r3", "r4", "r5", "r6"])
+        )
+        .err(),
         "ENOSPC"
     );
-    assert_eq!(h.call(D1, MsgType::SetPerms, 0, &zjoin(&["data/shared", "x1"])).err(), "EINVAL");
-    assert_eq!(h.call(D1, MsgType::SetPerms, 0, &zjoin(&["data/shared"])).err(), "EINVAL");
-    assert_eq!(h.call(D1, MsgType::GetPerms, 0, b"/local/domain/2/data\0").err(), "EACCES");
+    assert_eq!(
+        h.call(D1, MsgType::SetPerms, 0, &zjoin(&["data/shared", "x1"]))
+            .err(),
+        "EINVAL"
+    );
+    assert_eq!(
+        h.call(D1, MsgType::SetPerms, 0, &zjoin(&["data/shared"]))
+            .err(),
+        "EINVAL"
+    );
+    assert_eq!(
+        h.call(D1, MsgType::GetPerms, 0, b"/local/domain/2/data\0")
+            .err(),
+        "EACCES"
+    );
     // dom0 may change owners; the new owner then has full access.
     assert_eq!(
-        h.call(0, MsgType::SetPerms, 0, &zjoin(&["/local/domain/1/data/shared", "n2"])).ok(),
+        h.call(
+            0,
+            MsgType::SetPerms,
+            0,
+            &zjoin(&["/local/domain/1/data/shared", "n2"])
+        )
+        .ok(),
         ok()
     );
-    assert_eq!(h.write(D2, 0, "/local/domain/1/data/shared", "mine").ok(), ok());
+    assert_eq!(
+        h.write(D2, 0, "/local/domain/1/data/shared", "mine").ok(),
+        ok()
+    );
     assert_eq!(h.read(D1, "data/shared").err(), "EACCES");
 }
 
 #[test]
 fn get_domain_path_answers_any_domain() {
     let mut h = H::new();
-    assert_eq!(h.call(D1, MsgType::GetDomainPath, 0, b"7\0").ok(), b"/local/domain/7\0");
-    assert_eq!(h.call(D1, MsgType::GetDomainPath, 0, b"x\0").err(), "EINVAL");
-    assert_eq!(h.call(D1, MsgType::GetDomainPath, 0, b"70000\0").err(), "EINVAL");
+    assert_eq!(
+        h.call(D1, MsgType::GetDomainPath, 0, b"7\0").ok(),
+        b"/local/domain/7\0"
+    );
+    assert_eq!(
+        h.call(D1, MsgType::GetDomainPath, 0, b"x\0").err(),
+        "EINVAL"
+    );
+    assert_eq!(
+        h.call(D1, MsgType::GetDomainPath, 0, b"70000\0").err(),
+        "EINVAL"
+    );
     assert_eq!(h.call(D1, MsgType::GetDomainPath, 0, b"7").err(), "EINVAL");
 }
 
@@ -456,13 +601,25 @@ fn dom0_introduce_release_and_special_watches() {
     assert_eq!(h.watch(0, "/", "all").ok(), ok());
     h.take_events(0);
     h.take_events(D1);
-    assert_eq!(h.call(0, MsgType::IsDomainIntroduced, 0, b"5\0").ok(), b"F\0");
-    assert_eq!(h.call(0, MsgType::Introduce, 0, b"5\x0012\x003\0").ok(), ok());
-    assert_eq!(h.call(0, MsgType::IsDomainIntroduced, 0, b"5\0").ok(), b"T\0");
+    assert_eq!(
+        h.call(0, MsgType::IsDomainIntroduced, 0, b"5\0").ok(),
+        b"F\0"
+    );
+    assert_eq!(
+        h.call(0, MsgType::Introduce, 0, b"5\x0012\x003\0").ok(),
+        ok()
+    );
+    assert_eq!(
+        h.call(0, MsgType::IsDomainIntroduced, 0, b"5\0").ok(),
+        b"T\0"
+    );
     assert_eq!(h.take_events(0), vec![ev("@introduceDomain", "in")]);
     assert_eq!(h.call(0, MsgType::Release, 0, b"5\0").ok(), ok());
     assert_eq!(h.call(0, MsgType::Release, 0, b"5\0").err(), "ENOENT");
-    assert_eq!(h.call(0, MsgType::IsDomainIntroduced, 0, b"5\0").ok(), b"F\0");
+    assert_eq!(
+        h.call(0, MsgType::IsDomainIntroduced, 0, b"5\0").ok(),
+        b"F\0"
+    );
     assert_eq!(h.take_events(0), vec![ev("@releaseDomain", "out")]);
     // Special nodes are dom0's: guests do not hear them.
     assert_eq!(h.take_events(D1), vec![]);
@@ -478,7 +635,10 @@ fn unknown_and_server_only_types_are_enosys() {
     let mut h = H::new();
     assert_eq!(h.raw(D1, 999, 0, b"").err(), "ENOSYS");
     assert_eq!(h.raw(D1, 0xffff, 0, b"").err(), "ENOSYS");
-    assert_eq!(h.call(D1, MsgType::WatchEvent, 0, b"a\0b\0").err(), "ENOSYS");
+    assert_eq!(
+        h.call(D1, MsgType::WatchEvent, 0, b"a\0b\0").err(),
+        "ENOSYS"
+    );
     assert_eq!(h.call(D1, MsgType::Error, 0, b"EINVAL\0").err(), "ENOSYS");
 }
 
@@ -489,19 +649,47 @@ fn unknown_and_server_only_types_are_enosys() {
 fn watch_fires_initially_and_on_create_modify_delete_of_path_and_children() {
     let mut h = H::new();
     assert_eq!(h.watch(D1, "data/w", "tok\u{1}en").ok(), ok());
-    assert_eq!(h.take_events(D1), vec![ev("data/w", "tok\u{1}en")], "initial event");
+    assert_eq!(
+        h.take_events(D1),
+        vec![ev("data/w", "tok\u{1}en")],
+        "initial event"
+    );
     h.write(D1, 0, "data/w", "1").ok();
-    assert_eq!(h.take_events(D1), vec![ev("data/w", "tok\u{1}en")], "create");
+    assert_eq!(
+        h.take_events(D1),
+        vec![ev("data/w", "tok\u{1}en")],
+        "create"
+    );
     h.write(D1, 0, "data/w", "2").ok();
-    assert_eq!(h.take_events(D1), vec![ev("data/w", "tok\u{1}en")], "modify");
+    assert_eq!(
+        h.take_events(D1),
+        vec![ev("data/w", "tok\u{1}en")],
+        "modify"
+    );
     h.write(D1, 0, "data/w/child/grand", "3").ok();
-    assert_eq!(h.take_events(D1), vec![ev("data/w/child/grand", "tok\u{1}en")], "child");
+    assert_eq!(
+        h.take_events(D1),
+        vec![ev("data/w/child/grand", "tok\u{1}en")],
+        "child"
+    );
     h.write(D1, 0, "data/wx", "3").ok();
-    assert_eq!(h.take_events(D1), vec![], "a sibling with a common prefix is not a child");
+    assert_eq!(
+        h.take_events(D1),
+        vec![],
+        "a sibling with a common prefix is not a child"
+    );
     h.call(D1, MsgType::Rm, 0, b"data/w/child\0").ok();
-    assert_eq!(h.take_events(D1), vec![ev("data/w/child", "tok\u{1}en")], "child delete");
+    assert_eq!(
+        h.take_events(D1),
+        vec![ev("data/w/child", "tok\u{1}en")],
+        "child delete"
+    );
     h.call(D1, MsgType::Rm, 0, b"data\0").ok();
-    assert_eq!(h.take_events(D1), vec![ev("data/w", "tok\u{1}en")], "ancestor delete");
+    assert_eq!(
+        h.take_events(D1),
+        vec![ev("data/w", "tok\u{1}en")],
+        "ancestor delete"
+    );
 }
 
 #[test]
@@ -521,10 +709,19 @@ fn watch_events_respect_read_permission() {
     h.take_events(D2);
     h.write(D1, 0, "data/secret", "x").ok();
     assert_eq!(h.take_events(D2), vec![]);
-    h.call(D1, MsgType::SetPerms, 0, &zjoin(&["data/secret", "n1", "r2"])).ok();
+    h.call(
+        D1,
+        MsgType::SetPerms,
+        0,
+        &zjoin(&["data/secret", "n1", "r2"]),
+    )
+    .ok();
     h.take_events(D2);
     h.write(D1, 0, "data/secret", "y").ok();
-    assert_eq!(h.take_events(D2), vec![ev("/local/domain/1/data/secret", "spy")]);
+    assert_eq!(
+        h.take_events(D2),
+        vec![ev("/local/domain/1/data/secret", "spy")]
+    );
 }
 
 #[test]
@@ -532,7 +729,8 @@ fn host_shutdown_request_reaches_the_guests_watch() {
     let mut h = H::new();
     h.watch(D1, "control/shutdown", "sd").ok();
     h.take_events(D1);
-    h.xs.request_shutdown(D1, ShutdownRequest::Poweroff).unwrap();
+    h.xs.request_shutdown(D1, ShutdownRequest::Poweroff)
+        .unwrap();
     assert_eq!(h.take_events(D1), vec![ev("control/shutdown", "sd")]);
     assert_eq!(h.read(D1, "control/shutdown").ok(), b"poweroff");
     h.xs.request_shutdown(D1, ShutdownRequest::Reboot).unwrap();
@@ -546,14 +744,29 @@ fn unwatch_stops_events_and_errors_are_reported() {
     h.watch(D1, "data", "t1").ok();
     h.watch(D1, "data", "t2").ok();
     assert_eq!(h.watch(D1, "data", "t1").err(), "EEXIST");
-    assert_eq!(h.watch(D1, "/local/domain/1/data", "t1").err(), "EEXIST", "same node");
+    assert_eq!(
+        h.watch(D1, "/local/domain/1/data", "t1").err(),
+        "EEXIST",
+        "same node"
+    );
     h.take_events(D1);
-    assert_eq!(h.call(D1, MsgType::Unwatch, 0, &zjoin(&["data", "t1"])).ok(), ok());
-    assert_eq!(h.call(D1, MsgType::Unwatch, 0, &zjoin(&["data", "t1"])).err(), "ENOENT");
+    assert_eq!(
+        h.call(D1, MsgType::Unwatch, 0, &zjoin(&["data", "t1"]))
+            .ok(),
+        ok()
+    );
+    assert_eq!(
+        h.call(D1, MsgType::Unwatch, 0, &zjoin(&["data", "t1"]))
+            .err(),
+        "ENOENT"
+    );
     h.write(D1, 0, "data/a", "").ok();
     assert_eq!(h.take_events(D1), vec![ev("data/a", "t2")]);
     assert_eq!(h.call(D1, MsgType::Watch, 0, b"data\0").err(), "EINVAL");
-    assert_eq!(h.call(D1, MsgType::Watch, 0, &zjoin(&["da ta", "x"])).err(), "EINVAL");
+    assert_eq!(
+        h.call(D1, MsgType::Watch, 0, &zjoin(&["da ta", "x"])).err(),
+        "EINVAL"
+    );
 }
 
 #[test]
@@ -589,14 +802,25 @@ fn transaction_commit_applies_changes_atomically_and_fires_at_commit() {
     assert_eq!(h.write(D1, tx, "data/a", "1").ok(), ok());
     assert_eq!(h.write(D1, tx, "data/b/c", "2").ok(), ok());
     assert_eq!(h.read_tx(D1, tx, "data/a").ok(), b"1");
-    assert_eq!(h.read(D1, "data/a").err(), "ENOENT", "invisible outside before commit");
+    assert_eq!(
+        h.read(D1, "data/a").err(),
+        "ENOENT",
+        "invisible outside before commit"
+    );
     assert_eq!(h.take_events(D1), vec![], "no events before commit");
     assert_eq!(h.tx_end(D1, tx, true).ok(), ok());
     assert_eq!(h.read(D1, "data/a").ok(), b"1");
     assert_eq!(h.read(D1, "data/b/c").ok(), b"2");
-    assert_eq!(h.take_events(D1), vec![ev("data/a", "w"), ev("data/b/c", "w")]);
+    assert_eq!(
+        h.take_events(D1),
+        vec![ev("data/a", "w"), ev("data/b/c", "w")]
+    );
     assert_eq!(h.xs.connection(D1).unwrap().transaction_count(), 0);
-    assert_eq!(h.tx_end(D1, tx, true).err(), "ENOENT", "transaction is gone");
+    assert_eq!(
+        h.tx_end(D1, tx, true).err(),
+        "ENOENT",
+        "transaction is gone"
+    );
 }
 
 #[test]
@@ -648,7 +872,11 @@ fn concurrent_transactions_adding_siblings_conflict_like_xenstored() {
     h.write(D1, t1, "data/a", "1").ok();
     h.write(D1, t2, "data/b", "1").ok();
     assert_eq!(h.tx_end(D1, t1, true).ok(), ok());
-    assert_eq!(h.tx_end(D1, t2, true).err(), "EAGAIN", "the parent's child list changed");
+    assert_eq!(
+        h.tx_end(D1, t2, true).err(),
+        "EAGAIN",
+        "the parent's child list changed"
+    );
     // The retry succeeds.
     let t2 = h.tx_start(D1);
     h.write(D1, t2, "data/b", "1").ok();
@@ -660,12 +888,27 @@ fn concurrent_transactions_adding_siblings_conflict_like_xenstored() {
 fn transaction_errors_nested_unknown_bad_arg_and_limit() {
     let mut h = H::new();
     let tx = h.tx_start(D1);
-    assert_eq!(h.call(D1, MsgType::TransactionStart, tx, b"\0").err(), "EBUSY");
-    assert_eq!(h.call(D1, MsgType::TransactionStart, 777, b"\0").err(), "ENOENT");
+    assert_eq!(
+        h.call(D1, MsgType::TransactionStart, tx, b"\0").err(),
+        "EBUSY"
+    );
+    assert_eq!(
+        h.call(D1, MsgType::TransactionStart, 777, b"\0").err(),
+        "ENOENT"
+    );
     assert_eq!(h.read_tx(D1, 777, "name").err(), "ENOENT");
-    assert_eq!(h.call(D1, MsgType::TransactionEnd, tx, b"X\0").err(), "EINVAL");
-    assert_eq!(h.call(D1, MsgType::TransactionEnd, tx, b"T").err(), "EINVAL");
-    assert_eq!(h.call(D1, MsgType::TransactionEnd, 0, b"T\0").err(), "ENOENT");
+    assert_eq!(
+        h.call(D1, MsgType::TransactionEnd, tx, b"X\0").err(),
+        "EINVAL"
+    );
+    assert_eq!(
+        h.call(D1, MsgType::TransactionEnd, tx, b"T").err(),
+        "EINVAL"
+    );
+    assert_eq!(
+        h.call(D1, MsgType::TransactionEnd, 0, b"T\0").err(),
+        "ENOENT"
+    );
     // Another domain cannot use this domain's transaction id.
     assert_eq!(h.read_tx(D2, tx, "name").err(), "ENOENT");
     h.tx_end(D1, tx, false).ok();
@@ -673,7 +916,10 @@ fn transaction_errors_nested_unknown_bad_arg_and_limit() {
     let mut sorted = ids.clone();
     sorted.dedup();
     assert_eq!(sorted.len(), 10, "ids are distinct");
-    assert_eq!(h.call(D1, MsgType::TransactionStart, 0, b"\0").err(), "ENOSPC");
+    assert_eq!(
+        h.call(D1, MsgType::TransactionStart, 0, b"\0").err(),
+        "ENOSPC"
+    );
     h.tx_end(D1, ids[3], false).ok();
     h.tx_start(D1);
     // dom0 is not limited.
@@ -725,7 +971,10 @@ fn quota_watches_node_size_and_path_length() {
     let long = format!("data/{}", "p".repeat(2048));
     assert_eq!(h.write(D1, 0, &long, "").err(), "EINVAL");
     // dom0 is exempt from the node size quota.
-    assert!(h.xs.write("/local/domain/1/data/big", big.as_bytes()).is_ok());
+    assert!(h
+        .xs
+        .write("/local/domain/1/data/big", big.as_bytes())
+        .is_ok());
 }
 
 #[test]
@@ -748,7 +997,11 @@ fn quota_entries_rechecked_at_commit_across_transactions() {
     }
     assert_eq!(h.tx_end(D1, t2, true).ok(), ok());
     assert_eq!(h.tx_end(D1, t1, true).err(), "ENOSPC");
-    assert_eq!(h.read(D1, "data/p1/0").err(), "ENOENT", "nothing of t1 applied");
+    assert_eq!(
+        h.read(D1, "data/p1/0").err(),
+        "ENOENT",
+        "nothing of t1 applied"
+    );
     assert!(h.xs.tree.count_owned(D1) <= 40);
 }
 
@@ -818,7 +1071,10 @@ fn oversized_payload_length_stops_the_connection() {
         xs.feed(D1, &req_bytes(MsgType::Read, 2, 0, b"name\0")),
         Err(XenstoreError::Stopped(D1))
     ));
-    assert!(matches!(xs.feed(9, b"x"), Err(XenstoreError::NoConnection(9))));
+    assert!(matches!(
+        xs.feed(9, b"x"),
+        Err(XenstoreError::NoConnection(9))
+    ));
 }
 
 #[test]
@@ -947,7 +1203,7 @@ fn ring_round_trip_with_wrapping_indices_and_large_replies() {
     assert_eq!(out.len(), 80);
     for (i, m) in out.iter().enumerate() {
         let i = i as u32;
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             assert_eq!(m.header.req_id, i / 2);
             assert_eq!(m.payload, vec![b'z'; 3000]);
         } else {
@@ -987,12 +1243,23 @@ fn ring_with_impossible_request_indices_is_stopped_with_error_field() {
     g.page.write_u32(REQ_PROD_OFFSET, 1025).unwrap();
     assert!(matches!(
         xs.service_ring(D1, &g.page),
-        Err(XenstoreError::BadIndices { domid: D1, bad: BadIndices { cons: 0, prod: 1025 } })
+        Err(XenstoreError::BadIndices {
+            domid: D1,
+            bad: BadIndices {
+                cons: 0,
+                prod: 1025
+            }
+        })
     ));
     assert_eq!(g.get(ERROR_OFFSET), XENSTORE_ERROR_RINGIDX);
-    assert!(matches!(xs.service_ring(D1, &g.page), Err(XenstoreError::Stopped(D1))));
+    assert!(matches!(
+        xs.service_ring(D1, &g.page),
+        Err(XenstoreError::Stopped(D1))
+    ));
     // The guest asks for a reconnect: state reset, ring usable again.
-    g.page.write_u32(CONNECTION_OFFSET, XENSTORE_RECONNECT).unwrap();
+    g.page
+        .write_u32(CONNECTION_OFFSET, XENSTORE_RECONNECT)
+        .unwrap();
     let rep = xs.service_ring(D1, &g.page).unwrap();
     assert!(rep.notify);
     assert_eq!(g.get(CONNECTION_OFFSET), XENSTORE_CONNECTED);
@@ -1031,7 +1298,10 @@ fn ring_oversized_length_sets_proto_error() {
     g.send(&hdr);
     assert!(matches!(
         xs.service_ring(D1, &g.page),
-        Err(XenstoreError::Protocol { err: WireError::PayloadTooLong(u32::MAX), .. })
+        Err(XenstoreError::Protocol {
+            err: WireError::PayloadTooLong(u32::MAX),
+            ..
+        })
     ));
     assert_eq!(g.get(ERROR_OFFSET), XENSTORE_ERROR_PROTO);
 }
@@ -1055,7 +1325,10 @@ fn ring_partial_request_waits_for_the_rest() {
 fn service_ring_for_unknown_domain_is_an_error() {
     let mut xs = Xenstore::new();
     let g = GuestRing::at(0, 0);
-    assert!(matches!(xs.service_ring(4, &g.page), Err(XenstoreError::NoConnection(4))));
+    assert!(matches!(
+        xs.service_ring(4, &g.page),
+        Err(XenstoreError::NoConnection(4))
+    ));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1087,8 +1360,12 @@ mod prop {
             prop_oneof![
                 (arb_path(), arb_path()).prop_map(|(a, b)| [a, vec![0], b, vec![0]].concat()),
                 arb_path().prop_map(|a| [a, vec![0]].concat()),
-                (arb_path(), proptest::collection::vec(any::<u8>(), 0..8))
-                    .prop_map(|(a, v)| [a, vec![0], v].concat()),
+                (arb_path(), proptest::collection::vec(any::<u8>(), 0..8)).prop_map(|(a, v)| [
+                    a,
+                    vec![0],
+                    v
+                ]
+                .concat()),
                 Just(b"T\0".to_vec()),
                 Just(b"F\0".to_vec()),
                 Just(b"n1\0".to_vec()),

@@ -65,9 +65,7 @@ impl Perm {
         if num.is_empty() || num.len() > 5 || !num.iter().all(u8::is_ascii_digit) {
             return Err(XsError::EINVAL);
         }
-        let v: u32 = num
-            .iter()
-            .fold(0u32, |a, &d| a * 10 + u32::from(d - b'0'));
+        let v: u32 = num.iter().fold(0u32, |a, &d| a * 10 + u32::from(d - b'0'));
         let domid = DomId::try_from(v).map_err(|_| XsError::EINVAL)?;
         Ok(Perm { domid, access })
     }
@@ -380,7 +378,10 @@ mod tests {
 
     #[test]
     fn relative_paths_resolve_under_the_domain_home() {
-        assert_eq!(canonicalize(3, b"device").unwrap(), "/local/domain/3/device");
+        assert_eq!(
+            canonicalize(3, b"device").unwrap(),
+            "/local/domain/3/device"
+        );
         assert_eq!(canonicalize(3, b"/vm").unwrap(), "/vm");
         assert_eq!(canonicalize(0, b"/").unwrap(), "/");
     }
