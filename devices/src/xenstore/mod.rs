@@ -1207,37 +1207,36 @@ fn error_msg(h: Header, e: XsError) -> Message {
     Message::new(MsgType::Error, h.req_id, h.tx_id, strz(e.as_str()))
 }
 
-/// DIRECTORY_PART reply (xenstore.txt): the node's generation, then the NUL-terminated child
-/// names starting at byte `off` of the full list, cut at a name boundary to fit the payload;
-/// an extra NUL marks that the list is complete.
+/// DIRECTORY_PART reply (xenstore.txt, xenstored `send_directory_part`): the node's
+/// generation, then as many whole NUL-terminated child names from byte `off` of the full
+/// list as fit the payload, then one more NUL. A reply with no names (an offset at or past
+/// the end) tells the client the list is complete.
 fn directory_part(gen: u64, names: &[String], off: usize) -> Result<Vec<u8>, XsError> {
-    let mut all = Vec::new();
-    for n in names {
-        all.extend_from_slice(n.as_bytes());
-        all.push(0);
-    }
-    if off > all.len() {
-        return Err(XsError::EINVAL);
-    }
     let mut v = strz(&gen.to_string());
     let room = PAYLOAD_MAX - v.len() - 1;
-    let rest = &all[off..];
-    if rest.len() <= room {
-        v.extend_from_slice(rest);
-        v.push(0);
-        return Ok(v);
-    }
-    // Longest prefix of whole names that fits.
-    let mut cut = 0;
-    for (i, &b) in rest.iter().enumerate() {
-        if i >= room {
-            break;
+    let mut pos = 0usize;
+    for n in names {
+        let end = pos + n.len() + 1;
+        if end > off {
+            if pos < off {
+                // The offset falls inside a name: xenstored would hand out its tail.
+                let tail = &n.as_bytes()[off - pos..];
+                if v.len() + tail.len() + 1 > room {
+                    break;
+                }
+                v.extend_from_slice(tail);
+                v.push(0);
+            } else {
+                if v.len() + n.len() + 1 > room {
+                    break;
+                }
+                v.extend_from_slice(n.as_bytes());
+                v.push(0);
+            }
         }
-        if b == 0 {
-            cut = i + 1;
-        }
+        pos = end;
     }
-    v.extend_from_slice(&rest[..cut]);
+    v.push(0);
     Ok(v)
 }
 

@@ -405,7 +405,8 @@ fn directory_part_pages_through_a_long_child_list() {
     let gen = h.xs.node("/local/domain/1/data/big").unwrap().gen;
     let mut off = 0usize;
     let mut got: Vec<String> = Vec::new();
-    for _ in 0..10 {
+    let mut replies = 0;
+    loop {
         let r = h
             .call(
                 D1,
@@ -414,35 +415,50 @@ fn directory_part_pages_through_a_long_child_list() {
                 &zjoin(&["data/big", &off.to_string()]),
             )
             .ok();
+        replies += 1;
         assert!(r.len() <= PAYLOAD_MAX);
         let nul = r.iter().position(|&b| b == 0).unwrap();
         assert_eq!(std::str::from_utf8(&r[..nul]).unwrap(), gen.to_string());
         let body = &r[nul + 1..];
-        let done = body.ends_with(&[0, 0]) || body == [0];
-        let list = if done { &body[..body.len() - 1] } else { body };
+        assert_eq!(body.last(), Some(&0), "list ends with an empty string");
+        let list = &body[..body.len() - 1];
+        if list.is_empty() {
+            break;
+        }
         off += list.len();
         got.extend(
             list.split(|&b| b == 0)
                 .filter(|s| !s.is_empty())
                 .map(|s| String::from_utf8(s.to_vec()).unwrap()),
         );
-        if done {
-            break;
-        }
+        assert!(replies < 10);
     }
     assert_eq!(got, names);
-    assert_eq!(
-        h.call(
+    assert!(
+        replies >= 3,
+        "200 x 41 bytes need at least two full replies"
+    );
+    // Past the end: an empty list. An empty directory: likewise.
+    let past = h
+        .call(
             D1,
             MsgType::DirectoryPart,
             0,
-            &zjoin(&["data/big", "999999"])
+            &zjoin(&["data/big", "999999"]),
         )
-        .err(),
+        .ok();
+    assert_eq!(past, [gen.to_string().as_bytes(), b"\0\0"].concat());
+    let empty = h
+        .call(D1, MsgType::DirectoryPart, 0, &zjoin(&["attr", "0"]))
+        .ok();
+    assert!(empty.ends_with(b"\0\0") && empty.len() > 2 && !empty[..empty.len() - 2].contains(&0));
+    assert_eq!(
+        h.call(D1, MsgType::DirectoryPart, 0, &zjoin(&["data/big"]))
+            .err(),
         "EINVAL"
     );
     assert_eq!(
-        h.call(D1, MsgType::DirectoryPart, 0, &zjoin(&["data/big"]))
+        h.call(D1, MsgType::DirectoryPart, 0, &zjoin(&["data/big", "x"]))
             .err(),
         "EINVAL"
     );
