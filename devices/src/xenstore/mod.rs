@@ -1209,34 +1209,31 @@ fn error_msg(h: Header, e: XsError) -> Message {
 
 /// DIRECTORY_PART reply (xenstore.txt, xenstored `send_directory_part`): the node's
 /// generation, then as many whole NUL-terminated child names from byte `off` of the full
-/// list as fit the payload, then one more NUL. A reply with no names (an offset at or past
-/// the end) tells the client the list is complete.
+/// list as fit the payload; one more NUL marks that the list is complete (an offset at or
+/// past the end gives just that NUL).
 fn directory_part(gen: u64, names: &[String], off: usize) -> Result<Vec<u8>, XsError> {
     let mut v = strz(&gen.to_string());
-    let room = PAYLOAD_MAX - v.len() - 1;
+    // Room for the names, keeping one byte for the end marker.
+    let limit = PAYLOAD_MAX - 1;
     let mut pos = 0usize;
+    let mut complete = true;
     for n in names {
         let end = pos + n.len() + 1;
         if end > off {
-            if pos < off {
-                // The offset falls inside a name: xenstored would hand out its tail.
-                let tail = &n.as_bytes()[off - pos..];
-                if v.len() + tail.len() + 1 > room {
-                    break;
-                }
-                v.extend_from_slice(tail);
-                v.push(0);
-            } else {
-                if v.len() + n.len() + 1 > room {
-                    break;
-                }
-                v.extend_from_slice(n.as_bytes());
-                v.push(0);
+            // An offset inside a name hands out the name's tail, as xenstored does.
+            let part = &n.as_bytes()[off.saturating_sub(pos)..];
+            if v.len() + part.len() + 1 > limit {
+                complete = false;
+                break;
             }
+            v.extend_from_slice(part);
+            v.push(0);
         }
         pos = end;
     }
-    v.push(0);
+    if complete {
+        v.push(0);
+    }
     Ok(v)
 }
 

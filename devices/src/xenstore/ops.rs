@@ -65,13 +65,14 @@ impl OpCtx<'_> {
         self.domid == 0
     }
 
-    /// The error for a missing node: `EACCES` if the caller may not even read the nearest
-    /// existing ancestor (so absence does not leak), else `ENOENT`.
-    fn missing(&mut self, path: &str) -> XsError {
+    /// The error for a missing node: `ENOENT` only if the nearest existing ancestor grants
+    /// the caller the access it asked for, else `EACCES`, so absence does not leak
+    /// (xenstored `errno_from_parents`).
+    fn missing(&mut self, path: &str, need: Access) -> XsError {
         let anc = self.tree.nearest_existing(path).to_owned();
         self.observe(&anc);
         match self.tree.get(&anc) {
-            Some(n) if !n.perms.access_for(self.domid).can_read() => XsError::EACCES,
+            Some(n) if !grants(n.perms.access_for(self.domid), need) => XsError::EACCES,
             _ => XsError::ENOENT,
         }
     }
@@ -80,18 +81,11 @@ impl OpCtx<'_> {
     pub fn node(&mut self, path: &str, need: Access) -> Result<&Node, XsError> {
         self.observe(path);
         if self.tree.get(path).is_none() {
-            return Err(self.missing(path));
+            return Err(self.missing(path, need));
         }
         let domid = self.domid;
         let n = self.tree.get(path).ok_or(XsError::ENOENT)?;
-        let a = n.perms.access_for(domid);
-        let ok = match need {
-            Access::Read => a.can_read(),
-            Access::Write => a.can_write(),
-            Access::Both => a.can_read() && a.can_write(),
-            Access::None => true,
-        };
-        if ok {
+        if grants(n.perms.access_for(domid), need) {
             Ok(n)
         } else {
             Err(XsError::EACCES)
@@ -149,15 +143,9 @@ impl OpCtx<'_> {
         let anc = self.tree.nearest_existing(path).to_owned();
         self.observe(&anc);
         let anc_perms = self.tree.get(&anc).ok_or(XsError::ENOENT)?.perms.clone();
-        let a = anc_perms.access_for(self.domid);
-        if !a.can_write() {
-            // Creating needs write access to the existing ancestor; hide its existence
-            // from a domain that cannot even read it.
-            return Err(if a.can_read() {
-                XsError::EACCES
-            } else {
-                self.missing(path)
-            });
+        // Creating needs write access to the nearest existing ancestor.
+        if !anc_perms.access_for(self.domid).can_write() {
+            return Err(XsError::EACCES);
         }
         // The missing components, top-down.
         let mut missing = Vec::new();
@@ -217,7 +205,7 @@ impl OpCtx<'_> {
         self.observe(path);
         if self.tree.get(path).is_none() {
             // xenstored: removing a missing node is fine if its parent exists.
-            let e = self.missing(path);
+            let e = self.missing(path, Access::Write);
             let par = parent(path).to_owned();
             self.observe(&par);
             if e == XsError::ENOENT && self.tree.get(&par).is_some() {
@@ -271,6 +259,16 @@ impl OpCtx<'_> {
             perms: vec![old, perms],
         });
         Ok(())
+    }
+}
+
+/// Whether access `a` includes everything in `need`.
+fn grants(a: Access, need: Access) -> bool {
+    match need {
+        Access::None => true,
+        Access::Read => a.can_read(),
+        Access::Write => a.can_write(),
+        Access::Both => a.can_read() && a.can_write(),
     }
 }
 
