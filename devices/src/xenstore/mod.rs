@@ -814,7 +814,7 @@ impl Xenstore {
         // Special nodes belong to dom0 with no access for others: only dom0 hears them.
         self.fire_all(&[Fire {
             path: name.to_owned(),
-            recurse: false,
+            exact: false,
             perms: vec![Perms::owner(0)],
         }]);
     }
@@ -830,9 +830,10 @@ impl Xenstore {
                 let home = domain_path(c.domid);
                 let mut events = Vec::new();
                 for w in &c.watches {
-                    let Some(path) = watch_match(&w.path, f) else {
+                    if !watch_match(&w.path, f) {
                         continue;
-                    };
+                    }
+                    let path = f.path.as_str();
                     let shown = if w.relative {
                         path.strip_prefix(&home)
                             .map(|r| r.strip_prefix('/').unwrap_or(r))
@@ -843,6 +844,10 @@ impl Xenstore {
                     let mut p = strz(shown);
                     p.extend_from_slice(&w.token);
                     p.push(0);
+                    // xenstored does not send events longer than the payload limit.
+                    if p.len() > PAYLOAD_MAX {
+                        continue;
+                    }
                     events.push(Message::new(MsgType::WatchEvent, 0, 0, p));
                 }
                 for e in events {
@@ -874,8 +879,21 @@ impl Xenstore {
         let h = msg.header;
         let pl = msg.payload.as_slice();
         let privileged = domid == 0;
-        // xenstored: a request naming an unknown transaction fails with ENOENT.
+        // xenstored order: unknown (or server-only) type ENOSYS, then privileged-only types
+        // EACCES, then an unknown transaction ENOENT (WATCH and UNWATCH ignore tx_id).
+        let ty = match MsgType::from_u32(h.ty) {
+            None | Some(WatchEvent | Error | Restrict) => return Err(XsError::ENOSYS),
+            Some(t) => t,
+        };
+        let priv_only = matches!(
+            ty,
+            Control | Introduce | Release | IsDomainIntroduced | Resume | SetTarget
+        );
+        if priv_only && !privileged {
+            return Err(XsError::EACCES);
+        }
         if h.tx_id != 0
+            && !matches!(ty, Watch | Unwatch)
             && !self
                 .conns
                 .get(&domid)
@@ -883,9 +901,6 @@ impl Xenstore {
         {
             return Err(XsError::ENOENT);
         }
-        let Some(ty) = MsgType::from_u32(h.ty) else {
-            return Err(XsError::ENOSYS);
-        };
         match ty {
             Read | Directory | DirectoryPart | GetPerms | Write | Mkdir | Rm | SetPerms => {
                 self.node_request(domid, ty, h.tx_id, pl, fires)
@@ -1002,7 +1017,7 @@ impl Xenstore {
                 self.introduced.insert(id);
                 fires.push(Fire {
                     path: "@introduceDomain".into(),
-                    recurse: false,
+                    exact: false,
                     perms: vec![Perms::owner(0)],
                 });
                 Ok(ok_reply())
@@ -1021,23 +1036,13 @@ impl Xenstore {
                 self.conns.remove(&id);
                 fires.push(Fire {
                     path: "@releaseDomain".into(),
-                    recurse: false,
+                    exact: false,
                     perms: vec![Perms::owner(0)],
                 });
                 Ok(ok_reply())
             }
-            Resume | SetTarget | Control => {
-                if !privileged {
-                    return Err(XsError::EACCES);
-                }
-                Err(XsError::ENOSYS)
-            }
-            Restrict => {
-                if !privileged {
-                    return Err(XsError::EACCES);
-                }
-                Err(XsError::ENOSYS)
-            }
+            // Not supported by kxen, even for dom0.
+            Resume | SetTarget | Control => Err(XsError::ENOSYS),
             ResetWatches => {
                 // xenstored: drops the connection's watches and transactions.
                 let conn = self.conns.get_mut(&domid).ok_or(XsError::EIO)?;
@@ -1045,7 +1050,7 @@ impl Xenstore {
                 conn.txs.clear();
                 Ok(ok_reply())
             }
-            WatchEvent | Error => Err(XsError::ENOSYS),
+            WatchEvent | Error | Restrict => Err(XsError::ENOSYS),
         }
     }
 

@@ -24,8 +24,9 @@ pub(crate) struct TxLog {
 pub(crate) struct Fire {
     /// The modified path (absolute or a special `@` path).
     pub path: String,
-    /// The node was removed: watches below it fire too.
-    pub recurse: bool,
+    /// Only watches on exactly this path hear it (a node removed as part of a subtree);
+    /// otherwise watches on the path and its ancestors do.
+    pub exact: bool,
     /// The node's permissions (before and after, for a permission change): a watcher that
     /// may read the node under any of them sees the event.
     pub perms: Vec<Perms>,
@@ -135,7 +136,7 @@ impl OpCtx<'_> {
             self.changed(path);
             self.fires.push(Fire {
                 path: path.to_owned(),
-                recurse: false,
+                exact: false,
                 perms: vec![perms],
             });
             return Ok(());
@@ -192,7 +193,7 @@ impl OpCtx<'_> {
         }
         self.fires.push(Fire {
             path: path.to_owned(),
-            recurse: false,
+            exact: false,
             perms: vec![perms],
         });
         Ok(())
@@ -216,10 +217,20 @@ impl OpCtx<'_> {
         let perms = self.node(path, Access::Write)?.perms.clone();
         let par = parent(path).to_owned();
         self.observe(&par);
-        for p in self.tree.subtree(path) {
+        // xenstored removes bottom-up and fires each removed descendant's exact watches
+        // (with that node's permissions), then the watches on the subtree root and above.
+        for p in self.tree.subtree(path).into_iter().rev() {
             self.observe(&p);
             self.changed(&p);
-            self.tree.remove_one(&p);
+            if let Some(n) = self.tree.remove_one(&p) {
+                if p != path {
+                    self.fires.push(Fire {
+                        path: p,
+                        exact: true,
+                        perms: vec![n.perms],
+                    });
+                }
+            }
         }
         let g = self.next_gen();
         if let Some(n) = self.tree.get_mut(&par) {
@@ -228,20 +239,24 @@ impl OpCtx<'_> {
         self.changed(&par);
         self.fires.push(Fire {
             path: path.to_owned(),
-            recurse: true,
+            exact: false,
             perms: vec![perms],
         });
         Ok(())
     }
 
     pub fn set_perms(&mut self, path: &str, perms: Perms) -> Result<(), XsError> {
+        // xenstored quota: permissions per node (quota_nb_perms_per_node).
+        if !self.privileged() && perms.entries().len() > self.quotas.perms_per_node {
+            return Err(XsError::ENOSPC);
+        }
         let old = self.node(path, Access::Write)?.perms.clone();
         if !self.privileged() {
-            // xenstored quota: permissions per node (quota_nb_perms_per_node).
-            if perms.entries().len() > self.quotas.perms_per_node {
-                return Err(XsError::ENOSPC);
+            // xenstored: only the owner (or a privileged domain) may set permissions, and
+            // an unprivileged owner may not give the node away.
+            if self.domid != old.owner_id() {
+                return Err(XsError::EACCES);
             }
-            // xenstored: unprivileged domains may not change the owner.
             if perms.owner_id() != old.owner_id() {
                 return Err(XsError::EPERM);
             }
@@ -255,7 +270,7 @@ impl OpCtx<'_> {
         // Watchers that could read the node before or after the change hear about it.
         self.fires.push(Fire {
             path: path.to_owned(),
-            recurse: false,
+            exact: false,
             perms: vec![old, perms],
         });
         Ok(())
@@ -272,16 +287,12 @@ fn grants(a: Access, need: Access) -> bool {
     }
 }
 
-/// Whether a watch on `watch` hears a change at `changed`; returns the path to report.
-pub(crate) fn watch_match<'a>(watch: &'a str, fire: &'a Fire) -> Option<&'a str> {
-    if watch.starts_with('@') || fire.path.starts_with('@') {
-        return (watch == fire.path).then_some(watch);
-    }
-    if is_at_or_below(&fire.path, watch) {
-        Some(&fire.path)
-    } else if fire.recurse && is_at_or_below(watch, &fire.path) {
-        Some(watch)
+/// Whether a watch on `watch` hears `fire` (xenstore.txt: a watch fires for changes of its
+/// path and of everything below it; special `@` names only match exactly).
+pub(crate) fn watch_match(watch: &str, fire: &Fire) -> bool {
+    if fire.exact || watch.starts_with('@') || fire.path.starts_with('@') {
+        watch == fire.path
     } else {
-        None
+        is_at_or_below(&fire.path, watch)
     }
 }

@@ -520,6 +520,28 @@ fn perms_get_set_and_grant_other_domains() {
         h.write(D2, 0, "/local/domain/1/data/shared", "x").err(),
         "EACCES"
     );
+    // Write access is not ownership: only the owner sets permissions.
+    h.call(
+        D1,
+        MsgType::SetPerms,
+        0,
+        &zjoin(&["data/shared", "n1", "b2"]),
+    )
+    .ok();
+    assert_eq!(
+        h.write(D2, 0, "/local/domain/1/data/shared", "x").ok(),
+        ok()
+    );
+    let grab = zjoin(&["/local/domain/1/data/shared", "n1", "b2", "r3"]);
+    assert_eq!(h.call(D2, MsgType::SetPerms, 0, &grab).err(), "EACCES");
+    h.write(D1, 0, "data/shared", "hello").ok();
+    h.call(
+        D1,
+        MsgType::SetPerms,
+        0,
+        &zjoin(&["data/shared", "n1", "r2"]),
+    )
+    .ok();
     assert_eq!(
         h.call(
             D2,
@@ -607,10 +629,14 @@ fn privileged_operations_are_denied_to_guests() {
         (MsgType::Control, b"print\0hi\0"),
         (MsgType::Resume, b"2\0"),
         (MsgType::SetTarget, b"2\x003\0"),
-        (MsgType::Restrict, b"2\0"),
     ] {
         assert_eq!(h.call(D1, ty, 0, pl).err(), "EACCES", "{ty:?}");
+        // Privilege is checked before the transaction id.
+        assert_eq!(h.call(D1, ty, 555, pl).err(), "EACCES", "{ty:?}");
     }
+    // XS_RESTRICT is obsolete: ENOSYS for everyone.
+    assert_eq!(h.call(D1, MsgType::Restrict, 0, b"2\0").err(), "ENOSYS");
+    assert_eq!(h.call(0, MsgType::Restrict, 0, b"2\0").err(), "ENOSYS");
 }
 
 #[test]
@@ -710,6 +736,39 @@ fn watch_fires_initially_and_on_create_modify_delete_of_path_and_children() {
         h.take_events(D1),
         vec![ev("data/w", "tok\u{1}en")],
         "ancestor delete"
+    );
+}
+
+#[test]
+fn subtree_removal_fires_watches_on_removed_nodes_and_ancestors_only() {
+    let mut h = H::new();
+    h.write(D1, 0, "data/a/b/c", "").ok();
+    h.watch(D1, "data/a/b/c", "c").ok();
+    h.watch(D1, "data/a/b/c/none", "none").ok();
+    h.watch(D1, "data", "top").ok();
+    h.take_events(D1);
+    h.call(D1, MsgType::Rm, 0, b"data/a\0").ok();
+    let mut evs = h.take_events(D1);
+    evs.sort();
+    assert_eq!(
+        evs,
+        vec![ev("data/a", "top"), ev("data/a/b/c", "c")],
+        "a watch on a path that never existed stays silent"
+    );
+}
+
+#[test]
+fn watch_and_unwatch_ignore_the_transaction_id() {
+    let mut h = H::new();
+    assert_eq!(
+        h.call(D1, MsgType::Watch, 4242, &zjoin(&["data", "t"]))
+            .ok(),
+        ok()
+    );
+    assert_eq!(
+        h.call(D1, MsgType::Unwatch, 4242, &zjoin(&["data", "t"]))
+            .ok(),
+        ok()
     );
 }
 
