@@ -62,6 +62,18 @@ impl OpCtx<'_> {
         }
     }
 
+    /// Permissions of `path` and of its parent: a watcher that may read either hears about
+    /// a change of `path` (xenstored `watch_permitted`).
+    fn watch_perms(&self, path: &str, own: Perms) -> Vec<Perms> {
+        let mut v = vec![own];
+        if path != "/" {
+            if let Some(p) = self.tree.get(parent(path)) {
+                v.push(p.perms.clone());
+            }
+        }
+        v
+    }
+
     fn privileged(&self) -> bool {
         self.domid == 0
     }
@@ -134,10 +146,11 @@ impl OpCtx<'_> {
                 n.gen = g;
             }
             self.changed(path);
+            let perms = self.watch_perms(path, perms);
             self.fires.push(Fire {
                 path: path.to_owned(),
                 exact: false,
-                perms: vec![perms],
+                perms,
             });
             return Ok(());
         }
@@ -191,10 +204,11 @@ impl OpCtx<'_> {
                 },
             );
         }
+        let perms = self.watch_perms(path, perms);
         self.fires.push(Fire {
             path: path.to_owned(),
             exact: false,
-            perms: vec![perms],
+            perms,
         });
         Ok(())
     }
@@ -219,17 +233,22 @@ impl OpCtx<'_> {
         self.observe(&par);
         // xenstored removes bottom-up and fires each removed descendant's exact watches
         // (with that node's permissions), then the watches on the subtree root and above.
+        let root_perms = self.watch_perms(path, perms);
         for p in self.tree.subtree(path).into_iter().rev() {
             self.observe(&p);
             self.changed(&p);
-            if let Some(n) = self.tree.remove_one(&p) {
-                if p != path {
-                    self.fires.push(Fire {
-                        path: p,
-                        exact: true,
-                        perms: vec![n.perms],
-                    });
-                }
+            let Some(n) = self.tree.get(&p) else {
+                continue;
+            };
+            let fire_perms = self.watch_perms(&p, n.perms.clone());
+            // Children go first, so the parent is still there for its permissions.
+            self.tree.remove_one(&p);
+            if p != path {
+                self.fires.push(Fire {
+                    path: p,
+                    exact: true,
+                    perms: fire_perms,
+                });
             }
         }
         let g = self.next_gen();
@@ -240,7 +259,7 @@ impl OpCtx<'_> {
         self.fires.push(Fire {
             path: path.to_owned(),
             exact: false,
-            perms: vec![perms],
+            perms: root_perms,
         });
         Ok(())
     }
@@ -271,7 +290,11 @@ impl OpCtx<'_> {
         self.fires.push(Fire {
             path: path.to_owned(),
             exact: false,
-            perms: vec![old, perms],
+            perms: {
+                let mut v = self.watch_perms(path, old);
+                v.push(perms);
+                v
+            },
         });
         Ok(())
     }

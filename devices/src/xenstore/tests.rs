@@ -1532,3 +1532,21 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn watch_fires_for_unreadable_node_under_readable_parent() {
+    let mut h = H::new();
+    h.xs.write("/local/domain/1/data/hidden", b"1").unwrap();
+    h.xs.set_perms("/local/domain/1/data/hidden", Perms::owner(0))
+        .unwrap();
+    assert_eq!(h.read(D1, "data/hidden").err(), "EACCES");
+    h.watch(D1, "data", "w").ok();
+    h.take_events(D1);
+    // xenstored: the node or its parent must be readable.
+    h.xs.write("/local/domain/1/data/hidden", b"2").unwrap();
+    assert_eq!(h.take_events(D1), vec![ev("data/hidden", "w")]);
+    // Nothing readable at either level: silent.
+    h.xs.write("/local/domain/1/data/hidden/deeper", b"x")
+        .unwrap();
+    assert_eq!(h.take_events(D1), vec![]);
+}
