@@ -38,6 +38,8 @@ pub struct Quotas {
     pub node_size: usize,
     /// Permission entries per node (`quota_nb_perms_per_node`, 5).
     pub perms_per_node: usize,
+    /// Nodes one transaction may access (`quota_trans_nodes`, 1024).
+    pub transaction_nodes: usize,
     /// Bytes of output (replies and watch events) queued for a guest that does not consume
     /// them; watch events beyond this are dropped (kxen's bound, in the spirit of xenstored's
     /// per-domain memory quota).
@@ -52,6 +54,7 @@ impl Default for Quotas {
             transactions_per_domain: 10,
             node_size: 2048,
             perms_per_node: 5,
+            transaction_nodes: 1024,
             max_queued_output: 1 << 20,
         }
     }
@@ -430,6 +433,8 @@ impl Xenstore {
             ("domid".into(), id.to_string()),
             ("memory/static-max".into(), info.max_kib.to_string()),
             ("memory/target".into(), info.target_kib.to_string()),
+            // A PV domain has no emulated video memory.
+            ("memory/videoram".into(), "0".into()),
             ("store/port".into(), info.store_port.to_string()),
             ("store/ring-ref".into(), info.store_mfn.to_string()),
             ("console/port".into(), info.console_port.to_string()),
@@ -1106,6 +1111,10 @@ impl Xenstore {
                 .get_mut(&domid)
                 .and_then(|c| c.txs.get_mut(&tx_id))
                 .ok_or(XsError::ENOENT)?;
+            // xenstored quota: nodes accessed per transaction (quota_trans_nodes) -> ENOSPC.
+            if domid != 0 && tx.log.observed.len() >= quotas.transaction_nodes {
+                return Err(XsError::ENOSPC);
+            }
             (&mut tx.tree, Some(&mut tx.log), Some(&mut tx.fires))
         };
         let mut ctx = OpCtx {

@@ -214,6 +214,7 @@ fn pv_domu_layout_has_libxl_entries_and_permissions() {
     assert_eq!(val(&format!("{d}/domid")), "3");
     assert_eq!(val(&format!("{d}/memory/target")), "262144");
     assert_eq!(val(&format!("{d}/memory/static-max")), "262144");
+    assert_eq!(val(&format!("{d}/memory/videoram")), "0");
     assert_eq!(val(&format!("{d}/cpu/0/availability")), "online");
     assert_eq!(val(&format!("{d}/cpu/1/availability")), "offline");
     assert_eq!(val(&format!("{d}/store/port")), "1");
@@ -1083,6 +1084,27 @@ fn quota_entries_rechecked_at_commit_across_transactions() {
         "nothing of t1 applied"
     );
     assert!(h.xs.tree.count_owned(D1) <= 40);
+}
+
+#[test]
+fn quota_nodes_per_transaction() {
+    let mut h = H::with_quotas(Quotas {
+        transaction_nodes: 8,
+        ..Quotas::default()
+    });
+    let tx = h.tx_start(D1);
+    let mut n = 0;
+    let err = loop {
+        match h.read_tx(D1, tx, &format!("cpu/{n}/availability")) {
+            R::Ok(_) | R::Err(_) if n > 50 => panic!("no limit"),
+            R::Err(e) if e == "ENOSPC" => break e,
+            _ => n += 1,
+        }
+    };
+    assert_eq!(err, "ENOSPC");
+    assert!(n <= 8, "{n} reads before the limit");
+    // Outside the transaction nothing is limited.
+    assert_eq!(h.read(D1, "name").ok(), b"guest1");
 }
 
 // ---------------------------------------------------------------------------------------
