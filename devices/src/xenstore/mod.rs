@@ -1096,6 +1096,10 @@ impl Xenstore {
             let (first, rest) = a.split_first().ok_or(XsError::EINVAL)?;
             (first, rest.to_vec())
         };
+        // Special "@" names are watch-only here (xenstored: not valid node names).
+        if raw_path.first() == Some(&b'@') {
+            return Err(XsError::EINVAL);
+        }
         let path = canonicalize(domid, raw_path)?;
         let Xenstore {
             tree,

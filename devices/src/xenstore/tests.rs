@@ -307,6 +307,7 @@ fn read_relative_and_absolute_paths() {
     assert_eq!(h.read(D1, "nope").err(), "ENOENT");
     assert_eq!(h.read(D1, "a//b").err(), "EINVAL");
     assert_eq!(h.read(D1, "").err(), "EINVAL");
+    assert_eq!(h.read(D1, "@releaseDomain").err(), "EINVAL");
     // The path must be NUL-terminated.
     assert_eq!(h.call(D1, MsgType::Read, 0, b"name").err(), "EINVAL");
     assert_eq!(
