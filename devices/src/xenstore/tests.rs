@@ -1573,3 +1573,50 @@ fn watch_fires_for_unreadable_node_under_readable_parent() {
         .unwrap();
     assert_eq!(h.take_events(D1), vec![]);
 }
+
+/// What a Linux PV guest does with xenstore during boot and on a shutdown request
+/// (drivers/xen/xenbus, manage.c, xen-balloon.c), against the libxl layout.
+#[test]
+fn linux_like_boot_and_shutdown_sequence_succeeds() {
+    let mut h = H::new();
+    let d = D1;
+    assert_eq!(
+        h.read(d, "control/platform-feature-xs_reset_watches").ok(),
+        b"1"
+    );
+    assert_eq!(h.call(d, MsgType::ResetWatches, 0, b"").ok(), ok());
+    // Frontend bus: watch and list "device".
+    assert_eq!(h.watch(d, "device", "FE").ok(), ok());
+    assert_eq!(h.dir(d, "device").ok(), zjoin(&["suspend"]));
+    assert_eq!(h.dir(d, "device/suspend").ok(), zjoin(&["event-channel"]));
+    // manage.c: shutdown and sysrq watches, feature flags.
+    assert_eq!(h.watch(d, "control/shutdown", "SD").ok(), ok());
+    assert_eq!(h.watch(d, "control/sysrq", "RQ").ok(), ok());
+    for f in ["poweroff", "reboot", "suspend"] {
+        assert_eq!(
+            h.write(d, 0, &format!("control/feature-{f}"), "1").ok(),
+            ok()
+        );
+    }
+    // Balloon: target memory.
+    assert_eq!(h.watch(d, "memory/target", "BAL").ok(), ok());
+    assert_eq!(h.read(d, "memory/target").ok(), b"262144");
+    // CPU hotplug watch.
+    assert_eq!(h.watch(d, "cpu", "CPU").ok(), ok());
+    assert_eq!(h.read(d, "cpu/1/availability").ok(), b"online");
+    let initial = h.take_events(d);
+    assert_eq!(initial.len(), 5, "one initial event per watch: {initial:?}");
+
+    // The host asks for a poweroff; the guest acknowledges in a transaction.
+    h.xs.request_shutdown(d, ShutdownRequest::Poweroff).unwrap();
+    assert_eq!(h.take_events(d), vec![ev("control/shutdown", "SD")]);
+    let tx = h.tx_start(d);
+    assert_eq!(h.read_tx(d, tx, "control/shutdown").ok(), b"poweroff");
+    assert_eq!(h.write(d, tx, "control/shutdown", "").ok(), ok());
+    assert_eq!(h.tx_end(d, tx, true).ok(), ok());
+    assert_eq!(h.take_events(d), vec![ev("control/shutdown", "SD")]);
+    assert_eq!(
+        h.xs.read("/local/domain/1/control/shutdown"),
+        Some(&b""[..])
+    );
+}
