@@ -5,6 +5,16 @@
 //! dom0 through the direct methods ([`Xenstore::write`], [`Xenstore::read`], ...); guests talk
 //! through their ring page ([`Xenstore::service_ring`]) or a byte stream ([`Xenstore::feed`]).
 //!
+//! Use from the VMM:
+//! 1. at build time, [`Xenstore::new_for_pv_domu`] (the libxl layout, the guest connected
+//!    and introduced) and [`Xenstore::init_ring`] on the guest's xenstore page;
+//! 2. on each event-channel kick from the guest, [`Xenstore::service_ring`]; if the report
+//!    says `notify`, signal the guest's xenstore event channel;
+//! 3. after host-side changes ([`Xenstore::request_shutdown`], [`Xenstore::write`]),
+//!    [`Xenstore::flush_ring`] to deliver the watch events they caused (notify if it moved
+//!    bytes);
+//! 4. `--xenstore-dump`: [`Xenstore::dump`].
+//!
 //! Everything a guest sends is hostile: malformed requests get an error string reply,
 //! quota overruns `ENOSPC`/`E2BIG`, and wire violations (a payload length above 4096, ring
 //! indices that cannot be right) stop the connection as xenstored does, without panicking.
@@ -720,6 +730,32 @@ impl Xenstore {
             rep.notify = true;
         }
         let mut budget = MAX_BYTES_PER_SERVICE;
+        // Alternate between taking requests and emitting output, so a guest whose requests
+        // wait behind a full output queue makes progress within one call. Every round moves
+        // at least one byte; request bytes are bounded by the budget and output by what they
+        // produce.
+        loop {
+            let consumed = self.consume_requests(domid, page, &mut budget, &mut rep)?;
+            let (n, notify) = self.flush_ring(domid, page)?;
+            rep.output_bytes += n;
+            rep.notify |= notify;
+            if (consumed == 0 && n == 0) || budget == 0 {
+                break;
+            }
+        }
+        Ok(rep)
+    }
+
+    /// Take and handle requests from the ring until it is empty, [`OUTPUT_PAUSE`] bytes of
+    /// output wait, or `budget` is spent. Returns the bytes consumed.
+    fn consume_requests<P: RingPage>(
+        &mut self,
+        domid: DomId,
+        page: &P,
+        budget: &mut usize,
+        rep: &mut RingReport,
+    ) -> Result<usize, XenstoreError> {
+        let mut consumed = 0;
         loop {
             let conn = self
                 .conns
@@ -728,21 +764,22 @@ impl Xenstore {
             if conn.stopped.is_some() {
                 return Err(XenstoreError::Stopped(domid));
             }
-            if conn.out.len() >= OUTPUT_PAUSE || budget == 0 {
-                break;
+            if conn.out.len() >= OUTPUT_PAUSE || *budget == 0 {
+                return Ok(consumed);
             }
             let (cons, avail) = match ring::req_avail(page).map_err(page_err)? {
                 Ok(v) => v,
                 Err(bad) => return Err(self.stop_ring(domid, page, bad)),
             };
             if avail == 0 {
-                break;
+                return Ok(consumed);
             }
-            let n = avail.min(conn.reader.wanted()).min(budget);
+            let n = avail.min(conn.reader.wanted()).min(*budget);
             let mut buf = [0u8; ring::RING_SIZE];
             let chunk = &mut buf[..n];
             ring::req_consume(page, cons, chunk).map_err(page_err)?;
-            budget -= n;
+            *budget -= n;
+            consumed += n;
             rep.notify = true;
             match conn.reader.feed(chunk) {
                 Ok((_, Some(m))) => {
@@ -759,10 +796,6 @@ impl Xenstore {
                 }
             }
         }
-        let (n, notify) = self.flush_ring(domid, page)?;
-        rep.output_bytes = n;
-        rep.notify |= notify;
-        Ok(rep)
     }
 
     /// Move queued output (replies, watch events) for `domid` into its response ring.

@@ -1620,3 +1620,31 @@ fn linux_like_boot_and_shutdown_sequence_succeeds() {
         Some(&b""[..])
     );
 }
+
+#[test]
+fn service_ring_terminates_when_the_guest_does_not_read_replies() {
+    let mut xs = Xenstore::new_for_pv_domu(&info(D1)).unwrap();
+    xs.write("/local/domain/1/data/big", &[b'z'; 3000]).unwrap();
+    let g = GuestRing::at(0, 0);
+    let one = req_bytes(MsgType::Read, 1, 0, b"data/big\0");
+    let stream: Vec<u8> = one.iter().copied().cycle().take(one.len() * 60).collect();
+    let sent = g.send(&stream);
+    let rep = xs.service_ring(D1, &g.page).unwrap();
+    assert_eq!(
+        rep.output_bytes, RING_SIZE,
+        "the response ring is filled once"
+    );
+    assert!(rep.requests >= 3 && rep.requests < 60, "{rep:?}");
+    let pending = xs.connection(D1).unwrap().pending_output();
+    assert!(
+        (OUTPUT_PAUSE..OUTPUT_PAUSE + 4200).contains(&pending),
+        "{pending}"
+    );
+    assert!(
+        g.get(REQ_CONS_OFFSET) < sent as u32,
+        "later requests wait in the ring"
+    );
+    // Nothing changes until the guest reads.
+    let again = xs.service_ring(D1, &g.page).unwrap();
+    assert_eq!((again.requests, again.output_bytes), (0, 0));
+}
