@@ -347,7 +347,7 @@ impl Tree {
         self.nodes.len()
     }
 
-    /// Whether only... never: the root always exists. Present for clippy's `len` rule.
+    /// Always false: the root always exists.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
