@@ -28,7 +28,9 @@ use crate::domain::DomainShared;
 use crate::hypercall::HypercallArgs;
 use crate::image::{load_kernel_image, ImageError};
 use crate::memory::{GuestRam, MAX_GUEST_PAGES};
-use crate::vcpu::{ExitStats, GuestCs, PvEntry, Vcpu, VcpuError, VcpuExit, Vm, VmError};
+use crate::vcpu::{
+    ExitStats, GuestCs, PvEntry, Vcpu, VcpuError, VcpuExit, VcpuKicker, Vm, VmError,
+};
 
 /// Event channel the builder announces for the xenstore ring.
 pub const STORE_EVTCHN: u32 = 1;
@@ -139,8 +141,31 @@ impl Outcome {
     }
 }
 
+/// Stops a running domain from another thread (a host-side timeout, a signal): the run loop
+/// ends at its next exit with the domain crashed and this message.
+#[derive(Debug, Clone)]
+pub struct StopHandle {
+    why: Arc<std::sync::Mutex<Option<String>>>,
+    kicker: VcpuKicker,
+}
+
+impl StopHandle {
+    /// Ask the domain to stop.
+    pub fn stop(&self, why: &str) {
+        if let Ok(mut w) = self.why.lock() {
+            w.get_or_insert_with(|| why.to_string());
+        }
+        self.kicker.kick();
+    }
+
+    fn requested(&self) -> Option<String> {
+        self.why.lock().ok().and_then(|w| w.clone())
+    }
+}
+
 /// A created domain, ready to run.
 pub struct Domain {
+    stop: StopHandle,
     vm: Vm,
     vcpu: Vcpu,
     shared: Arc<DomainShared>,
@@ -274,6 +299,10 @@ impl Domain {
             console_out,
         ));
         Ok(Domain {
+            stop: StopHandle {
+                why: Arc::default(),
+                kicker: vcpu.kicker(),
+            },
             console_gpa: boot.console_mfn * PAGE_SIZE,
             vm,
             vcpu,
@@ -281,6 +310,11 @@ impl Domain {
             boot,
             console: ConsoleBackend::new(),
         })
+    }
+
+    /// A handle that stops the run from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
     }
 
     /// The state shared with hypercall handlers.
@@ -396,6 +430,7 @@ impl Domain {
                 VcpuExit::Unexpected { reason } => Some(reason),
             };
             self.service_console();
+            let crash = crash.or_else(|| self.stop.requested());
             if let Some(msg) = crash {
                 tracing::error!("crashing domain {}: {msg}", self.shared.name);
                 self.shared.request_shutdown(ShutdownReason::Crash);
