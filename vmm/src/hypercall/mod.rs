@@ -50,7 +50,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use thiserror::Error;
-use tracing::warn;
+use tracing::{info, warn};
 use vm_memory::ByteValued;
 use xen_abi::arch::Pod;
 use xen_abi::hypercall as nr;
@@ -288,7 +288,7 @@ impl<D> HypercallTable<D> {
                     .and_then(|i| self.logged.get(i))
                     .unwrap_or(&self.logged_high);
                 if !flag.swap(true, Ordering::Relaxed) {
-                    warn!(nr = args.nr, vcpu = ctx.vcpu_id, "unimplemented hypercall");
+                    info!(nr = args.nr, vcpu = ctx.vcpu_id, "unimplemented hypercall");
                 }
                 -ENOSYS
             }
