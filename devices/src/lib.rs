@@ -1,3 +1,4 @@
 //! PV device backends (console, xenstore; later blkback/netback) and event channels.
 
 pub mod console;
+pub mod evtchn;
