@@ -98,8 +98,8 @@ const UPCALL_MASK_SHIFT: u32 = (si::UPCALL_MASK_OFFSET % 8 * 8) as u32;
 const PENDING_SEL_WORD: usize = si::PENDING_SEL_OFFSET / 8;
 /// `u64` words a [`SharedInfoWords`] needs: the whole `struct shared_info`.
 pub const SHARED_INFO_WORDS: usize = core::mem::size_of::<si::SharedInfo>() / 8;
-const _: () = assert!(si::EVTCHN_PENDING_OFFSET % 8 == 0 && si::EVTCHN_MASK_OFFSET % 8 == 0);
-const _: () = assert!(si::PENDING_SEL_OFFSET % 8 == 0 && VCPU_INFO_WORDS * 8 == 64);
+const _: () = assert!(si::EVTCHN_PENDING_OFFSET & 7 == 0 && si::EVTCHN_MASK_OFFSET & 7 == 0);
+const _: () = assert!(si::PENDING_SEL_OFFSET & 7 == 0 && VCPU_INFO_WORDS * 8 == 64);
 const _: () = assert!(si::UPCALL_PENDING_OFFSET / 8 == si::UPCALL_MASK_OFFSET / 8);
 const _: () = assert!(si::EVTCHN_BITMAP_WORDS == NR_PORTS / 64);
 
@@ -1214,23 +1214,25 @@ impl EventChannels {
                 PortState::Free if p.vcpu != 0 => {
                     return Err(format!("free port {port} bound to vcpu {}", p.vcpu))
                 }
-                PortState::Interdomain(RemoteEnd::Loopback(q)) => {
-                    let back = self.port(q).map(|x| x.state);
-                    if q == port || back != Some(PortState::Interdomain(RemoteEnd::Loopback(port)))
-                    {
-                        return Err(format!("port {port} loopback peer {q} is {back:?}"));
-                    }
+                PortState::Interdomain(RemoteEnd::Loopback(q))
+                    if q == port
+                        || self.port(q).map(|x| x.state)
+                            != Some(PortState::Interdomain(RemoteEnd::Loopback(port))) =>
+                {
+                    return Err(format!(
+                        "port {port}: loopback peer {q} does not point back"
+                    ));
                 }
-                PortState::Interdomain(RemoteEnd::Backend(bp)) => {
-                    if self.backend.get(&bp.0) != Some(&BackendChan::Connected(port)) {
-                        return Err(format!("port {port}: backend {bp:?} does not point back"));
-                    }
+                PortState::Interdomain(RemoteEnd::Backend(bp))
+                    if self.backend.get(&bp.0) != Some(&BackendChan::Connected(port)) =>
+                {
+                    return Err(format!("port {port}: backend {bp:?} does not point back"));
                 }
-                PortState::Virq(v) => {
-                    let row = if virq_is_per_vcpu(v) { p.vcpu } else { 0 };
-                    if self.virq_port(row, v) != Some(port) {
-                        return Err(format!("virq port {port} ({v}) missing from the map"));
-                    }
+                PortState::Virq(v)
+                    if self.virq_port(if virq_is_per_vcpu(v) { p.vcpu } else { 0 }, v)
+                        != Some(port) =>
+                {
+                    return Err(format!("virq port {port} ({v}) missing from the map"));
                 }
                 _ => {}
             }

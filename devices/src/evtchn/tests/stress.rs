@@ -29,8 +29,7 @@ fn no_stranded_event(mem: &SharedInfoMem, nr_vcpus: u32) -> Result<(), String> {
         if v.pending_word(w) & !v.mask_word(w) == 0 {
             continue;
         }
-        let found =
-            (0..nr_vcpus).any(|c| v.pending_sel(c) & (1 << w) != 0 && v.upcall_pending(c));
+        let found = (0..nr_vcpus).any(|c| v.pending_sel(c) & (1 << w) != 0 && v.upcall_pending(c));
         if !found {
             return Err(format!(
                 "word {w}: pending {:#x} mask {:#x} but no vCPU selects it",
@@ -237,7 +236,7 @@ fn concurrent_senders_and_consumers_lose_no_wakeup() {
                 threads.clone(),
             );
             std::thread::spawn(move || {
-                let mut rng = Rng(0x1234_5678_9abc_def1 ^ (s as u64 + 1) * 0x9e37_79b9);
+                let mut rng = Rng(0x1234_5678_9abc_def1 ^ ((s as u64 + 1) * 0x9e37_79b9));
                 for _ in 0..PER_SENDER {
                     let (src, target) = sources[rng.below(sources.len())];
                     sent[target as usize].fetch_add(1, Ordering::SeqCst);
@@ -345,14 +344,15 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         (0u32..6).prop_map(Op::BackendClose),
         (0u32..6).prop_map(Op::Notify),
         (vcpu, 0u32..26).prop_map(|(v, q)| Op::RaiseVirq(v, q)),
-        (0u32..16, proptest::collection::vec(any::<u8>(), 0..32))
-            .prop_map(|(c, b)| Op::Raw(c, b)),
+        (0u32..16, proptest::collection::vec(any::<u8>(), 0..32)).prop_map(|(c, b)| Op::Raw(c, b)),
     ]
 }
 
 /// Everything observable about the table, to check that failed operations change nothing.
 fn observe(ec: &EventChannels) -> (Vec<PortInfo>, Vec<Option<EvtchnPort>>, Vec<Option<u32>>) {
-    let ports = (0..NR_EVENT_CHANNELS).map(|p| ec.port(p).unwrap()).collect();
+    let ports = (0..NR_EVENT_CHANNELS)
+        .map(|p| ec.port(p).unwrap())
+        .collect();
     let virqs = (0..ec.nr_vcpus())
         .flat_map(|c| (0..NR_VIRQS).map(move |q| (c, q)))
         .map(|(c, q)| ec.virq_port(c, q))
@@ -362,11 +362,7 @@ fn observe(ec: &EventChannels) -> (Vec<PortInfo>, Vec<Option<EvtchnPort>>, Vec<O
 }
 
 /// Run one op; `Err` for an operation that failed, `Ok(None)` for guest-side memory ops.
-fn apply(
-    ec: &mut EventChannels,
-    mem: &SharedInfoMem,
-    op: &Op,
-) -> Result<Option<Effects>, Errno> {
+fn apply(ec: &mut EventChannels, mem: &SharedInfoMem, op: &Op) -> Result<Option<Effects>, Errno> {
     let none = || Ok(Some(Effects::new()));
     match *op {
         Op::AllocUnbound(d, r) => ec.alloc_unbound(dom_of(d), dom_of(r)).and_then(|_| none()),
@@ -408,13 +404,13 @@ fn apply(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     /// Random operation sequences never panic, keep the table consistent, never strand an
     /// event, report a kick exactly when an upcall became pending, and failed operations
     /// have no side effects.
     #[test]
-    fn random_op_sequences_keep_invariants(ops in proptest::collection::vec(op_strategy(), 1..120)) {
+    fn random_op_sequences_keep_invariants(ops in proptest::collection::vec(op_strategy(), 1..100)) {
         const VCPUS: u32 = 3;
         let mut ec = chans(VCPUS);
         let mem = SharedInfoMem::zeroed();
