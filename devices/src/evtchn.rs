@@ -25,7 +25,7 @@
 //! default "a domU may only act on itself" rule; `EVTCHNOP_reset` is not preemptible.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use xen_abi::arch::Pod;
 use xen_abi::errno::Errno;
@@ -86,6 +86,13 @@ pub trait SharedInfoAccess {
     fn upcall_pending_test_and_set(&self, vcpu: u32) -> bool;
     /// Whether `vcpu_info[vcpu].evtchn_upcall_mask` is non-zero (events "disabled").
     fn upcall_mask(&self, vcpu: u32) -> bool;
+    /// Whether `vcpu_info[vcpu].evtchn_upcall_pending` is non-zero.
+    fn upcall_pending(&self, vcpu: u32) -> bool;
+
+    /// Xen's `local_events_need_delivery`: an upcall is pending and not masked.
+    fn events_need_delivery(&self, vcpu: u32) -> bool {
+        self.upcall_pending(vcpu) && !self.upcall_mask(vcpu)
+    }
 }
 
 // Word positions in a shared info page viewed as `u64`s.
@@ -198,12 +205,6 @@ impl<'a> SharedInfoWords<'a> {
             .map_or(0, |w| w.swap(0, Ordering::SeqCst))
     }
 
-    /// `vcpu_info[vcpu].evtchn_upcall_pending != 0`.
-    pub fn upcall_pending(&self, vcpu: u32) -> bool {
-        self.vcpu_word(vcpu, UPCALL_WORD)
-            .is_some_and(|w| (w.load(Ordering::SeqCst) >> UPCALL_PENDING_SHIFT) & 0xff != 0)
-    }
-
     /// Write the `evtchn_upcall_pending` byte (the guest clears it before scanning).
     pub fn set_upcall_pending(&self, vcpu: u32, pending: bool) {
         self.set_byte(vcpu, UPCALL_PENDING_SHIFT, pending);
@@ -216,19 +217,13 @@ impl<'a> SharedInfoWords<'a> {
 
     fn set_byte(&self, vcpu: u32, shift: u32, on: bool) {
         if let Some(w) = self.vcpu_word(vcpu, UPCALL_WORD) {
+            // One atomic transition of the whole word, so the byte never passes through a
+            // value it was not meant to have.
             let m = 0xffu64 << shift;
-            if on {
-                w.fetch_and(!m, Ordering::SeqCst);
-                w.fetch_or(1 << shift, Ordering::SeqCst);
-            } else {
-                w.fetch_and(!m, Ordering::SeqCst);
-            }
+            let _ = w.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| {
+                Some((x & !m) | (u64::from(on) << shift))
+            });
         }
-    }
-
-    /// Xen's `local_events_need_delivery`: an upcall is pending and not masked.
-    pub fn events_need_delivery(&self, vcpu: u32) -> bool {
-        self.upcall_pending(vcpu) && !SharedInfoAccess::upcall_mask(self, vcpu)
     }
 
     /// Guest side: one pass of the Linux-style 2-level upcall handler for `vcpu`: clear
@@ -307,6 +302,10 @@ impl SharedInfoAccess for SharedInfoWords<'_> {
         self.vcpu_word(vcpu, UPCALL_WORD)
             .is_some_and(|w| (w.load(Ordering::SeqCst) >> UPCALL_MASK_SHIFT) & 0xff != 0)
     }
+    fn upcall_pending(&self, vcpu: u32) -> bool {
+        self.vcpu_word(vcpu, UPCALL_WORD)
+            .is_some_and(|w| (w.load(Ordering::SeqCst) >> UPCALL_PENDING_SHIFT) & 0xff != 0)
+    }
 }
 
 /// An in-memory shared info page (one 4 KiB page of `AtomicU64`), for tests and simulations.
@@ -371,6 +370,9 @@ impl SharedInfoAccess for SharedInfoMem {
     }
     fn upcall_mask(&self, vcpu: u32) -> bool {
         SharedInfoAccess::upcall_mask(&self.view(), vcpu)
+    }
+    fn upcall_pending(&self, vcpu: u32) -> bool {
+        self.view().upcall_pending(vcpu)
     }
 }
 
@@ -564,7 +566,7 @@ enum Dom {
 }
 
 /// One guest's event channels (2-level ABI). See the module documentation.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct EventChannels {
     domid: DomId,
     backend_domid: DomId,
@@ -573,6 +575,25 @@ pub struct EventChannels {
     /// Per vCPU, VIRQ -> port (0 = unbound). Global VIRQs live in vCPU 0's row, as in Xen.
     virq_to_port: Vec<[EvtchnPort; NR_VIRQS_USIZE]>,
     backend: BTreeMap<u32, BackendChan>,
+    /// Per vCPU, what it polls in `SCHEDOP_poll`: 0 = not polling, [`POLL_ANY`], or port + 1.
+    polling: Vec<AtomicU64>,
+    /// vCPUs with a non-zero `polling` word (fast path for raises).
+    nr_polling: AtomicUsize,
+}
+
+const POLL_ANY: u64 = u64::MAX;
+
+/// Most ports one `SCHEDOP_poll` may name (xen: do_poll's "fairly arbitrary limit").
+pub const MAX_POLL_PORTS: usize = 128;
+
+/// What [`EventChannels::poll_start`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// A polled port is pending, or an upcall needs delivery: return 0 without blocking.
+    Ready,
+    /// Block the vCPU until a [`Effect::Kick`] for it, its timeout, or any other wake; then
+    /// call [`EventChannels::poll_stop`].
+    Blocked,
 }
 
 fn read_arg<T: Pod>(arg: &[u8]) -> Result<T, Errno> {
@@ -606,6 +627,8 @@ impl EventChannels {
             ports,
             virq_to_port: vec![[0; NR_VIRQS_USIZE]; cfg.nr_vcpus as usize],
             backend: BTreeMap::new(),
+            polling: (0..cfg.nr_vcpus).map(|_| AtomicU64::new(0)).collect(),
+            nr_polling: AtomicUsize::new(0),
         })
     }
 
@@ -702,6 +725,98 @@ impl EventChannels {
                 fx.push(Effect::Kick(info.vcpu));
             }
         }
+        // xen: evtchn_check_pollers — a newly pending port wakes vCPUs polling it (or polling
+        // several ports) even while it is masked.
+        self.wake_pollers(port, fx);
+    }
+
+    fn wake_pollers(&self, port: EvtchnPort, fx: &mut Effects) {
+        if self.nr_polling.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let want = u64::from(port) + 1;
+        for (vcpu, word) in self.polling.iter().enumerate() {
+            let w = word.load(Ordering::SeqCst);
+            if (w == POLL_ANY || w == want)
+                && word
+                    .compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                self.nr_polling.fetch_sub(1, Ordering::SeqCst);
+                let kick = Effect::Kick(vcpu as u32);
+                if !fx.contains(kick) {
+                    fx.push(kick);
+                }
+            }
+        }
+    }
+
+    /// `SCHEDOP_poll` for `vcpu` on `ports` (already copied in by the caller; an empty list
+    /// polls for any event). Registers the vCPU as a poller first, then checks, so a raise
+    /// racing with this call either is seen here or kicks the vCPU (xen: do_poll). Returns
+    /// [`PollOutcome::Ready`] if an upcall needs delivery or a port is pending; `-EINVAL` for
+    /// more than [`MAX_POLL_PORTS`] ports, a port out of range, or a vCPU that does not exist.
+    pub fn poll_start(
+        &self,
+        vcpu: u32,
+        ports: &[EvtchnPort],
+        mem: &impl SharedInfoAccess,
+    ) -> Result<PollOutcome, Errno> {
+        if ports.len() > MAX_POLL_PORTS {
+            return Err(Errno::EINVAL);
+        }
+        let word = self.polling.get(vcpu as usize).ok_or(Errno::EINVAL)?;
+        if word.swap(POLL_ANY, Ordering::SeqCst) == 0 {
+            self.nr_polling.fetch_add(1, Ordering::SeqCst);
+        }
+        // xen: local_events_need_delivery — upcall pending and not masked.
+        let mut ready = mem.events_need_delivery(vcpu);
+        for &port in ports {
+            if ready {
+                break;
+            }
+            let Some((w, b)) = port_word_bit(port) else {
+                self.poll_stop(vcpu);
+                return Err(Errno::EINVAL);
+            };
+            ready = mem.test_bit(Bitmap::Pending, w, b);
+        }
+        if ready {
+            self.poll_stop(vcpu);
+            return Ok(PollOutcome::Ready);
+        }
+        if let [port] = ports {
+            // Narrow the wake condition to the single port; a raise of another port that
+            // already woke us (word now 0) must not be undone.
+            let _ = word.compare_exchange(
+                POLL_ANY,
+                u64::from(*port) + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
+        Ok(PollOutcome::Blocked)
+    }
+
+    /// End `vcpu`'s poll (timeout, or woken); returns whether it was still registered (false
+    /// when a raise already woke it).
+    pub fn poll_stop(&self, vcpu: u32) -> bool {
+        let Some(word) = self.polling.get(vcpu as usize) else {
+            return false;
+        };
+        if word.swap(0, Ordering::SeqCst) != 0 {
+            self.nr_polling.fetch_sub(1, Ordering::SeqCst);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether `vcpu` is registered as polling.
+    pub fn is_polling(&self, vcpu: u32) -> bool {
+        self.polling
+            .get(vcpu as usize)
+            .is_some_and(|w| w.load(Ordering::SeqCst) != 0)
     }
 
     /// Free a port: clear its pending bit and reset its binding to vCPU 0 (xen: evtchn_free).
@@ -1195,9 +1310,10 @@ impl EventChannels {
         Ok(fx)
     }
 
-    /// Check the table's internal consistency (used by tests): port 0 alone is reserved,
-    /// free ports notify vCPU 0, every vCPU exists, interdomain ends pair up, and the VIRQ map
-    /// and the VIRQ ports agree both ways. Returns the first violation.
+    /// Check the table's internal consistency (used by tests; not meaningful while other
+    /// threads raise events): port 0 alone is reserved, free ports notify vCPU 0, every vCPU
+    /// exists, interdomain ends pair up, the VIRQ map and the VIRQ ports agree both ways, and
+    /// the poller count is right. Returns the first violation.
     pub fn check_invariants(&self) -> Result<(), String> {
         if self.ports.len() != NR_PORTS {
             return Err("port table size".into());
@@ -1263,6 +1379,14 @@ impl EventChannels {
                     ));
                 }
             }
+        }
+        let polling = self
+            .polling
+            .iter()
+            .filter(|w| w.load(Ordering::SeqCst) != 0)
+            .count();
+        if polling != self.nr_polling.load(Ordering::SeqCst) {
+            return Err(format!("{polling} vcpus polling, counter says otherwise"));
         }
         for (&bp, c) in &self.backend {
             if bp == 0 || bp >= NR_EVENT_CHANNELS {

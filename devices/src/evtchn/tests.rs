@@ -886,4 +886,90 @@ fn guest_upcall_consumes_pending_unmasked_ports_once() {
     assert_eq!(mem.view().guest_upcall(0, |_| true, |_| ()), 0);
 }
 
+// ----- SCHEDOP_poll -----
+
+#[test]
+fn poll_on_a_masked_port_is_woken_by_its_raise_only() {
+    let mut ec = chans(2);
+    let mem = SharedInfoMem::zeroed();
+    let p = ec.bind_ipi(1).unwrap();
+    let other = ec.bind_ipi(0).unwrap();
+    mem.view().mask(p);
+    mem.view().mask(other);
+    assert_eq!(ec.poll_start(1, &[p], &mem), Ok(PollOutcome::Blocked));
+    assert!(ec.is_polling(1));
+    // Another port does not wake a single-port poller.
+    assert!(ec.send(other, &mem).unwrap().is_empty());
+    assert!(ec.is_polling(1));
+    // The polled port wakes it although masked (no upcall involved).
+    let fx = ec.send(p, &mem).unwrap();
+    assert_eq!(kicks(&fx), vec![1]);
+    assert!(!ec.is_polling(1));
+    assert!(!mem.view().upcall_pending(1));
+    assert!(!ec.poll_stop(1), "already woken");
+    ec.check_invariants().unwrap();
+}
+
+#[test]
+fn poll_on_several_or_no_ports_is_woken_by_any_raise() {
+    let mut ec = chans(1);
+    let mem = SharedInfoMem::zeroed();
+    let a = ec.bind_ipi(0).unwrap();
+    let b = ec.bind_ipi(0).unwrap();
+    let c = ec.bind_ipi(0).unwrap();
+    for p in [a, b, c] {
+        mem.view().mask(p);
+    }
+    assert_eq!(ec.poll_start(0, &[a, b], &mem), Ok(PollOutcome::Blocked));
+    assert_eq!(kicks(&ec.send(c, &mem).unwrap()), vec![0]);
+    assert!(!ec.is_polling(0));
+    mem.view().test_and_clear_pending(c);
+    assert_eq!(ec.poll_start(0, &[], &mem), Ok(PollOutcome::Blocked));
+    assert_eq!(kicks(&ec.send(c, &mem).unwrap()), vec![0]);
+    ec.check_invariants().unwrap();
+}
+
+#[test]
+fn poll_returns_ready_without_blocking_when_something_is_pending() {
+    let mut ec = chans(1);
+    let mem = SharedInfoMem::zeroed();
+    let p = ec.bind_ipi(0).unwrap();
+    let q = ec.bind_ipi(0).unwrap();
+    mem.view().mask(p);
+    ec.send(p, &mem).unwrap();
+    assert_eq!(ec.poll_start(0, &[q, p], &mem), Ok(PollOutcome::Ready));
+    assert!(!ec.is_polling(0));
+    // An upcall needing delivery also ends the poll at once...
+    ec.send(q, &mem).unwrap();
+    assert_eq!(ec.poll_start(0, &[], &mem), Ok(PollOutcome::Ready));
+    // ...but not while upcalls are masked.
+    mem.view().set_upcall_mask(0, true);
+    mem.view().test_and_clear_pending(p);
+    assert_eq!(ec.poll_start(0, &[p], &mem), Ok(PollOutcome::Blocked));
+    assert!(ec.poll_stop(0));
+    assert!(!ec.is_polling(0));
+    ec.check_invariants().unwrap();
+}
+
+#[test]
+fn poll_argument_errors() {
+    let ec = chans(1);
+    let mem = SharedInfoMem::zeroed();
+    let many = vec![1; MAX_POLL_PORTS + 1];
+    assert_eq!(ec.poll_start(0, &many, &mem), Err(Errno::EINVAL));
+    assert_eq!(
+        ec.poll_start(0, &vec![1; MAX_POLL_PORTS], &mem),
+        Ok(PollOutcome::Blocked)
+    );
+    ec.poll_stop(0);
+    assert_eq!(
+        ec.poll_start(0, &[1, NR_EVENT_CHANNELS], &mem),
+        Err(Errno::EINVAL)
+    );
+    assert!(!ec.is_polling(0));
+    assert_eq!(ec.poll_start(1, &[1], &mem), Err(Errno::EINVAL));
+    assert!(!ec.poll_stop(5));
+    ec.check_invariants().unwrap();
+}
+
 mod stress;

@@ -279,6 +279,44 @@ fn concurrent_senders_and_consumers_lose_no_wakeup() {
     assert_eq!(total, (SENDERS * PER_SENDER) as u64);
 }
 
+#[test]
+fn concurrent_poll_and_raise_never_lose_the_wakeup() {
+    const WAKES: u64 = 20_000;
+    let mut ec = chans(2);
+    let mem = Arc::new(SharedInfoMem::zeroed());
+    let p = ec.bind_ipi(1).unwrap();
+    mem.view().mask(p); // as Linux's PV spinlock kicker: polled while masked
+    let ec = Arc::new(RwLock::new(ec));
+    let done = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (ec, mem, done) = (ec.clone(), mem.clone(), done.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            for _ in 0..WAKES {
+                mem.view().test_and_clear_pending(p);
+                let outcome = ec.read().unwrap().poll_start(1, &[p], &*mem).unwrap();
+                if outcome == PollOutcome::Blocked {
+                    while ec.read().unwrap().is_polling(1) {
+                        assert!(Instant::now() < deadline, "lost poll wakeup");
+                        std::thread::park_timeout(Duration::from_millis(200));
+                    }
+                }
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    let thread = poller.thread().clone();
+    while !done.load(Ordering::SeqCst) && !poller.is_finished() {
+        let fx = ec.read().unwrap().send(p, &*mem).unwrap();
+        if fx.contains(Effect::Kick(1)) {
+            thread.unpark();
+        }
+        std::thread::yield_now();
+    }
+    poller.join().unwrap();
+    ec.read().unwrap().check_invariants().unwrap();
+}
+
 // ----- random operation sequences -----
 
 #[derive(Clone, Debug)]
@@ -302,6 +340,8 @@ enum Op {
     Notify(u32),
     RaiseVirq(u32, u32),
     Raw(u32, Vec<u8>),
+    PollStart(u32, Vec<u32>),
+    PollStop(u32),
 }
 
 fn dom_of(sel: u8) -> DomId {
@@ -345,6 +385,9 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         (0u32..6).prop_map(Op::Notify),
         (vcpu, 0u32..26).prop_map(|(v, q)| Op::RaiseVirq(v, q)),
         (0u32..16, proptest::collection::vec(any::<u8>(), 0..32)).prop_map(|(c, b)| Op::Raw(c, b)),
+        (0u32..4, proptest::collection::vec(port_strategy(), 0..3))
+            .prop_map(|(v, p)| Op::PollStart(v, p)),
+        (0u32..4).prop_map(Op::PollStop),
     ]
 }
 
@@ -396,6 +439,14 @@ fn apply(ec: &mut EventChannels, mem: &SharedInfoMem, op: &Op) -> Result<Option<
         Op::BackendClose(b) => ec.backend_close(BackendPort(b)).and_then(|_| none()),
         Op::Notify(b) => ec.notify_guest(BackendPort(b), mem).map(Some),
         Op::RaiseVirq(v, q) => Ok(Some(ec.raise_virq(v, q, mem))),
+        Op::PollStart(v, ref ports) => {
+            let _ = ec.poll_start(v, ports, mem);
+            Ok(None)
+        }
+        Op::PollStop(v) => {
+            ec.poll_stop(v);
+            Ok(None)
+        }
         Op::Raw(cmd, ref bytes) => {
             let mut b = bytes.clone();
             ec.do_event_channel_op(cmd, &mut b, 0, mem).map(Some)
@@ -418,6 +469,7 @@ proptest! {
             let before_tbl = observe(&ec);
             let before_mem = mem.snapshot();
             let up_before: Vec<bool> = (0..VCPUS).map(|c| mem.view().upcall_pending(c)).collect();
+            let polling_before: Vec<bool> = (0..VCPUS).map(|c| ec.is_polling(c)).collect();
             let res = apply(&mut ec, &mem, op);
             if let Err(e) = res {
                 prop_assert!(Errno::ALL.contains(&e), "{op:?}: unknown errno {e:?}");
@@ -427,7 +479,8 @@ proptest! {
             if let Ok(Some(fx)) = &res {
                 for c in 0..VCPUS {
                     let became = !up_before[c as usize] && mem.view().upcall_pending(c);
-                    prop_assert_eq!(fx.contains(Effect::Kick(c)), became, "{:?}: vcpu {}", op, c);
+                    let woken = polling_before[c as usize] && !ec.is_polling(c);
+                    prop_assert_eq!(fx.contains(Effect::Kick(c)), became || woken, "{:?}: vcpu {}", op, c);
                 }
                 prop_assert!(fx.kicks().all(|k| k < VCPUS));
             }
