@@ -11,8 +11,15 @@
 //!
 //! Every guest-reachable operation returns Xen's errno on misuse and never panics. Operations
 //! that may require the VMM to act return [`Effects`]: [`Effect::Kick`] (a vCPU got a new
-//! upcall pending: wake it / force an exit so the event is delivered) and the backend
-//! notifications ([`Effect::Backend`] etc.) the VMM routes to its device models.
+//! upcall pending, or was polling a port that became pending: wake it / force an exit so the
+//! event is delivered) and the backend notifications ([`Effect::Backend`] etc.) the VMM
+//! routes to its device models. `SCHEDOP_poll`'s event side is here too
+//! ([`EventChannels::poll_start`]).
+//!
+//! Locking: operations that only raise events (`send`, `unmask`, `raise_virq`,
+//! `notify_guest`, polling) take `&self` and are safe to run concurrently with each other and
+//! with the guest (everything they change is atomic); the others take `&mut self`. A VMM
+//! typically keeps the table in an `RwLock`.
 //!
 //! [`EventChannels::do_event_channel_op`] is the whole `HYPERVISOR_event_channel_op` handler
 //! minus guest memory access: the caller copies the argument struct in, dispatches, and copies
@@ -439,8 +446,10 @@ enum BackendChan {
 /// Something the VMM must do after an operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Effect {
-    /// The vCPU got an upcall newly pending: wake it if blocked, make it deliver the event if
-    /// running.
+    /// Wake this vCPU: an upcall became pending for it (wake it if blocked, make it deliver
+    /// the event if running), or it polled (`SCHEDOP_poll`) a port that became pending. The
+    /// VMM's wake must not be lost if it comes before the vCPU actually sleeps (token
+    /// semantics, like `std::thread::park`).
     Kick(u32),
     /// The guest notified this backend port.
     Backend(BackendPort),
@@ -455,10 +464,10 @@ pub enum Effect {
     BackendDisconnected(BackendPort),
 }
 
-const INLINE_EFFECTS: usize = 2;
+const INLINE_EFFECTS: usize = 4;
 
-/// The effects of one operation. Holds two without allocating (every operation but
-/// `EVTCHNOP_reset` produces at most two).
+/// The effects of one operation. Holds four without allocating, enough for every operation
+/// but `EVTCHNOP_reset` of many backend channels and raises waking many pollers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Effects {
     inline: [Option<Effect>; INLINE_EFFECTS],
