@@ -50,7 +50,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::info;
 use vm_memory::ByteValued;
 use xen_abi::arch::Pod;
 use xen_abi::hypercall as nr;
