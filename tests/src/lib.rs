@@ -9,6 +9,8 @@ include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 #[path = "../../resources/guests/kit/pure.rs"]
 pub mod kit_pure;
 
+pub mod initramfs;
+
 /// The ELF image of test guest `name` (see [`GUESTS`] for the names).
 pub fn guest(name: &str) -> Option<&'static [u8]> {
     GUESTS.iter().find(|(n, _)| *n == name).map(|(_, img)| *img)
