@@ -20,7 +20,7 @@ const S_IFREG: u32 = 0o100000;
 const S_IFLNK: u32 = 0o120000;
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -117,7 +117,7 @@ mod tests {
         // next header (trailer) starts 4-aligned
         assert_eq!(&a[124..130], b"070701");
         assert!(a.windows(10).any(|w| w == b"TRAILER!!!"));
-        assert_eq!(a.len() % 4, 0);
+        assert!(a.len().is_multiple_of(4));
     }
 
     #[test]
