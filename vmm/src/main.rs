@@ -51,6 +51,20 @@ enum Command {
     /// start-of-day layout. Exits 2 if the kernel is refused for the requested mode or the
     /// layout cannot be built with --memory (after printing the report).
     Inspect(InspectArgs),
+    /// Measure the round-trip cost of a hypercall, a bounced exception, a bare KVM exit
+    /// (the floor) and an in-VM syscall, each in ns per operation and as a ratio to the
+    /// floor. Needs /dev/kvm. Prints numbers only; see docs/performance.md.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Operations per measurement.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    iterations: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -109,6 +123,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Inspect(args) => cmd_inspect(args),
+        Command::Bench(args) => cmd_bench(args),
     }
 }
 
@@ -141,6 +156,20 @@ fn cmd_inspect(args: InspectArgs) -> Result<ExitCode> {
             args.kernel.display(),
             args.memory
         )));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {
+    if args.iterations == 0 {
+        return Err(refused("--iterations must be at least 1"));
+    }
+    let report = kxen::bench::run(args.iterations).context("kxen bench")?;
+    if args.json {
+        let json = serde_json::to_string_pretty(&report).context("serialising the report")?;
+        println!("{json}");
+    } else {
+        print!("{report}");
     }
     Ok(ExitCode::SUCCESS)
 }

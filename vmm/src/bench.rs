@@ -1,0 +1,627 @@
+//! `kxen bench`: the round-trip cost of kxen's guest-visible operations, next to floors
+//! measured in the same run.
+//!
+//! | name | what one operation is | how |
+//! |---|---|---|
+//! | `hypercall` | `xen_version(XENVER_version)` from the bench guest through kxen's full hypercall path | bench guest, rdtsc around the loop |
+//! | `exception` | `int3` in the bench guest, bounced by kxen to its trap handler, `iret` hypercall back | bench guest, rdtsc around the loop |
+//! | `exit` (floor) | a bare KVM userspace exit: `out` to an unused port from ring-0 code, `KVM_RUN` again | ring-0 code, rdtsc around the loop |
+//! | `syscall` | `syscall` + `sysretq` inside the VM, handler at LSTAR, no exit to the VMM | ring-0 code, rdtsc around the loop |
+//!
+//! Every loop is timed by the guest's own TSC (`rdtsc` before and after N operations);
+//! cycles are converted to ns with KVM's TSC frequency (`KVM_GET_TSC_KHZ`). The host wall
+//! time of each phase is reported too (it includes setup and one or two extra exits).
+//! Ratios are to the `exit` floor. Numbers are printed, never asserted.
+//!
+//! The ring-0 phases use a tiny VM of their own (hand-assembled code, page tables built
+//! here); the guest phases boot the embedded bench guest ([`BENCH_GUEST`]) like any PV
+//! kernel.
+
+use std::fmt;
+use std::time::Instant;
+
+use kvm_ioctls::Kvm;
+use serde::Serialize;
+use thiserror::Error;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::memory::PAGE_SIZE;
+use crate::vcpu::{PvEntry, VcpuError, VcpuExit, Vm, VmError};
+
+/// The bench guest's ELF image (resources/guests/bench.rs, built by vmm/build.rs).
+pub static BENCH_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench.elf"));
+
+/// Errors running the benchmark.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    /// Creating the VM failed.
+    #[error("VM: {0}")]
+    Vm(#[from] VmError),
+    /// A vCPU operation failed.
+    #[error("vCPU: {0}")]
+    Vcpu(#[from] VcpuError),
+    /// Guest memory could not be written.
+    #[error("guest memory: {0}")]
+    Memory(String),
+    /// KVM's TSC frequency could not be read.
+    #[error("KVM_GET_TSC_KHZ: {0}")]
+    TscKhz(kvm_ioctls::Error),
+    /// The benchmark code did not exit as expected.
+    #[error("{phase}: unexpected exit {exit}")]
+    UnexpectedExit {
+        /// The phase.
+        phase: &'static str,
+        /// The exit, formatted.
+        exit: String,
+    },
+    /// Zero iterations asked for.
+    #[error("iterations must be at least 1")]
+    NoIterations,
+}
+
+/// One measured operation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    /// Short name (`hypercall`, `exception`, `exit`, `syscall`).
+    pub name: &'static str,
+    /// What one operation is.
+    pub what: String,
+    /// Operations timed.
+    pub iterations: u64,
+    /// Guest TSC cycles per operation.
+    pub cycles_per_op: f64,
+    /// Nanoseconds per operation (cycles / TSC kHz).
+    pub ns_per_op: f64,
+    /// `ns_per_op` divided by the floor's (the `exit` measurement).
+    pub ratio_to_floor: f64,
+    /// Host wall time of the whole phase divided by the iterations (includes setup).
+    pub wall_ns_per_op: f64,
+    /// VMM exits seen during the phase, when known.
+    pub exits: Option<u64>,
+}
+
+/// An operation that could not be measured in this run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Missing {
+    /// Short name.
+    pub name: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// Everything one `kxen bench` run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Iterations asked for (per operation).
+    pub iterations: u64,
+    /// KVM's TSC frequency for the vCPUs, kHz.
+    pub tsc_khz: u32,
+    /// Measurements, floor included.
+    pub results: Vec<Measurement>,
+    /// Operations that could not be measured.
+    pub missing: Vec<Missing>,
+    /// Observations about this host (e.g. the CPL after `syscall`).
+    pub notes: Vec<String>,
+}
+
+impl BenchReport {
+    /// The measurement called `name`.
+    pub fn get(&self, name: &str) -> Option<&Measurement> {
+        self.results.iter().find(|m| m.name == name)
+    }
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "kxen bench: {} iterations per operation; guest rdtsc around each loop, \
+             TSC {} kHz (KVM_GET_TSC_KHZ); ratio = ns / floor (exit)",
+            self.iterations, self.tsc_khz
+        )?;
+        for m in &self.results {
+            writeln!(
+                f,
+                "{:<10} {:>12.1} ns/op {:>8.3}x floor  ({:.0} cycles/op, host wall {:.1} ns/op) {}",
+                format!("{}:", m.name),
+                m.ns_per_op,
+                m.ratio_to_floor,
+                m.cycles_per_op,
+                m.wall_ns_per_op,
+                m.what
+            )?;
+        }
+        for m in &self.missing {
+            writeln!(f, "{:<10} not measured: {}", format!("{}:", m.name), m.reason)?;
+        }
+        for n in &self.notes {
+            writeln!(f, "note: {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// KVM's TSC frequency for a fresh vCPU (the rate the guests' `rdtsc` counts at).
+pub fn tsc_khz() -> Result<u32, BenchError> {
+    let kvm = Kvm::new().map_err(BenchError::TscKhz)?;
+    let vm = kvm.create_vm().map_err(BenchError::TscKhz)?;
+    let vcpu = vm.create_vcpu(0).map_err(BenchError::TscKhz)?;
+    vcpu.get_tsc_khz().map_err(BenchError::TscKhz)
+}
+
+/// Run every phase with `iterations` operations each.
+pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
+    if iterations == 0 {
+        return Err(BenchError::NoIterations);
+    }
+    let khz = tsc_khz()?;
+    let mut report = BenchReport {
+        iterations,
+        tsc_khz: khz,
+        results: Vec::new(),
+        missing: Vec::new(),
+        notes: Vec::new(),
+    };
+    let floor = bare_exit(iterations)?;
+    let floor_ns = floor.ns(khz);
+    report.results.push(floor.finish(khz, floor_ns));
+    report
+        .results
+        .push(in_vm_syscall(iterations, false)?.finish(khz, floor_ns));
+    report
+        .results
+        .push(in_vm_syscall(iterations, true)?.finish(khz, floor_ns));
+    report
+        .results
+        .push(vmm_syscall(iterations)?.finish(khz, floor_ns));
+    report.notes.push(sysret_probe()?);
+    match guest_phases(iterations) {
+        Ok(phases) => {
+            for p in phases {
+                report.results.push(p.finish(khz, floor_ns));
+            }
+        }
+        Err(reason) => {
+            for name in ["hypercall", "exception"] {
+                report.missing.push(Missing {
+                    name,
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+    // Print in the issue's order: hypercall, exception, exit, syscall.
+    let order = |n: &str| match n {
+        "hypercall" => 0,
+        "exception" => 1,
+        "exit" => 2,
+        "syscall" => 3,
+        "syscall_cpl3" => 4,
+        _ => 5,
+    };
+    report.results.sort_by_key(|m| order(m.name));
+    Ok(report)
+}
+
+/// A phase's raw result.
+#[derive(Debug, Clone)]
+struct Phase {
+    name: &'static str,
+    what: String,
+    iterations: u64,
+    cycles: u64,
+    wall_ns: f64,
+    exits: Option<u64>,
+}
+
+impl Phase {
+    fn ns(&self, khz: u32) -> f64 {
+        cycles_to_ns(self.cycles, khz) / self.iterations as f64
+    }
+    fn finish(self, khz: u32, floor_ns: f64) -> Measurement {
+        let ns = self.ns(khz);
+        Measurement {
+            name: self.name,
+            what: self.what,
+            iterations: self.iterations,
+            cycles_per_op: self.cycles as f64 / self.iterations as f64,
+            ns_per_op: ns,
+            ratio_to_floor: if floor_ns > 0.0 { ns / floor_ns } else { 0.0 },
+            wall_ns_per_op: self.wall_ns / self.iterations as f64,
+            exits: self.exits,
+        }
+    }
+}
+
+/// TSC cycles to nanoseconds at `khz` kHz.
+pub fn cycles_to_ns(cycles: u64, khz: u32) -> f64 {
+    if khz == 0 {
+        return 0.0;
+    }
+    cycles as f64 * 1e6 / f64::from(khz)
+}
+
+// ---------------------------------------------------------------------------------------
+// Ring-0 phases: a minimal VM (four-level page tables, one code page, one stack page).
+
+/// Where the ring-0 code runs (L4 slot 511, like a Linux kernel).
+const CODE_VA: u64 = 0xffff_ffff_8000_0000;
+const L4_PFN: u64 = 1;
+const L3_PFN: u64 = 2;
+const L2_PFN: u64 = 3;
+const L1_PFN: u64 = 4;
+const CODE_PFN: u64 = 16;
+const VM_PAGES: u64 = 32;
+const PORT_LOOP: u8 = 0xf0;
+
+struct Ring0Vm {
+    vm: Vm,
+    vcpu: crate::vcpu::Vcpu,
+}
+
+impl Ring0Vm {
+    /// A VM whose `code` sits at [`CODE_VA`] (read-only, user-accessible as the host
+    /// requires for ring-0 code); the vCPU is left at CPL3 at the start of `code`.
+    fn new(code: &[u8]) -> Result<Self, BenchError> {
+        let vm = Vm::new(VM_PAGES, 1)?;
+        let mem = vm.ram().mem();
+        let w = |pfn: u64, idx: u64, v: u64| {
+            mem.write_obj(v, GuestAddress(pfn * PAGE_SIZE + idx * 8))
+                .map_err(|e| BenchError::Memory(e.to_string()))
+        };
+        const P: u64 = 1;
+        const RW: u64 = 2;
+        const US: u64 = 4;
+        let table = P | RW | US;
+        w(L4_PFN, 511, (L3_PFN * PAGE_SIZE) | table)?;
+        for &(slot, e) in vm.ring0().private_l4_entries() {
+            w(L4_PFN, slot as u64, e)?;
+        }
+        w(L3_PFN, 510, (L2_PFN * PAGE_SIZE) | table)?;
+        w(L2_PFN, 0, (L1_PFN * PAGE_SIZE) | table)?;
+        w(L1_PFN, 0, (CODE_PFN * PAGE_SIZE) | P | US)?;
+        if code.len() as u64 > PAGE_SIZE {
+            return Err(BenchError::Memory("bench code larger than a page".into()));
+        }
+        mem.write_slice(code, GuestAddress(CODE_PFN * PAGE_SIZE))
+            .map_err(|e| BenchError::Memory(e.to_string()))?;
+        let mut vcpu = vm.create_vcpu(0)?;
+        let rsp = vcpu.ring0().rsp0_top;
+        vcpu.set_pv_entry(PvEntry {
+            rip: CODE_VA,
+            rsp,
+            rsi: 0,
+            cr3: L4_PFN * PAGE_SIZE,
+            rflags: 0x202,
+        })?;
+        Ok(Self { vm, vcpu })
+    }
+
+    /// Switch the vCPU to ring 0 at the start of the code, on kxen's ring-0 stack (so an
+    /// exception there is readable).
+    fn enter_ring0(&mut self) -> Result<(), BenchError> {
+        let rsp = self.vcpu.ring0().rsp0_top;
+        self.vcpu
+            .enter_ring0_for_test(CODE_VA, rsp, L4_PFN * PAGE_SIZE)?;
+        Ok(())
+    }
+}
+
+/// A few hand-assembled x86-64 instructions.
+#[derive(Default)]
+struct Asm {
+    code: Vec<u8>,
+}
+
+impl Asm {
+    fn here(&self) -> u64 {
+        CODE_VA + self.code.len() as u64
+    }
+    fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.code.extend_from_slice(b);
+        self
+    }
+    /// mov $imm64, %rbx
+    fn mov_rbx(&mut self, imm: u64) -> &mut Self {
+        self.bytes(&[0x48, 0xbb]).bytes(&imm.to_le_bytes())
+    }
+    /// rdtsc; shl $32, %rdx; or %rdx, %rax  (rax = full TSC; rdx clobbered)
+    fn rdtsc64(&mut self) -> &mut Self {
+        self.bytes(&[0x0f, 0x31, 0x48, 0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0])
+    }
+    /// mov %rax, %r12
+    fn save_start(&mut self) -> &mut Self {
+        self.bytes(&[0x49, 0x89, 0xc4])
+    }
+    /// sub %r12, %rax
+    fn sub_start(&mut self) -> &mut Self {
+        self.bytes(&[0x4c, 0x29, 0xe0])
+    }
+    /// dec %rbx; jnz target (rel32)
+    fn loop_to(&mut self, target: u64) -> &mut Self {
+        self.bytes(&[0x48, 0xff, 0xcb]);
+        let next = self.here() + 6;
+        let rel = target.wrapping_sub(next) as i64 as i32;
+        self.bytes(&[0x0f, 0x85]).bytes(&rel.to_le_bytes())
+    }
+    /// wrmsr MSR_LSTAR = target (clobbers ecx, eax, edx)
+    fn wrmsr_lstar(&mut self, target: u64) -> &mut Self {
+        self.bytes(&[0xb9]).bytes(&0xc000_0082u32.to_le_bytes());
+        self.bytes(&[0xb8]).bytes(&(target as u32).to_le_bytes());
+        self.bytes(&[0xba]).bytes(&((target >> 32) as u32).to_le_bytes());
+        self.bytes(&[0x0f, 0x30])
+    }
+    /// `jmp` over `body` (< 128 bytes), then `body`; returns the body's address.
+    fn skipped(&mut self, body: &[u8]) -> u64 {
+        let len = u8::try_from(body.len()).ok().filter(|&l| l < 128).unwrap_or(0);
+        self.bytes(&[0xeb, len]);
+        let at = self.here();
+        self.bytes(&body[..usize::from(len)]);
+        at
+    }
+    /// mov %rax, (abs64): a store to the syscall exit page ends a phase with a
+    /// [`VcpuExit::Syscall`] carrying rax, from any CPL.
+    fn store_rax(&mut self, addr: u64) -> &mut Self {
+        self.bytes(&[0x48, 0xa3]).bytes(&addr.to_le_bytes())
+    }
+}
+
+fn unexpected(phase: &'static str, exit: &VcpuExit) -> BenchError {
+    BenchError::UnexpectedExit {
+        phase,
+        exit: format!("{exit:?}"),
+    }
+}
+
+/// The floor: `out %al, $0xf0` from ring 0, each one a userspace exit; `KVM_RUN` again.
+fn bare_exit(iterations: u64) -> Result<Phase, BenchError> {
+    // The exit page's address is the same in every VM with one vCPU.
+    let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
+    let mut a = Asm::default();
+    a.mov_rbx(iterations).rdtsc64().save_start();
+    let top = a.here();
+    a.bytes(&[0xe6, PORT_LOOP]).loop_to(top);
+    a.rdtsc64().sub_start().store_rax(exit_va);
+    let mut g = Ring0Vm::new(&a.code)?;
+    g.enter_ring0()?;
+    let start = Instant::now();
+    let mut outs = 0u64;
+    let cycles = loop {
+        match g.vcpu.run()? {
+            VcpuExit::Io {
+                port, size: 1, ..
+            } if port == u16::from(PORT_LOOP) => outs += 1,
+            VcpuExit::Syscall { regs, .. } => break regs.rax,
+            other => return Err(unexpected("exit", &other)),
+        }
+    };
+    let wall_ns = start.elapsed().as_secs_f64() * 1e9;
+    if outs != iterations {
+        return Err(BenchError::UnexpectedExit {
+            phase: "exit",
+            exit: format!("{outs} port exits for {iterations} iterations"),
+        });
+    }
+    Ok(Phase {
+        name: "exit",
+        what: "bare KVM userspace exit (ring-0 `out` to an unused port) [floor]".into(),
+        iterations,
+        cycles,
+        wall_ns,
+        exits: Some(outs + 1),
+    })
+}
+
+/// In-VM `syscall` round trips, no VMM exit: LSTAR (set with `wrmsr` from ring 0) points
+/// at a handler in the VM that returns with `jmp *%rcx`.
+///
+/// With `from_ring3 == false` the loop runs in ring 0 (`syscall` from CPL0 enters the
+/// handler at CPL0). With `from_ring3 == true` ring 0 first drops to CPL3 with one
+/// `syscall`/`sysretq` and the loop runs there; on this host the handler then runs at CPL3
+/// (the quirk), which is why it cannot end in `sysretq` (see [`sysret_probe`]) and why a
+/// plain `jmp` back works at all.
+fn in_vm_syscall(iterations: u64, from_ring3: bool) -> Result<Phase, BenchError> {
+    let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
+    let mut a = Asm::default();
+    let handler = a.skipped(&[0xff, 0xe1]); // jmp *%rcx
+    if from_ring3 {
+        // A one-shot handler, entered from ring 0: LSTAR = handler, sysretq to rcx (CPL3).
+        let mut b = Asm::default();
+        b.bytes(&[0x49, 0x89, 0xce]); // mov %rcx, %r14
+        b.wrmsr_lstar(handler);
+        b.bytes(&[0x4c, 0x89, 0xf1]); // mov %r14, %rcx
+        b.bytes(&[0x48, 0x0f, 0x07]); // sysretq
+        let drop_to_ring3 = a.skipped(&b.code);
+        a.wrmsr_lstar(drop_to_ring3);
+        a.bytes(&[0x0f, 0x05]); // syscall: continue below at CPL3
+    } else {
+        a.wrmsr_lstar(handler);
+    }
+    a.mov_rbx(iterations).rdtsc64().save_start();
+    let top = a.here();
+    a.bytes(&[0x0f, 0x05]).loop_to(top); // syscall
+    a.rdtsc64().sub_start().store_rax(exit_va);
+    let mut g = Ring0Vm::new(&a.code)?;
+    g.enter_ring0()?;
+    let start = Instant::now();
+    let exit = g.vcpu.run()?;
+    let wall_ns = start.elapsed().as_secs_f64() * 1e9;
+    let name = if from_ring3 { "syscall_cpl3" } else { "syscall" };
+    let VcpuExit::Syscall { regs, .. } = exit else {
+        return Err(unexpected(name, &exit));
+    };
+    let what = if from_ring3 {
+        format!(
+            "in-VM syscall from CPL3 to an LSTAR handler (still CPL3 on this host, cs {:#x}) \
+             and back by jmp, no VMM exit",
+            g.vcpu.sregs().cs.selector
+        )
+    } else {
+        "in-VM syscall from ring 0 to an LSTAR handler and back by jmp, no VMM exit".into()
+    };
+    Ok(Phase {
+        name,
+        what,
+        iterations,
+        cycles: regs.rax,
+        wall_ns,
+        exits: Some(total_exits(&g.vm)),
+    })
+}
+
+/// What the KVM helper's kvm_bench.rs timed as a "syscall round trip": a CPL3 `syscall`
+/// to kxen's LSTAR stub (an MMIO write to the exit page), out to the VMM, and back to CPL3
+/// with [`crate::vcpu::Vcpu::return_to_guest`]: kxen's hypercall entry and exit, no
+/// dispatch.
+fn vmm_syscall(iterations: u64) -> Result<Phase, BenchError> {
+    const DONE: u64 = 0x6b78_656e_646f_6e65;
+    let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
+    let mut a = Asm::default();
+    a.mov_rbx(iterations).rdtsc64().save_start();
+    let top = a.here();
+    a.bytes(&[0x0f, 0x05]).loop_to(top);
+    a.rdtsc64().sub_start();
+    a.bytes(&[0x49, 0xbd]).bytes(&DONE.to_le_bytes()); // mov $DONE, %r13
+    a.store_rax(exit_va);
+    let mut g = Ring0Vm::new(&a.code)?;
+    let start = Instant::now();
+    let mut calls = 0u64;
+    let cycles = loop {
+        match g.vcpu.run()? {
+            VcpuExit::Syscall { regs, .. } if regs.r13 == DONE => break regs.rax,
+            VcpuExit::Syscall { regs, .. } => {
+                calls += 1;
+                g.vcpu
+                    .return_to_guest(&regs, crate::vcpu::GuestCs::Long64)?;
+            }
+            other => return Err(unexpected("syscall_vmm", &other)),
+        }
+    };
+    let wall_ns = start.elapsed().as_secs_f64() * 1e9;
+    if calls != iterations {
+        return Err(BenchError::UnexpectedExit {
+            phase: "syscall_vmm",
+            exit: format!("{calls} syscall exits for {iterations} iterations"),
+        });
+    }
+    Ok(Phase {
+        name: "syscall_vmm",
+        what: "guest syscall (CPL3) -> kxen LSTAR stub -> VMM -> back to CPL3 \
+               (kvm_bench.rs's \"syscall round trip\")"
+            .into(),
+        iterations,
+        cycles,
+        wall_ns,
+        exits: Some(calls + 1),
+    })
+}
+
+/// Whether a `syscall`/`sysretq` loop can run in the VM: ring 0 does `syscall` twice to a
+/// `sysretq` handler. Returns a sentence for the report.
+pub fn sysret_probe() -> Result<String, BenchError> {
+    let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
+    let mut a = Asm::default();
+    let handler = a.skipped(&[0x48, 0x0f, 0x07]); // sysretq
+    a.wrmsr_lstar(handler);
+    a.bytes(&[0x0f, 0x05]); // syscall from CPL0: handler at CPL0, sysretq to CPL3
+    a.bytes(&[0x0f, 0x05]); // syscall from CPL3
+    a.store_rax(exit_va);
+    let mut g = Ring0Vm::new(&a.code)?;
+    g.enter_ring0()?;
+    Ok(match g.vcpu.run()? {
+        VcpuExit::Syscall { .. } => {
+            "syscall/sysretq: two round trips from ring 0 and ring 3 completed in the VM \
+             (the host keeps syscall semantics)"
+                .into()
+        }
+        VcpuExit::Exception {
+            vector: 13, frame, ..
+        } if frame.rip == handler => format!(
+            "syscall/sysretq: the first syscall (from ring 0) and sysretq work; the second \
+             syscall, from ring 3, reaches LSTAR still at CPL3 (frame cs {:#x}) and its \
+             sysretq raises #GP: on this host a syscall/sysretq loop cannot run, so the \
+             in-VM figures return from the handler with jmp *%rcx",
+            frame.cs
+        ),
+        other => format!("syscall/sysretq probe: unexpected {}", short_exit(&other)),
+    })
+}
+
+fn short_exit(e: &VcpuExit) -> String {
+    match e {
+        VcpuExit::Exception {
+            vector,
+            error_code,
+            frame,
+            ..
+        } => format!(
+            "exception {vector} (error {error_code:?}) at rip {:#x} cs {:#x}",
+            frame.rip, frame.cs
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+fn total_exits(vm: &Vm) -> u64 {
+    crate::vcpu::ExitKind::ALL
+        .iter()
+        .map(|&k| vm.stats().exits(k))
+        .sum()
+}
+
+
+// ---------------------------------------------------------------------------------------
+// Guest phases: boot the bench guest and read its KXEN-TEST VALUE lines.
+
+/// Boot the bench guest; `Err` says why (a)/(b) could not be measured.
+fn guest_phases(_iterations: u64) -> Result<Vec<Phase>, String> {
+    Err("kxen cannot boot a PV guest yet (vmm/src/launch.rs not merged)".into())
+}
+
+/// `KXEN-TEST: VALUE name=value` pairs from a console transcript.
+pub fn parse_values(console: &str) -> Vec<(String, String)> {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("KXEN-TEST: VALUE "))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycles_convert_to_ns_at_the_tsc_rate() {
+        assert_eq!(cycles_to_ns(3_000_000, 3_000_000), 1_000_000.0);
+        assert_eq!(cycles_to_ns(2_500, 2_500_000), 1_000.0);
+        assert_eq!(cycles_to_ns(5, 0), 0.0);
+    }
+
+    #[test]
+    fn values_are_parsed_from_console_lines() {
+        let c = "hello\nKXEN-TEST: VALUE hypercall_cycles=1234\r\nKXEN-TEST: PASS x\n\
+                 KXEN-TEST: VALUE bad\nKXEN-TEST: VALUE n = 7\n";
+        assert_eq!(
+            parse_values(c),
+            vec![
+                ("hypercall_cycles".to_string(), "1234".to_string()),
+                ("n".to_string(), "7".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn loop_jump_lands_on_its_target() {
+        let mut a = Asm::default();
+        a.bytes(&[0x90; 5]);
+        let top = a.here();
+        a.bytes(&[0x90]).loop_to(top);
+        // dec rbx (3) + jnz rel32 (6) after one nop at `top`.
+        let rel = i32::from_le_bytes(a.code[a.code.len() - 4..].try_into().unwrap());
+        assert_eq!(i64::from(rel), top as i64 - a.here() as i64);
+        assert_eq!(rel, -10);
+    }
+}
+
