@@ -122,7 +122,7 @@ impl fmt::Display for BenchReport {
         for m in &self.results {
             writeln!(
                 f,
-                "{:<10} {:>12.1} ns/op {:>8.3}x floor  ({:.0} cycles/op, host wall {:.1} ns/op) {}",
+                "{:<13} {:>10.1} ns/op {:>8.3}x floor  ({:.0} cycles/op, host wall {:.1} ns/op) {}",
                 format!("{}:", m.name),
                 m.ns_per_op,
                 m.ratio_to_floor,
@@ -132,7 +132,7 @@ impl fmt::Display for BenchReport {
             )?;
         }
         for m in &self.missing {
-            writeln!(f, "{:<10} not measured: {}", format!("{}:", m.name), m.reason)?;
+            writeln!(f, "{:<13} not measured: {}", format!("{}:", m.name), m.reason)?;
         }
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
