@@ -174,6 +174,15 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
     report
         .results
         .push(vmm_syscall(iterations)?.finish(khz, floor_ns));
+    report
+        .results
+        .push(mmio_exit(iterations)?.finish(khz, floor_ns));
+    report
+        .results
+        .push(mmio_exit_resume(iterations)?.finish(khz, floor_ns));
+    report
+        .results
+        .push(kernel_exit(iterations)?.finish(khz, floor_ns));
     report.notes.push(sysret_probe()?);
     match guest_phases(iterations) {
         Ok(phases) => {
@@ -253,6 +262,8 @@ const L1_PFN: u64 = 4;
 const CODE_PFN: u64 = 16;
 const VM_PAGES: u64 = 32;
 const PORT_LOOP: u8 = 0xf0;
+/// In r13 at the store that ends a phase ("kxendone").
+const DONE: u64 = 0x6b78_656e_646f_6e65;
 
 struct Ring0Vm {
     vm: Vm,
@@ -321,9 +332,13 @@ impl Asm {
         self.code.extend_from_slice(b);
         self
     }
-    /// mov $imm64, %rbx
-    fn mov_rbx(&mut self, imm: u64) -> &mut Self {
-        self.bytes(&[0x48, 0xbb]).bytes(&imm.to_le_bytes())
+    /// mov $imm64, %r15 (the loop counter)
+    fn mov_counter(&mut self, imm: u64) -> &mut Self {
+        self.bytes(&[0x49, 0xbf]).bytes(&imm.to_le_bytes())
+    }
+    /// mov $imm64, %r13 (the end-of-phase marker)
+    fn mark_done(&mut self) -> &mut Self {
+        self.bytes(&[0x49, 0xbd]).bytes(&DONE.to_le_bytes())
     }
     /// rdtsc; shl $32, %rdx; or %rdx, %rax  (rax = full TSC; rdx clobbered)
     fn rdtsc64(&mut self) -> &mut Self {
@@ -337,9 +352,9 @@ impl Asm {
     fn sub_start(&mut self) -> &mut Self {
         self.bytes(&[0x4c, 0x29, 0xe0])
     }
-    /// dec %rbx; jnz target (rel32)
+    /// dec %r15; jnz target (rel32)
     fn loop_to(&mut self, target: u64) -> &mut Self {
-        self.bytes(&[0x48, 0xff, 0xcb]);
+        self.bytes(&[0x49, 0xff, 0xcf]);
         let next = self.here() + 6;
         let rel = target.wrapping_sub(next) as i64 as i32;
         self.bytes(&[0x0f, 0x85]).bytes(&rel.to_le_bytes())
@@ -373,43 +388,127 @@ fn unexpected(phase: &'static str, exit: &VcpuExit) -> BenchError {
     }
 }
 
-/// The floor: `out %al, $0xf0` from ring 0, each one a userspace exit; `KVM_RUN` again.
-fn bare_exit(iterations: u64) -> Result<Phase, BenchError> {
+/// Which exit a ring-0 loop body causes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LoopExit {
+    /// `out` to [`PORT_LOOP`].
+    Port,
+    /// A store to the exit page (an MMIO exit; [`VcpuExit::Syscall`] without the marker).
+    Mmio,
+    /// Like `Mmio`, from CPL3, resumed with [`crate::vcpu::Vcpu::return_to_guest`] at rcx
+    /// (registers and special registers set, as after every hypercall).
+    MmioResume,
+    /// None: handled inside the host kernel.
+    None,
+}
+
+/// Time `iterations` runs of `body` (in ring 0, except the MMIO kinds which run at CPL3 like
+/// a guest kernel); `KVM_RUN` again after each expected exit.
+fn ring0_loop(
+    name: &'static str,
+    what: &str,
+    body: &[u8],
+    kind: LoopExit,
+    iterations: u64,
+) -> Result<Phase, BenchError> {
     // The exit page's address is the same in every VM with one vCPU.
     let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
     let mut a = Asm::default();
-    a.mov_rbx(iterations).rdtsc64().save_start();
+    a.mov_counter(iterations).rdtsc64().save_start();
     let top = a.here();
-    a.bytes(&[0xe6, PORT_LOOP]).loop_to(top);
-    a.rdtsc64().sub_start().store_rax(exit_va);
+    a.bytes(body).loop_to(top);
+    a.rdtsc64().sub_start().mark_done().store_rax(exit_va);
     let mut g = Ring0Vm::new(&a.code)?;
-    g.enter_ring0()?;
+    if !matches!(kind, LoopExit::MmioResume | LoopExit::Mmio) {
+        g.enter_ring0()?;
+    }
     let start = Instant::now();
-    let mut outs = 0u64;
+    let mut exits = 0u64;
     let cycles = loop {
         match g.vcpu.run()? {
+            VcpuExit::Syscall { regs, .. } if regs.r13 == DONE => break regs.rax,
+            VcpuExit::Syscall { .. } if kind == LoopExit::Mmio => exits += 1,
+            VcpuExit::Syscall { regs, .. } if kind == LoopExit::MmioResume => {
+                exits += 1;
+                g.vcpu
+                    .return_to_guest(&regs, crate::vcpu::GuestCs::Long64)?;
+            }
             VcpuExit::Io {
                 port, size: 1, ..
-            } if port == u16::from(PORT_LOOP) => outs += 1,
-            VcpuExit::Syscall { regs, .. } => break regs.rax,
-            other => return Err(unexpected("exit", &other)),
+            } if kind == LoopExit::Port && port == u16::from(PORT_LOOP) => exits += 1,
+            other => return Err(unexpected(name, &other)),
         }
     };
     let wall_ns = start.elapsed().as_secs_f64() * 1e9;
-    if outs != iterations {
+    let want = if kind == LoopExit::None { 0 } else { iterations };
+    if exits != want {
         return Err(BenchError::UnexpectedExit {
-            phase: "exit",
-            exit: format!("{outs} port exits for {iterations} iterations"),
+            phase: name,
+            exit: format!("{exits} exits for {iterations} iterations"),
         });
     }
     Ok(Phase {
-        name: "exit",
-        what: "bare KVM userspace exit (ring-0 `out` to an unused port) [floor]".into(),
+        name,
+        what: what.into(),
         iterations,
         cycles,
         wall_ns,
-        exits: Some(outs + 1),
+        exits: Some(total_exits(&g.vm)),
     })
+}
+
+/// The floor: `out %al, $0xf0` from ring 0, each one a userspace exit; `KVM_RUN` again.
+fn bare_exit(iterations: u64) -> Result<Phase, BenchError> {
+    ring0_loop(
+        "exit",
+        "bare KVM userspace exit (ring-0 `out` to an unused port) [floor]",
+        &[0xe6, PORT_LOOP],
+        LoopExit::Port,
+        iterations,
+    )
+}
+
+/// A userspace exit through an MMIO write from CPL3 (how kxen's LSTAR stub leaves the VM),
+/// `KVM_RUN` again at once (KVM has retired the store; no register is set).
+fn mmio_exit(iterations: u64) -> Result<Phase, BenchError> {
+    let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
+    let mut body = Asm::default();
+    body.store_rax(exit_va);
+    ring0_loop(
+        "exit_mmio",
+        "KVM userspace exit through an MMIO write (CPL3 store to kxen's exit page), no state set",
+        &body.code,
+        LoopExit::Mmio,
+        iterations,
+    )
+}
+
+/// An MMIO exit from CPL3 resumed the way kxen resumes a guest after a hypercall
+/// ([`crate::vcpu::Vcpu::return_to_guest`]: registers and special registers set).
+fn mmio_exit_resume(iterations: u64) -> Result<Phase, BenchError> {
+    let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
+    let mut body = Asm::default();
+    // lea next(%rip), %rcx (the exit reports rip = rcx, as for a syscall); store; next:
+    body.bytes(&[0x48, 0x8d, 0x0d]).bytes(&10i32.to_le_bytes());
+    body.store_rax(exit_va);
+    ring0_loop(
+        "exit_resume",
+        "MMIO exit from CPL3, resumed with return_to_guest (regs + sregs set)",
+        &body.code,
+        LoopExit::MmioResume,
+        iterations,
+    )
+}
+
+/// An exit KVM handles in the host kernel: `cpuid` from ring 0.
+fn kernel_exit(iterations: u64) -> Result<Phase, BenchError> {
+    ring0_loop(
+        "exit_kernel",
+        "in-kernel KVM exit (ring-0 `cpuid`, no userspace exit)",
+        &[0x31, 0xc0, 0x0f, 0xa2], // xor %eax, %eax; cpuid
+        LoopExit::None,
+        iterations,
+    )
 }
 
 /// In-VM `syscall` round trips, no VMM exit: LSTAR (set with `wrmsr` from ring 0) points
@@ -437,7 +536,7 @@ fn in_vm_syscall(iterations: u64, from_ring3: bool) -> Result<Phase, BenchError>
     } else {
         a.wrmsr_lstar(handler);
     }
-    a.mov_rbx(iterations).rdtsc64().save_start();
+    a.mov_counter(iterations).rdtsc64().save_start();
     let top = a.here();
     a.bytes(&[0x0f, 0x05]).loop_to(top); // syscall
     a.rdtsc64().sub_start().store_rax(exit_va);
@@ -474,14 +573,13 @@ fn in_vm_syscall(iterations: u64, from_ring3: bool) -> Result<Phase, BenchError>
 /// with [`crate::vcpu::Vcpu::return_to_guest`]: kxen's hypercall entry and exit, no
 /// dispatch.
 fn vmm_syscall(iterations: u64) -> Result<Phase, BenchError> {
-    const DONE: u64 = 0x6b78_656e_646f_6e65;
     let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
     let mut a = Asm::default();
-    a.mov_rbx(iterations).rdtsc64().save_start();
+    a.mov_counter(iterations).rdtsc64().save_start();
     let top = a.here();
     a.bytes(&[0x0f, 0x05]).loop_to(top);
     a.rdtsc64().sub_start();
-    a.bytes(&[0x49, 0xbd]).bytes(&DONE.to_le_bytes()); // mov $DONE, %r13
+    a.mark_done();
     a.store_rax(exit_va);
     let mut g = Ring0Vm::new(&a.code)?;
     let start = Instant::now();
@@ -618,7 +716,7 @@ mod tests {
         a.bytes(&[0x90; 5]);
         let top = a.here();
         a.bytes(&[0x90]).loop_to(top);
-        // dec rbx (3) + jnz rel32 (6) after one nop at `top`.
+        // dec r15 (3) + jnz rel32 (6) after one nop at `top`.
         let rel = i32::from_le_bytes(a.code[a.code.len() - 4..].try_into().unwrap());
         assert_eq!(i64::from(rel), top as i64 - a.here() as i64);
         assert_eq!(rel, -10);
