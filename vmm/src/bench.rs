@@ -78,7 +78,13 @@ pub struct Measurement {
     pub wall_ns_per_op: f64,
     /// VMM exits seen during the phase, when known.
     pub exits: Option<u64>,
+    /// Not one of the four headline figures (hypercall, exception, exit, syscall) but a
+    /// part of the breakdown that explains them.
+    pub breakdown: bool,
 }
+
+/// The headline measurements, in the order printed.
+pub const HEADLINE: [&str; 4] = ["hypercall", "exception", "exit", "syscall"];
 
 /// An operation that could not be measured in this run.
 #[derive(Debug, Clone, Serialize)]
@@ -119,7 +125,7 @@ impl fmt::Display for BenchReport {
              TSC {} kHz (KVM_GET_TSC_KHZ); ratio = ns / floor (exit)",
             self.iterations, self.tsc_khz
         )?;
-        for m in &self.results {
+        let line = |f: &mut fmt::Formatter<'_>, m: &Measurement| {
             writeln!(
                 f,
                 "{:<13} {:>10.1} ns/op {:>8.3}x floor  ({:.0} cycles/op, host wall {:.1} ns/op) {}",
@@ -129,10 +135,22 @@ impl fmt::Display for BenchReport {
                 m.cycles_per_op,
                 m.wall_ns_per_op,
                 m.what
-            )?;
+            )
+        };
+        for m in self.results.iter().filter(|m| !m.breakdown) {
+            line(f, m)?;
         }
         for m in &self.missing {
-            writeln!(f, "{:<13} not measured: {}", format!("{}:", m.name), m.reason)?;
+            writeln!(
+                f,
+                "{:<13} not measured: {}",
+                format!("{}:", m.name),
+                m.reason
+            )?;
+        }
+        writeln!(f, "breakdown (same run):")?;
+        for m in self.results.iter().filter(|m| m.breakdown) {
+            line(f, m)?;
         }
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
@@ -199,16 +217,13 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
             }
         }
     }
-    // Print in the issue's order: hypercall, exception, exit, syscall.
-    let order = |n: &str| match n {
-        "hypercall" => 0,
-        "exception" => 1,
-        "exit" => 2,
-        "syscall" => 3,
-        "syscall_cpl3" => 4,
-        _ => 5,
-    };
-    report.results.sort_by_key(|m| order(m.name));
+    // Headline figures first, in the issue's order; the breakdown as measured.
+    report.results.sort_by_key(|m| {
+        HEADLINE
+            .iter()
+            .position(|&h| h == m.name)
+            .unwrap_or(HEADLINE.len())
+    });
     Ok(report)
 }
 
@@ -230,6 +245,7 @@ impl Phase {
     fn finish(self, khz: u32, floor_ns: f64) -> Measurement {
         let ns = self.ns(khz);
         Measurement {
+            breakdown: !HEADLINE.contains(&self.name),
             name: self.name,
             what: self.what,
             iterations: self.iterations,
@@ -363,12 +379,16 @@ impl Asm {
     fn wrmsr_lstar(&mut self, target: u64) -> &mut Self {
         self.bytes(&[0xb9]).bytes(&0xc000_0082u32.to_le_bytes());
         self.bytes(&[0xb8]).bytes(&(target as u32).to_le_bytes());
-        self.bytes(&[0xba]).bytes(&((target >> 32) as u32).to_le_bytes());
+        self.bytes(&[0xba])
+            .bytes(&((target >> 32) as u32).to_le_bytes());
         self.bytes(&[0x0f, 0x30])
     }
     /// `jmp` over `body` (< 128 bytes), then `body`; returns the body's address.
     fn skipped(&mut self, body: &[u8]) -> u64 {
-        let len = u8::try_from(body.len()).ok().filter(|&l| l < 128).unwrap_or(0);
+        let len = u8::try_from(body.len())
+            .ok()
+            .filter(|&l| l < 128)
+            .unwrap_or(0);
         self.bytes(&[0xeb, len]);
         let at = self.here();
         self.bytes(&body[..usize::from(len)]);
@@ -433,14 +453,20 @@ fn ring0_loop(
                 g.vcpu
                     .return_to_guest(&regs, crate::vcpu::GuestCs::Long64)?;
             }
-            VcpuExit::Io {
-                port, size: 1, ..
-            } if kind == LoopExit::Port && port == u16::from(PORT_LOOP) => exits += 1,
+            VcpuExit::Io { port, size: 1, .. }
+                if kind == LoopExit::Port && port == u16::from(PORT_LOOP) =>
+            {
+                exits += 1
+            }
             other => return Err(unexpected(name, &other)),
         }
     };
     let wall_ns = start.elapsed().as_secs_f64() * 1e9;
-    let want = if kind == LoopExit::None { 0 } else { iterations };
+    let want = if kind == LoopExit::None {
+        0
+    } else {
+        iterations
+    };
     if exits != want {
         return Err(BenchError::UnexpectedExit {
             phase: name,
@@ -545,7 +571,11 @@ fn in_vm_syscall(iterations: u64, from_ring3: bool) -> Result<Phase, BenchError>
     let start = Instant::now();
     let exit = g.vcpu.run()?;
     let wall_ns = start.elapsed().as_secs_f64() * 1e9;
-    let name = if from_ring3 { "syscall_cpl3" } else { "syscall" };
+    let name = if from_ring3 {
+        "syscall_cpl3"
+    } else {
+        "syscall"
+    };
     let VcpuExit::Syscall { regs, .. } = exit else {
         return Err(unexpected(name, &exit));
     };
@@ -667,7 +697,6 @@ fn total_exits(vm: &Vm) -> u64 {
         .sum()
 }
 
-
 // ---------------------------------------------------------------------------------------
 // Guest phases: boot the bench guest and read its KXEN-TEST VALUE lines.
 
@@ -722,4 +751,3 @@ mod tests {
         assert_eq!(rel, -10);
     }
 }
-

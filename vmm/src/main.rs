@@ -5,7 +5,7 @@
 //! input / kernel refused" are returned as [`Refused`] and exit with status 2 and one line
 //! on stderr; anything else is an internal failure (status 1).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -165,11 +165,19 @@ fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {
         return Err(refused("--iterations must be at least 1"));
     }
     let report = kxen::bench::run(args.iterations).context("kxen bench")?;
-    if args.json {
-        let json = serde_json::to_string_pretty(&report).context("serialising the report")?;
-        println!("{json}");
+    let text = if args.json {
+        let mut json = serde_json::to_string_pretty(&report).context("serialising the report")?;
+        json.push('\n');
+        json
     } else {
-        print!("{report}");
+        report.to_string()
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // `kxen bench | head` is fine.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing the report")
+        }
+        _ => Ok(ExitCode::SUCCESS),
     }
-    Ok(ExitCode::SUCCESS)
 }

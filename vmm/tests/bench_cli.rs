@@ -31,7 +31,11 @@ fn kxen_bench(extra: &[&str]) -> Option<Output> {
 fn number_before(line: &str, unit: &str) -> Option<f64> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let i = words.iter().position(|w| *w == unit)?;
-    words.get(i.checked_sub(1)?)?.trim_end_matches('x').parse().ok()
+    words
+        .get(i.checked_sub(1)?)?
+        .trim_end_matches('x')
+        .parse()
+        .ok()
 }
 
 #[test]
@@ -44,8 +48,8 @@ fn bench_prints_the_four_measurements_with_numeric_values() {
             .lines()
             .find(|l| l.split_whitespace().next() == Some(prefix.as_str()))
             .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{text}"));
-        let ns = number_before(line, "ns/op")
-            .unwrap_or_else(|| panic!("no numeric ns/op on `{line}`"));
+        let ns =
+            number_before(line, "ns/op").unwrap_or_else(|| panic!("no numeric ns/op on `{line}`"));
         let ratio =
             number_before(line, "floor").unwrap_or_else(|| panic!("no numeric ratio on `{line}`"));
         assert!(ns.is_finite() && ratio.is_finite(), "{line}");
@@ -66,7 +70,12 @@ fn bench_json_has_the_four_results_as_numbers() {
             .iter()
             .find(|r| r["name"] == name)
             .unwrap_or_else(|| panic!("no `{name}` result in {v}"));
-        for field in ["ns_per_op", "ratio_to_floor", "cycles_per_op", "wall_ns_per_op"] {
+        for field in [
+            "ns_per_op",
+            "ratio_to_floor",
+            "cycles_per_op",
+            "wall_ns_per_op",
+        ] {
             assert!(r[field].is_f64(), "{name}.{field} not a number: {r}");
         }
     }
