@@ -128,7 +128,7 @@ impl fmt::Display for BenchReport {
         let line = |f: &mut fmt::Formatter<'_>, m: &Measurement| {
             writeln!(
                 f,
-                "{:<13} {:>10.1} ns/op {:>8.3}x floor  ({:.0} cycles/op, host wall {:.1} ns/op) {}",
+                "{:<17} {:>10.1} ns/op {:>8.3}x floor  ({:.0} cycles/op, host wall {:.1} ns/op) {}",
                 format!("{}:", m.name),
                 m.ns_per_op,
                 m.ratio_to_floor,
@@ -143,7 +143,7 @@ impl fmt::Display for BenchReport {
         for m in &self.missing {
             writeln!(
                 f,
-                "{:<13} not measured: {}",
+                "{:<17} not measured: {}",
                 format!("{}:", m.name),
                 m.reason
             )?;
@@ -194,13 +194,19 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
         .push(vmm_syscall(iterations)?.finish(khz, floor_ns));
     report
         .results
-        .push(mmio_exit(iterations)?.finish(khz, floor_ns));
+        .push(mmio_exit(iterations, false)?.finish(khz, floor_ns));
+    report
+        .results
+        .push(mmio_exit(iterations, true)?.finish(khz, floor_ns));
     report
         .results
         .push(mmio_exit_resume(iterations)?.finish(khz, floor_ns));
     report
         .results
-        .push(kernel_exit(iterations)?.finish(khz, floor_ns));
+        .push(kernel_exit(iterations, false)?.finish(khz, floor_ns));
+    report
+        .results
+        .push(kernel_exit(iterations, true)?.finish(khz, floor_ns));
     report.notes.push(sysret_probe()?);
     match guest_phases(iterations) {
         Ok(phases) => {
@@ -422,13 +428,14 @@ enum LoopExit {
     None,
 }
 
-/// Time `iterations` runs of `body` (in ring 0, except the MMIO kinds which run at CPL3 like
-/// a guest kernel); `KVM_RUN` again after each expected exit.
-fn ring0_loop(
+/// Time `iterations` runs of `body`, in ring 0 or (`ring3`) at CPL3 like a guest kernel;
+/// `KVM_RUN` again after each expected exit.
+fn timed_loop(
     name: &'static str,
     what: &str,
     body: &[u8],
     kind: LoopExit,
+    ring3: bool,
     iterations: u64,
 ) -> Result<Phase, BenchError> {
     // The exit page's address is the same in every VM with one vCPU.
@@ -439,7 +446,7 @@ fn ring0_loop(
     a.bytes(body).loop_to(top);
     a.rdtsc64().sub_start().mark_done().store_rax(exit_va);
     let mut g = Ring0Vm::new(&a.code)?;
-    if !matches!(kind, LoopExit::MmioResume | LoopExit::Mmio) {
+    if !ring3 {
         g.enter_ring0()?;
     }
     let start = Instant::now();
@@ -485,28 +492,35 @@ fn ring0_loop(
 
 /// The floor: `out %al, $0xf0` from ring 0, each one a userspace exit; `KVM_RUN` again.
 fn bare_exit(iterations: u64) -> Result<Phase, BenchError> {
-    ring0_loop(
+    timed_loop(
         "exit",
         "bare KVM userspace exit (ring-0 `out` to an unused port) [floor]",
         &[0xe6, PORT_LOOP],
         LoopExit::Port,
+        false,
         iterations,
     )
 }
 
-/// A userspace exit through an MMIO write from CPL3 (how kxen's LSTAR stub leaves the VM),
-/// `KVM_RUN` again at once (KVM has retired the store; no register is set).
-fn mmio_exit(iterations: u64) -> Result<Phase, BenchError> {
+/// A userspace exit through an MMIO write (how kxen's LSTAR stub leaves the VM), from ring
+/// 0 or from CPL3; `KVM_RUN` again at once (KVM has retired the store; no register is set).
+fn mmio_exit(iterations: u64, ring3: bool) -> Result<Phase, BenchError> {
     let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
     let mut body = Asm::default();
     body.store_rax(exit_va);
-    ring0_loop(
-        "exit_mmio",
-        "KVM userspace exit through an MMIO write (CPL3 store to kxen's exit page), no state set",
-        &body.code,
-        LoopExit::Mmio,
-        iterations,
-    )
+    let (name, what) = if ring3 {
+        (
+            "exit_mmio_cpl3",
+            "KVM userspace exit through an MMIO write from CPL3 (store to kxen's exit page), \
+             no state set",
+        )
+    } else {
+        (
+            "exit_mmio",
+            "KVM userspace exit through an MMIO write from ring 0 (store to kxen's exit page)",
+        )
+    };
+    timed_loop(name, what, &body.code, LoopExit::Mmio, ring3, iterations)
 }
 
 /// An MMIO exit from CPL3 resumed the way kxen resumes a guest after a hypercall
@@ -517,22 +531,35 @@ fn mmio_exit_resume(iterations: u64) -> Result<Phase, BenchError> {
     // lea next(%rip), %rcx (the exit reports rip = rcx, as for a syscall); store; next:
     body.bytes(&[0x48, 0x8d, 0x0d]).bytes(&10i32.to_le_bytes());
     body.store_rax(exit_va);
-    ring0_loop(
+    timed_loop(
         "exit_resume",
-        "MMIO exit from CPL3, resumed with return_to_guest (regs + sregs set)",
+        "MMIO exit from CPL3, resumed with return_to_guest (regs + sregs set), as kxen does",
         &body.code,
         LoopExit::MmioResume,
+        true,
         iterations,
     )
 }
 
-/// An exit KVM handles in the host kernel: `cpuid` from ring 0.
-fn kernel_exit(iterations: u64) -> Result<Phase, BenchError> {
-    ring0_loop(
-        "exit_kernel",
-        "in-kernel KVM exit (ring-0 `cpuid`, no userspace exit)",
+/// An exit KVM handles in the host kernel: `cpuid`, from ring 0 or from CPL3.
+fn kernel_exit(iterations: u64, ring3: bool) -> Result<Phase, BenchError> {
+    let (name, what) = if ring3 {
+        (
+            "exit_kernel_cpl3",
+            "in-kernel KVM exit (`cpuid` from CPL3, no userspace exit)",
+        )
+    } else {
+        (
+            "exit_kernel",
+            "in-kernel KVM exit (`cpuid` from ring 0, no userspace exit)",
+        )
+    };
+    timed_loop(
+        name,
+        what,
         &[0x31, 0xc0, 0x0f, 0xa2], // xor %eax, %eax; cpuid
         LoopExit::None,
+        ring3,
         iterations,
     )
 }
