@@ -79,6 +79,9 @@ pub struct Measurement {
     pub wall_ns_per_op: Option<f64>,
     /// VMM exits seen during the phase, when known.
     pub exits: Option<u64>,
+    /// ns per operation of each round, in run order, when the phase ran several rounds
+    /// (`ns_per_op` is the median).
+    pub rounds_ns_per_op: Vec<f64>,
     /// Not one of the four headline figures (hypercall, exception, exit, syscall) but a
     /// part of the breakdown that explains them.
     pub breakdown: bool,
@@ -122,20 +125,29 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "kxen bench: {} iterations per operation; guest rdtsc around each loop, \
-             TSC {} kHz (KVM_GET_TSC_KHZ); ratio = ns / floor (exit)",
+            "kxen bench: {} iterations per operation, guest rdtsc around each loop, \
+             TSC {} kHz (KVM_GET_TSC_KHZ); ring-0 phases: median of {ROUNDS} interleaved \
+             rounds; ratio = ns / floor (exit)",
             self.iterations, self.tsc_khz
         )?;
         let line = |f: &mut fmt::Formatter<'_>, m: &Measurement| {
             writeln!(
                 f,
-                "{:<17} {:>10.1} ns/op {:>8.3}x floor  ({:.0} cycles/op, host wall {}) {}",
+                "{:<17} {:>10.1} ns/op {:>8.3}x floor  {:>7.0} cycles/op  [{}]  {}",
                 format!("{}:", m.name),
                 m.ns_per_op,
                 m.ratio_to_floor,
                 m.cycles_per_op,
-                m.wall_ns_per_op
-                    .map_or_else(|| "n/a".to_string(), |w| format!("{w:.1} ns/op")),
+                if m.rounds_ns_per_op.is_empty() {
+                    "one run".to_string()
+                } else {
+                    let r: Vec<String> = m
+                        .rounds_ns_per_op
+                        .iter()
+                        .map(|n| format!("{n:.0}"))
+                        .collect();
+                    format!("rounds {} ns", r.join("/"))
+                },
                 m.what
             )
         };
@@ -182,38 +194,44 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
         missing: Vec::new(),
         notes: Vec::new(),
     };
-    let floor = bare_exit(iterations)?;
-    let floor_ns = floor.ns(khz);
-    report.results.push(floor.finish(khz, floor_ns));
-    report
-        .results
-        .push(in_vm_syscall(iterations, false)?.finish(khz, floor_ns));
-    report
-        .results
-        .push(in_vm_syscall(iterations, true)?.finish(khz, floor_ns));
-    report
-        .results
-        .push(vmm_syscall(iterations)?.finish(khz, floor_ns));
-    report
-        .results
-        .push(mmio_exit(iterations, false)?.finish(khz, floor_ns));
-    report
-        .results
-        .push(mmio_exit(iterations, true)?.finish(khz, floor_ns));
-    report
-        .results
-        .push(mmio_exit_resume(iterations)?.finish(khz, floor_ns));
-    report
-        .results
-        .push(kernel_exit(iterations, false)?.finish(khz, floor_ns));
-    report
-        .results
-        .push(kernel_exit(iterations, true)?.finish(khz, floor_ns));
+    // Every ring-0 phase ROUNDS times, interleaved (load on a shared host changes over
+    // seconds; interleaving spreads it over all phases), the median round kept. The guest
+    // phases run once, between the first and second rounds.
+    let ring_phases: [fn(u64) -> Result<Phase, BenchError>; 9] = [
+        bare_exit,
+        |n| in_vm_syscall(n, false),
+        |n| in_vm_syscall(n, true),
+        vmm_syscall,
+        |n| mmio_exit(n, false),
+        |n| mmio_exit(n, true),
+        mmio_exit_resume,
+        |n| kernel_exit(n, false),
+        |n| kernel_exit(n, true),
+    ];
+    let mut rounds: Vec<Vec<Phase>> = vec![Vec::new(); ring_phases.len()];
+    let mut guest = None;
+    for round in 0..ROUNDS {
+        for (f, runs) in ring_phases.iter().zip(rounds.iter_mut()) {
+            runs.push(f(iterations)?);
+        }
+        if round == 0 {
+            guest = Some(guest_phases(iterations));
+        }
+    }
+    let mut ring: Vec<Phase> = rounds.into_iter().filter_map(median_round).collect();
+    let floor_ns = ring.first().map_or(0.0, |p| p.ns(khz));
+    let floor_rounds = ring
+        .first()
+        .map(|p| p.round_cycles.clone())
+        .unwrap_or_default();
+    for p in ring.drain(..) {
+        report.results.push(p.finish(khz, floor_ns, &floor_rounds));
+    }
     report.notes.push(sysret_probe()?);
-    match guest_phases(iterations) {
+    match guest.unwrap_or_else(|| Err("not run".into())) {
         Ok(phases) => {
             for p in phases {
-                report.results.push(p.finish(khz, floor_ns));
+                report.results.push(p.finish(khz, floor_ns, &[]));
             }
         }
         Err(reason) => {
@@ -235,6 +253,9 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
     Ok(report)
 }
 
+/// Rounds of each ring-0 phase per run (the median is reported).
+pub const ROUNDS: usize = 3;
+
 /// A phase's raw result.
 #[derive(Debug, Clone)]
 struct Phase {
@@ -244,14 +265,44 @@ struct Phase {
     cycles: u64,
     wall_ns: Option<f64>,
     exits: Option<u64>,
+    /// Cycles of every round, when the phase ran several.
+    round_cycles: Vec<u64>,
+}
+
+/// The round with the median cycle count, carrying all rounds' counts.
+fn median_round(mut runs: Vec<Phase>) -> Option<Phase> {
+    let all: Vec<u64> = runs.iter().map(|p| p.cycles).collect();
+    runs.sort_by_key(|p| p.cycles);
+    let mid = runs.len() / 2;
+    let mut p = runs.into_iter().nth(mid)?;
+    p.round_cycles = all;
+    Some(p)
 }
 
 impl Phase {
     fn ns(&self, khz: u32) -> f64 {
         cycles_to_ns(self.cycles, khz) / self.iterations as f64
     }
-    fn finish(self, khz: u32, floor_ns: f64) -> Measurement {
+    /// The measurement, with its ratio to the floor: the median of the per-round ratios
+    /// when both ran the same rounds (a load spike then hits both sides of a ratio), else
+    /// `ns / floor_ns` (the floor's median).
+    fn finish(self, khz: u32, floor_ns: f64, floor_rounds: &[u64]) -> Measurement {
         let ns = self.ns(khz);
+        let ratio =
+            if !self.round_cycles.is_empty() && self.round_cycles.len() == floor_rounds.len() {
+                let mut r: Vec<f64> = self
+                    .round_cycles
+                    .iter()
+                    .zip(floor_rounds)
+                    .map(|(&c, &f)| if f > 0 { c as f64 / f as f64 } else { 0.0 })
+                    .collect();
+                r.sort_by(f64::total_cmp);
+                r[r.len() / 2]
+            } else if floor_ns > 0.0 {
+                ns / floor_ns
+            } else {
+                0.0
+            };
         Measurement {
             breakdown: !HEADLINE.contains(&self.name),
             name: self.name,
@@ -259,9 +310,14 @@ impl Phase {
             iterations: self.iterations,
             cycles_per_op: self.cycles as f64 / self.iterations as f64,
             ns_per_op: ns,
-            ratio_to_floor: if floor_ns > 0.0 { ns / floor_ns } else { 0.0 },
+            ratio_to_floor: ratio,
             wall_ns_per_op: self.wall_ns.map(|w| w / self.iterations as f64),
             exits: self.exits,
+            rounds_ns_per_op: self
+                .round_cycles
+                .iter()
+                .map(|&c| cycles_to_ns(c, khz) / self.iterations as f64)
+                .collect(),
         }
     }
 }
@@ -488,6 +544,7 @@ fn timed_loop(
         iterations,
         cycles,
         wall_ns: Some(wall_ns),
+        round_cycles: Vec::new(),
         exits: Some(total_exits(&g.vm)),
     })
 }
@@ -623,6 +680,7 @@ fn in_vm_syscall(iterations: u64, from_ring3: bool) -> Result<Phase, BenchError>
         iterations,
         cycles: regs.rax,
         wall_ns: Some(wall_ns),
+        round_cycles: Vec::new(),
         exits: Some(total_exits(&g.vm)),
     })
 }
@@ -669,6 +727,7 @@ fn vmm_syscall(iterations: u64) -> Result<Phase, BenchError> {
         iterations,
         cycles,
         wall_ns: Some(wall_ns),
+        round_cycles: Vec::new(),
         exits: Some(calls + 1),
     })
 }
@@ -766,6 +825,7 @@ fn phases_from_console(console: &str, iterations: u64) -> Result<Vec<Phase>, Str
         cycles,
         wall_ns: None,
         exits: None,
+        round_cycles: Vec::new(),
     };
     Ok(vec![
         phase(
@@ -832,10 +892,27 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!((p[0].name, p[0].cycles), ("hypercall", 5000));
         assert_eq!((p[1].name, p[1].cycles), ("exception", 9000));
-        let m = p[0].clone().finish(1_000_000, 10.0);
+        let m = p[0].clone().finish(1_000_000, 10.0, &[]);
         assert_eq!(m.ns_per_op, 50.0);
         assert_eq!(m.ratio_to_floor, 5.0);
         assert_eq!(m.wall_ns_per_op, None);
+    }
+
+    #[test]
+    fn ratio_is_the_median_of_per_round_ratios() {
+        let p = Phase {
+            name: "x",
+            what: String::new(),
+            iterations: 1,
+            cycles: 30,
+            wall_ns: None,
+            exits: None,
+            // ratios 3.0, 2.0, 10.0 against the floor rounds below
+            round_cycles: vec![30, 40, 50],
+        };
+        let m = p.finish(1_000_000, 1.0, &[10, 20, 5]);
+        assert_eq!(m.ratio_to_floor, 3.0);
+        assert_eq!(m.rounds_ns_per_op, vec![30.0, 40.0, 50.0]);
     }
 
     #[test]
