@@ -197,7 +197,7 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
     // Every ring-0 phase ROUNDS times, interleaved (load on a shared host changes over
     // seconds; interleaving spreads it over all phases), the median round kept. The guest
     // phases run once, between the first and second rounds.
-    let ring_phases: [fn(u64) -> Result<Phase, BenchError>; 9] = [
+    let ring_phases: [fn(u64) -> Result<Phase, BenchError>; 10] = [
         bare_exit,
         |n| in_vm_syscall(n, false),
         |n| in_vm_syscall(n, true),
@@ -205,6 +205,7 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
         |n| mmio_exit(n, false),
         |n| mmio_exit(n, true),
         mmio_exit_resume,
+        int3_exit,
         |n| kernel_exit(n, false),
         |n| kernel_exit(n, true),
     ];
@@ -482,6 +483,9 @@ enum LoopExit {
     /// Like `Mmio`, from CPL3, resumed with [`crate::vcpu::Vcpu::return_to_guest`] at rcx
     /// (registers and special registers set, as after every hypercall).
     MmioResume,
+    /// `int3` from CPL3 through kxen's IDT stub (ring 0, `out`), resumed after it with
+    /// `return_to_guest`: kxen's exception entry and exit without the bounce.
+    Int3Resume,
     /// None: handled inside the host kernel.
     None,
 }
@@ -513,6 +517,13 @@ fn timed_loop(
         match g.vcpu.run()? {
             VcpuExit::Syscall { regs, .. } if regs.r13 == DONE => break regs.rax,
             VcpuExit::Syscall { .. } if kind == LoopExit::Mmio => exits += 1,
+            VcpuExit::Exception {
+                vector: 3, regs, ..
+            } if kind == LoopExit::Int3Resume => {
+                exits += 1;
+                g.vcpu
+                    .return_to_guest(&regs, crate::vcpu::GuestCs::Long64)?;
+            }
             VcpuExit::Syscall { regs, .. } if kind == LoopExit::MmioResume => {
                 exits += 1;
                 g.vcpu
@@ -595,6 +606,18 @@ fn mmio_exit_resume(iterations: u64) -> Result<Phase, BenchError> {
         "MMIO exit from CPL3, resumed with return_to_guest (regs + sregs set), as kxen does",
         &body.code,
         LoopExit::MmioResume,
+        true,
+        iterations,
+    )
+}
+
+/// `int3` from CPL3 to kxen's #BP stub, out to the VMM and back after the `int3`.
+fn int3_exit(iterations: u64) -> Result<Phase, BenchError> {
+    timed_loop(
+        "int3_vmm",
+        "int3 (CPL3) -> kxen IDT stub -> VMM -> back to CPL3 (no bounce to a guest handler)",
+        &[0xcc],
+        LoopExit::Int3Resume,
         true,
         iterations,
     )
