@@ -10,6 +10,7 @@ pub mod domain;
 pub mod hypercall;
 pub mod image;
 pub mod inspect;
+pub mod launch;
 pub mod memory;
 pub mod ring0;
 pub mod trap;

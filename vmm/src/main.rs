@@ -11,7 +11,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::{Read, Write};
+
 use kxen::inspect;
+use kxen::launch::{Domain, LaunchSpec};
 use xen_abi::negotiate::LaunchMode;
 
 #[derive(Parser)]
@@ -51,10 +54,67 @@ enum Command {
     /// start-of-day layout. Exits 2 if the kernel is refused for the requested mode or the
     /// layout cannot be built with --memory (after printing the report).
     Inspect(InspectArgs),
+    /// Boot a Xen PV kernel.
+    Run(RunArgs),
+    /// Boot a domain described by an xl.cfg file (type = "pv").
+    Create(CreateArgs),
+    /// Boot the built-in demo guest.
+    Demo(DemoArgs),
     /// Measure the round-trip cost of a hypercall, a bounced exception, a bare KVM exit
     /// (the floor) and an in-VM syscall, each in ns per operation and as a ratio to the
     /// floor. Needs /dev/kvm. Prints numbers only; see docs/performance.md.
     Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The kernel: ELF, bzImage or compressed ELF.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// An initrd / first module.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    memory: u64,
+    /// vCPUs (vCPU 0 starts; the guest brings up the others).
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Launch privileged (dom0-like).
+    #[arg(long)]
+    privileged: bool,
+    /// Domain name.
+    #[arg(long, default_value = "kxen-domu")]
+    name: String,
+    #[command(flatten)]
+    run: RunOptions,
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// The xl.cfg file.
+    config: PathBuf,
+    #[command(flatten)]
+    run: RunOptions,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Launch the demo privileged (dom0-like), to see the other features submap.
+    #[arg(long)]
+    privileged: bool,
+    #[command(flatten)]
+    run: RunOptions,
+}
+
+#[derive(Args, Clone, Copy)]
+struct RunOptions {
+    /// At the end, print run time, exits by kind, hypercalls by number and traps by vector.
+    #[arg(long)]
+    stats: bool,
 }
 
 #[derive(Args)]
@@ -123,8 +183,114 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Inspect(args) => cmd_inspect(args),
+        Command::Run(args) => cmd_run(args),
+        Command::Create(args) => cmd_create(args),
+        Command::Demo(args) => cmd_demo(args),
         Command::Bench(args) => cmd_bench(args),
     }
+}
+
+fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| refused(format_args!("cannot read {what} {}: {e}", path.display())))
+}
+
+fn cmd_run(args: RunArgs) -> Result<ExitCode> {
+    let spec = LaunchSpec {
+        name: args.name,
+        kernel: read_file(&args.kernel, "kernel")?,
+        initrd: match &args.initrd {
+            Some(p) => read_file(p, "initrd")?,
+            None => Vec::new(),
+        },
+        cmdline: args.cmdline,
+        memory_mib: args.memory,
+        vcpus: args.vcpus,
+        privileged: args.privileged,
+    };
+    launch(&spec, args.run)
+}
+
+fn cmd_create(args: CreateArgs) -> Result<ExitCode> {
+    let cfg = kxen::config::load_config(&args.config).map_err(refused)?;
+    for key in &cfg.unknown {
+        tracing::warn!("{}: `{key}` is not supported by kxen and is ignored", args.config.display());
+    }
+    let spec = LaunchSpec {
+        name: cfg.name.clone(),
+        kernel: read_file(&cfg.kernel, "kernel")?,
+        initrd: match &cfg.ramdisk {
+            Some(p) => read_file(p, "ramdisk")?,
+            None => Vec::new(),
+        },
+        cmdline: cfg.cmdline.clone(),
+        memory_mib: cfg.memory_mib,
+        vcpus: cfg.vcpus,
+        privileged: cfg.privileged,
+    };
+    launch(&spec, args.run)
+}
+
+fn cmd_demo(args: DemoArgs) -> Result<ExitCode> {
+    let spec = LaunchSpec {
+        name: "kxen-demo".into(),
+        kernel: kxen::demo_image::DEMO_GUEST.to_vec(),
+        initrd: Vec::new(),
+        cmdline: "console=hvc0 kxen-demo".into(),
+        memory_mib: 64,
+        vcpus: 1,
+        privileged: args.privileged,
+    };
+    launch(&spec, args.run)
+}
+
+/// Create and run a domain; the exit status names how it ended.
+fn launch(spec: &LaunchSpec, opts: RunOptions) -> Result<ExitCode> {
+    let mut domain = Domain::create(spec, Box::new(std::io::stdout())).map_err(|e| {
+        if e.is_refusal() {
+            refused(format_args!("{}: {e}", spec.name))
+        } else {
+            anyhow::Error::new(e).context(format!("creating domain {}", spec.name))
+        }
+    })?;
+    spawn_stdin_reader(&domain);
+    let outcome = domain.run().with_context(|| format!("running domain {}", spec.name))?;
+    let _ = std::io::stdout().flush();
+    if opts.stats {
+        eprintln!("kxen: run time {:.3} s", outcome.run_time.as_secs_f64());
+        for (k, v) in domain.stats().snapshot() {
+            eprintln!("kxen:   {k:<24} {v}");
+        }
+    }
+    let status = outcome.exit_status();
+    if status == 0 {
+        tracing::info!("{}: {}", spec.name, outcome.describe());
+    } else {
+        eprintln!("kxen: {}: {}", spec.name, outcome.describe());
+    }
+    Ok(ExitCode::from(status))
+}
+
+/// Keyboard input for the guest: a thread reads stdin into the domain's console input.
+fn spawn_stdin_reader(domain: &Domain) {
+    let shared = domain.shared().clone();
+    let _ = std::thread::Builder::new()
+        .name("kxen-stdin".into())
+        .spawn(move || {
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut c = match shared.console.lock() {
+                            Ok(c) => c,
+                            Err(p) => p.into_inner(),
+                        };
+                        c.input.extend(&buf[..n]);
+                    }
+                }
+            }
+        });
 }
 
 fn cmd_inspect(args: InspectArgs) -> Result<ExitCode> {

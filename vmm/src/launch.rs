@@ -1,0 +1,419 @@
+//! Launching and running a PV domain: kernel image -> notes -> negotiation -> VM -> domain
+//! builder -> vCPU 0 -> the run loop.
+//!
+//! Every refusal (not a kernel, refused features, memory too small for the layout) happens in
+//! [`Domain::create`] before KVM is touched and long before any vCPU runs.
+//!
+//! The run loop is the spine of the trap path: a `syscall` from the guest kernel is a
+//! hypercall (dispatched through [`crate::hypercall::pv_hypercalls`]); an exception is bounced
+//! to the guest's trap table ([`crate::trap`]); after every exit the console ring is serviced
+//! and a shutdown request ends the run.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kxen_devices::console::{ConsoleBackend, RingPage};
+use thiserror::Error;
+use vm_memory::{Bytes, GuestAddress};
+use xen_abi::elfnote::{parse_xen_notes, NoteError};
+use xen_abi::layout::{self, LayoutError, LayoutInput, PAGE_SIZE};
+use xen_abi::negotiate::{
+    check_launch, features_submap, LaunchMode, LaunchRefusal, SubmapError, KXEN_IMPLEMENTED,
+};
+use xen_abi::sched::ShutdownReason;
+
+use crate::builder::{self, BootState, BuildError, DomainSpec, KernelSpec, SHARED_FRAMES};
+use crate::domain::DomainShared;
+use crate::hypercall::HypercallArgs;
+use crate::image::{load_kernel_image, ImageError};
+use crate::memory::{GuestRam, MAX_GUEST_PAGES};
+use crate::vcpu::{ExitStats, GuestCs, PvEntry, Vcpu, VcpuError, VcpuExit, Vm, VmError};
+
+/// Event channel the builder announces for the xenstore ring.
+pub const STORE_EVTCHN: u32 = 1;
+/// Event channel the builder announces for the console ring.
+pub const CONSOLE_EVTCHN: u32 = 2;
+
+/// What to launch.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchSpec {
+    /// Domain name.
+    pub name: String,
+    /// The kernel file's bytes (ELF, bzImage or compressed ELF).
+    pub kernel: Vec<u8>,
+    /// The initrd's bytes (empty for none).
+    pub initrd: Vec<u8>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// vCPUs (vCPU 0 starts; the guest brings up the others, as under Xen).
+    pub vcpus: u32,
+    /// Privileged (dom0-like) launch.
+    pub privileged: bool,
+}
+
+/// Why a domain could not be created or run.
+#[derive(Debug, Error)]
+pub enum LaunchError {
+    /// The kernel file is not a usable image.
+    #[error("{0}")]
+    Image(#[from] ImageError),
+    /// Its Xen notes are missing or inconsistent.
+    #[error("{0}")]
+    Notes(#[from] NoteError),
+    /// The kernel cannot run in the requested mode.
+    #[error("{0}")]
+    Refused(#[from] LaunchRefusal),
+    /// The features submap cannot be computed.
+    #[error("{0}")]
+    Submap(#[from] SubmapError),
+    /// The requested memory is unusable.
+    #[error("memory: {0}")]
+    Memory(String),
+    /// The start-of-day layout does not fit.
+    #[error("cannot lay out the domain: {0}")]
+    Layout(#[from] LayoutError),
+    /// Creating the VM failed.
+    #[error("{0}")]
+    Vm(#[from] VmError),
+    /// A vCPU operation failed.
+    #[error("{0}")]
+    Vcpu(#[from] VcpuError),
+    /// The domain builder failed.
+    #[error("{0}")]
+    Build(#[from] BuildError),
+}
+
+impl LaunchError {
+    /// Whether the failure is the user's input (a refused or malformed kernel, impossible
+    /// memory): the CLI exits with status 2 for these, 1 for kxen's own failures.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            LaunchError::Image(_)
+                | LaunchError::Notes(_)
+                | LaunchError::Refused(_)
+                | LaunchError::Submap(_)
+                | LaunchError::Memory(_)
+                | LaunchError::Layout(_)
+                | LaunchError::Build(BuildError::SegmentOutside { .. })
+                | LaunchError::Build(BuildError::HypercallPage(_))
+                | LaunchError::Build(BuildError::Elf(_))
+        )
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The shutdown reason (a domain kxen had to crash ends with `Crash`).
+    pub reason: ShutdownReason,
+    /// Why kxen crashed the domain, when it did.
+    pub crash_message: Option<String>,
+    /// Wall time from the first instruction to the end.
+    pub run_time: Duration,
+}
+
+impl Outcome {
+    /// The `kxen` exit status for this outcome: 0 poweroff, 3 crash, 4 reboot, 5 suspend,
+    /// 6 watchdog, 7 soft reset. (1 is kxen's own failure, 2 a refused input.)
+    pub fn exit_status(&self) -> u8 {
+        match self.reason {
+            ShutdownReason::Poweroff => 0,
+            ShutdownReason::Crash => 3,
+            ShutdownReason::Reboot => 4,
+            ShutdownReason::Suspend => 5,
+            ShutdownReason::Watchdog => 6,
+            ShutdownReason::SoftReset => 7,
+        }
+    }
+
+    /// One line naming the reason.
+    pub fn describe(&self) -> String {
+        match &self.crash_message {
+            Some(m) => format!("domain crashed: {m}"),
+            None => format!("domain shut down: {}", self.reason.name()),
+        }
+    }
+}
+
+/// A created domain, ready to run.
+pub struct Domain {
+    vm: Vm,
+    vcpu: Vcpu,
+    shared: Arc<DomainShared>,
+    boot: BootState,
+    console: ConsoleBackend,
+    console_gpa: u64,
+}
+
+impl std::fmt::Debug for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Domain")
+            .field("name", &self.shared.name)
+            .field("boot", &self.boot)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The console page as the backend sees it: a window on guest RAM.
+struct GuestPage<'a> {
+    ram: &'a GuestRam,
+    gpa: u64,
+}
+
+impl RingPage for GuestPage<'_> {
+    type Error = vm_memory::GuestMemoryError;
+    fn read(&self, off: usize, buf: &mut [u8]) -> Result<(), Self::Error> {
+        self.ram
+            .mem()
+            .read_slice(buf, GuestAddress(self.gpa + off as u64))
+    }
+    fn write(&self, off: usize, data: &[u8]) -> Result<(), Self::Error> {
+        self.ram
+            .mem()
+            .write_slice(data, GuestAddress(self.gpa + off as u64))
+    }
+}
+
+/// Writes console bytes into the domain's shared console sink.
+struct SharedOut(Arc<DomainShared>);
+
+impl Write for SharedOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.console_write(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Domain {
+    /// Check the kernel, then create the VM and build the domain. `console_out` receives the
+    /// guest's console output.
+    pub fn create(spec: &LaunchSpec, console_out: Box<dyn Write + Send>) -> Result<Self, LaunchError> {
+        let mode = if spec.privileged {
+            LaunchMode::Privileged
+        } else {
+            LaunchMode::Unprivileged
+        };
+        let image = load_kernel_image(&spec.kernel)?;
+        let notes = parse_xen_notes(&image.elf)?;
+        let params = notes.kernel_params()?;
+        // The refusals of the foundation: before any VM or vCPU exists.
+        check_launch(&params, mode)?;
+        let submap0 = features_submap(mode, &params, KXEN_IMPLEMENTED, 0)?;
+
+        let nr_pages = spec
+            .memory_mib
+            .checked_mul(1 << 20)
+            .map(|b| b / PAGE_SIZE)
+            .filter(|&p| p > 0 && p + SHARED_FRAMES <= MAX_GUEST_PAGES)
+            .ok_or_else(|| {
+                LaunchError::Memory(format!(
+                    "{} MiB is not a usable guest memory size",
+                    spec.memory_mib
+                ))
+            })?;
+        let kernel = KernelSpec::from_params(&params);
+        // Lay out first, so "too little memory" is a refusal before KVM is opened.
+        layout::compute(&LayoutInput {
+            virt_base: kernel.virt_base,
+            virt_kstart: kernel.virt_kstart,
+            virt_kend: kernel.virt_kend,
+            nr_pages,
+            initrd_len: spec.initrd.len() as u64,
+            unmapped_initrd: kernel.unmapped_initrd,
+            p2m_base: kernel.init_p2m,
+        })?;
+
+        let vcpus = spec.vcpus.max(1);
+        let vm = Vm::new(nr_pages + SHARED_FRAMES, vcpus)?;
+        let boot = builder::build(
+            vm.ram().mem(),
+            &DomainSpec {
+                elf: &image.elf,
+                kernel,
+                initrd: &spec.initrd,
+                cmdline: &spec.cmdline,
+                nr_pages,
+                privileged: spec.privileged,
+                store_evtchn: STORE_EVTCHN,
+                console_evtchn: CONSOLE_EVTCHN,
+                private_l4: vm.ring0().private_l4_entries(),
+            },
+        )?;
+        tracing::info!(
+            entry = format_args!("{:#x}", boot.rip),
+            start_info = format_args!("{:#x}", boot.rsi),
+            pages = nr_pages,
+            "domain built"
+        );
+        let mut vcpu = vm.create_vcpu(0)?;
+        vcpu.set_pv_entry(PvEntry {
+            rip: boot.rip,
+            rsp: boot.rsp,
+            rsi: boot.rsi,
+            cr3: boot.cr3,
+            // xen: xg_dom_x86.c vcpu_x86_64, interrupts (events) notionally enabled
+            rflags: 0x202,
+        })?;
+        let shared = Arc::new(DomainShared::new(
+            spec.name.clone(),
+            mode,
+            submap0,
+            spec.cmdline.clone(),
+            nr_pages,
+            boot.shared_info_mfn,
+            console_out,
+        ));
+        Ok(Domain {
+            console_gpa: boot.console_mfn * PAGE_SIZE,
+            vm,
+            vcpu,
+            shared,
+            boot,
+            console: ConsoleBackend::new(),
+        })
+    }
+
+    /// The state shared with hypercall handlers.
+    pub fn shared(&self) -> &Arc<DomainShared> {
+        &self.shared
+    }
+
+    /// Where things were put at start of day.
+    pub fn boot_state(&self) -> &BootState {
+        &self.boot
+    }
+
+    /// Exit, vector and hypercall counters.
+    pub fn stats(&self) -> &Arc<ExitStats> {
+        self.vm.stats()
+    }
+
+    fn service_console(&mut self) {
+        let page = GuestPage {
+            ram: self.vm.ram(),
+            gpa: self.console_gpa,
+        };
+        // Keyboard input: an unprivileged guest reads it from its console ring; a privileged
+        // one through console_io (as dom0 does under Xen), so it stays in the shared queue.
+        if !self.shared.privileged() {
+            let mut c = match self.shared.console.lock() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+            while !c.input.is_empty() && self.console.input_space() > 0 {
+                let (a, _) = c.input.as_slices();
+                let n = self.console.queue_input(a);
+                if n == 0 {
+                    break;
+                }
+                c.input.drain(..n);
+            }
+        }
+        let mut out = SharedOut(self.shared.clone());
+        if let Err(e) = self.console.drain_output(&page, &mut out) {
+            tracing::debug!("console ring: {e}");
+        }
+        if self.console.queued_input() > 0 {
+            if let Err(e) = self.console.flush_input(&page) {
+                tracing::debug!("console ring input: {e}");
+            }
+        }
+    }
+
+    /// Run vCPU 0 until the domain shuts down or kxen has to crash it.
+    pub fn run(&mut self) -> Result<Outcome, LaunchError> {
+        let start = Instant::now();
+        // TODO(w-hcall): the full PV table and its run-loop contract.
+        let table = crate::hypercall::HypercallTable::<DomainShared>::new();
+        let crash = loop {
+            let exit = self.vcpu.run()?;
+            let crash = match exit {
+                VcpuExit::Syscall { mut regs, compat } => {
+                    // xen: a syscall from guest kernel mode is a hypercall
+                    let args = HypercallArgs::from_regs(&regs);
+                    let shared = self.shared.clone();
+                    let mut ctx = self.vcpu.hypercall_ctx(&mut regs, &*shared);
+                    let ret = table.dispatch(&mut ctx, &args);
+                    drop(ctx);
+                    regs.rax = ret as u64;
+                    let cs = if compat {
+                        GuestCs::Compat32
+                    } else {
+                        GuestCs::Long64
+                    };
+                    if self.shared.shutdown_reason().is_none() {
+                        self.vcpu.return_to_guest(&regs, cs)?;
+                    }
+                    None
+                }
+                VcpuExit::Exception {
+                    vector,
+                    error_code,
+                    frame,
+                    ..
+                } => {
+                    // TODO(w-hcall): bounce to the guest's trap table.
+                    Some(format!(
+                        "unhandled exception {} ({vector}) error {error_code:?} at {:#x}",
+                        crate::trap::vector_name(vector),
+                        frame.rip
+                    ))
+                }
+                VcpuExit::Shutdown => Some("triple fault".to_string()),
+                VcpuExit::Interrupted => None,
+                VcpuExit::Sysenter { regs } => Some(format!(
+                    "sysenter at {:#x} (not supported for 64-bit PV guests)",
+                    regs.rip
+                )),
+                VcpuExit::Io { port, regs, .. } => Some(format!(
+                    "unexpected port write {port:#x} at {:#x}",
+                    regs.rip
+                )),
+                VcpuExit::Unexpected { reason } => Some(reason),
+            };
+            self.service_console();
+            if let Some(msg) = crash {
+                tracing::error!("crashing domain {}: {msg}", self.shared.name);
+                self.shared.request_shutdown(ShutdownReason::Crash);
+                break Some(msg);
+            }
+            if self.shared.shutdown_reason().is_some() {
+                break None;
+            }
+        };
+        self.service_console();
+        let reason = self
+            .shared
+            .shutdown_reason()
+            .unwrap_or(ShutdownReason::Crash);
+        let outcome = Outcome {
+            reason,
+            crash_message: crash,
+            run_time: start.elapsed(),
+        };
+        tracing::debug!(
+            "run summary: {} in {:?}; {}",
+            outcome.describe(),
+            outcome.run_time,
+            self.stats_line()
+        );
+        Ok(outcome)
+    }
+
+    /// Exits by kind, hypercalls by number and traps by vector, on one line.
+    pub fn stats_line(&self) -> String {
+        self.stats()
+            .snapshot()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
