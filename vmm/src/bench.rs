@@ -18,13 +18,18 @@
 //! kernel.
 
 use std::fmt;
-use std::time::Instant;
+use std::io::Write;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use kvm_ioctls::Kvm;
 use serde::Serialize;
 use thiserror::Error;
+use tracing::debug;
 use vm_memory::{Bytes, GuestAddress};
+use xen_abi::sched::ShutdownReason;
 
+use crate::launch::{Domain, LaunchSpec};
 use crate::memory::PAGE_SIZE;
 use crate::vcpu::{PvEntry, VcpuError, VcpuExit, Vm, VmError};
 
@@ -196,7 +201,8 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
     };
     // Every ring-0 phase ROUNDS times, interleaved (load on a shared host changes over
     // seconds; interleaving spreads it over all phases), the median round kept. The guest
-    // phases run once, between the first and second rounds.
+    // phases run once, last: a guest that kxen cannot serve spins until the timeout and
+    // its thread stays behind, busy, which would disturb anything measured after it.
     let ring_phases: [fn(u64) -> Result<Phase, BenchError>; 10] = [
         bare_exit,
         |n| in_vm_syscall(n, false),
@@ -210,13 +216,9 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
         |n| kernel_exit(n, true),
     ];
     let mut rounds: Vec<Vec<Phase>> = vec![Vec::new(); ring_phases.len()];
-    let mut guest = None;
-    for round in 0..ROUNDS {
+    for _ in 0..ROUNDS {
         for (f, runs) in ring_phases.iter().zip(rounds.iter_mut()) {
             runs.push(f(iterations)?);
-        }
-        if round == 0 {
-            guest = Some(guest_phases(iterations));
         }
     }
     let mut ring: Vec<Phase> = rounds.into_iter().filter_map(median_round).collect();
@@ -229,7 +231,7 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
         report.results.push(p.finish(khz, floor_ns, &floor_rounds));
     }
     report.notes.push(sysret_probe()?);
-    match guest.unwrap_or_else(|| Err("not run".into())) {
+    match guest_phases(iterations) {
         Ok(phases) => {
             for p in phases {
                 report.results.push(p.finish(khz, floor_ns, &[]));
@@ -811,13 +813,96 @@ fn total_exits(vm: &Vm) -> u64 {
 // ---------------------------------------------------------------------------------------
 // Guest phases: boot the bench guest and read its KXEN-TEST VALUE lines.
 
-/// Boot the bench guest; `Err` says why (a)/(b) could not be measured.
-fn guest_phases(_iterations: u64) -> Result<Vec<Phase>, String> {
-    Err("kxen cannot boot a PV guest yet (vmm/src/launch.rs not merged)".into())
+/// Console output collected from the bench guest.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        let b = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&b).into_owned()
+    }
+}
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How long the bench guest may take: generous (a few exits per iteration at tens of µs
+/// each, on a loaded host), but bounded, since a guest kxen cannot serve yet spins forever.
+fn guest_timeout(iterations: u64) -> Duration {
+    Duration::from_secs(20).saturating_add(Duration::from_millis(iterations.saturating_mul(2)))
+}
+
+/// Boot the bench guest with `iterations=N`; `Err` says why (a)/(b) could not be measured.
+/// The domain runs on its own thread so that a guest that never shuts down only costs the
+/// timeout (the thread is then left behind; the process exits after the report).
+fn guest_phases(iterations: u64) -> Result<Vec<Phase>, String> {
+    let spec = LaunchSpec {
+        name: "kxen-bench".into(),
+        kernel: BENCH_GUEST.to_vec(),
+        initrd: Vec::new(),
+        cmdline: format!("iterations={iterations}"),
+        memory_mib: 32,
+        vcpus: 1,
+        privileged: false,
+    };
+    let console = Captured::default();
+    let out = console.clone();
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("kxen-bench-guest".into())
+        .spawn(move || {
+            let r = Domain::create(&spec, Box::new(out)).and_then(|mut d| {
+                let outcome = d.run()?;
+                Ok((outcome, d.stats_line()))
+            });
+            let _ = tx.send(r.map_err(|e| e.to_string()));
+        });
+    if let Err(e) = spawned {
+        return Err(format!("cannot start the bench guest thread: {e}"));
+    }
+    let timeout = guest_timeout(iterations);
+    let (outcome, stats) = match rx.recv_timeout(timeout) {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(format!("bench guest: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "bench guest did not finish within {} s (console: {:?})",
+                timeout.as_secs(),
+                tail(&console.text())
+            ))
+        }
+    };
+    let text = console.text();
+    if outcome.reason != ShutdownReason::Poweroff {
+        return Err(format!(
+            "bench guest: {} (console: {:?})",
+            outcome.describe(),
+            tail(&text)
+        ));
+    }
+    debug!("bench guest: {stats}");
+    phases_from_console(&text, iterations)
+}
+
+/// The last line or so of a console transcript, for error messages.
+fn tail(text: &str) -> &str {
+    let t = text.trim_end();
+    let start = t.char_indices().rev().nth(160).map_or(0, |(i, _)| i);
+    &t[start..]
 }
 
 /// The hypercall and exception phases from the bench guest's console transcript.
-#[cfg_attr(not(test), allow(dead_code))] // until the guest phases can boot (launch.rs)
 /// `Err` names the first problem: a failed check, a panic, a missing or bad value.
 fn phases_from_console(console: &str, iterations: u64) -> Result<Vec<Phase>, String> {
     for l in console.lines() {

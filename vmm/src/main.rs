@@ -5,7 +5,7 @@
 //! input / kernel refused" are returned as [`Refused`] and exit with status 2 and one line
 //! on stderr; anything else is an internal failure (status 1).
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -191,7 +191,8 @@ fn run(command: Command) -> Result<ExitCode> {
 }
 
 fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| refused(format_args!("cannot read {what} {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| refused(format_args!("cannot read {what} {}: {e}", path.display())))
 }
 
 fn cmd_run(args: RunArgs) -> Result<ExitCode> {
@@ -213,7 +214,10 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
 fn cmd_create(args: CreateArgs) -> Result<ExitCode> {
     let cfg = kxen::config::load_config(&args.config).map_err(refused)?;
     for key in &cfg.unknown {
-        tracing::warn!("{}: `{key}` is not supported by kxen and is ignored", args.config.display());
+        tracing::warn!(
+            "{}: `{key}` is not supported by kxen and is ignored",
+            args.config.display()
+        );
     }
     let spec = LaunchSpec {
         name: cfg.name.clone(),
@@ -253,7 +257,9 @@ fn launch(spec: &LaunchSpec, opts: RunOptions) -> Result<ExitCode> {
         }
     })?;
     spawn_stdin_reader(&domain);
-    let outcome = domain.run().with_context(|| format!("running domain {}", spec.name))?;
+    let outcome = domain
+        .run()
+        .with_context(|| format!("running domain {}", spec.name))?;
     let _ = std::io::stdout().flush();
     if opts.stats {
         eprintln!("kxen: run time {:.3} s", outcome.run_time.as_secs_f64());
