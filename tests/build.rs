@@ -19,6 +19,18 @@ const GUESTS: &[GuestSpec] = &[
         source: "tests/features.rs",
     },
     GuestSpec {
+        name: "features_domu_only",
+        source: "tests/features.rs",
+    },
+    GuestSpec {
+        name: "features_unpriv12",
+        source: "tests/features.rs",
+    },
+    GuestSpec {
+        name: "features_requires_dom0",
+        source: "tests/features.rs",
+    },
+    GuestSpec {
         name: "hostile",
         source: "tests/hostile.rs",
     },

@@ -13,8 +13,16 @@ mod tests {
     fn demo_guest_is_an_x86_64_executable_elf() {
         assert_eq!(&DEMO_GUEST[..4], b"\x7fELF");
         assert_eq!(DEMO_GUEST[4], 2, "ELFCLASS64");
-        assert_eq!(u16::from_le_bytes([DEMO_GUEST[16], DEMO_GUEST[17]]), 2, "ET_EXEC");
-        assert_eq!(u16::from_le_bytes([DEMO_GUEST[18], DEMO_GUEST[19]]), 62, "EM_X86_64");
+        assert_eq!(
+            u16::from_le_bytes([DEMO_GUEST[16], DEMO_GUEST[17]]),
+            2,
+            "ET_EXEC"
+        );
+        assert_eq!(
+            u16::from_le_bytes([DEMO_GUEST[18], DEMO_GUEST[19]]),
+            62,
+            "EM_X86_64"
+        );
         let entry = u64::from_le_bytes(DEMO_GUEST[24..32].try_into().unwrap());
         assert_eq!(entry, 0xffff_ffff_8020_0000);
     }

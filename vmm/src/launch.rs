@@ -28,7 +28,9 @@ use crate::domain::DomainShared;
 use crate::hypercall::HypercallArgs;
 use crate::image::{load_kernel_image, ImageError};
 use crate::memory::{GuestRam, MAX_GUEST_PAGES};
-use crate::vcpu::{ExitStats, GuestCs, PvEntry, Vcpu, VcpuError, VcpuExit, Vm, VmError};
+use crate::vcpu::{
+    ExitStats, GuestCs, PvEntry, Vcpu, VcpuError, VcpuExit, VcpuKicker, Vm, VmError,
+};
 
 /// Event channel the builder announces for the xenstore ring.
 pub const STORE_EVTCHN: u32 = 1;
@@ -139,8 +141,31 @@ impl Outcome {
     }
 }
 
+/// Stops a running domain from another thread (a host-side timeout, a signal): the run loop
+/// ends at its next exit with the domain crashed and this message.
+#[derive(Debug, Clone)]
+pub struct StopHandle {
+    why: Arc<std::sync::Mutex<Option<String>>>,
+    kicker: VcpuKicker,
+}
+
+impl StopHandle {
+    /// Ask the domain to stop.
+    pub fn stop(&self, why: &str) {
+        if let Ok(mut w) = self.why.lock() {
+            w.get_or_insert_with(|| why.to_string());
+        }
+        self.kicker.kick();
+    }
+
+    fn requested(&self) -> Option<String> {
+        self.why.lock().ok().and_then(|w| w.clone())
+    }
+}
+
 /// A created domain, ready to run.
 pub struct Domain {
+    stop: StopHandle,
     vm: Vm,
     vcpu: Vcpu,
     shared: Arc<DomainShared>,
@@ -194,7 +219,10 @@ impl Write for SharedOut {
 impl Domain {
     /// Check the kernel, then create the VM and build the domain. `console_out` receives the
     /// guest's console output.
-    pub fn create(spec: &LaunchSpec, console_out: Box<dyn Write + Send>) -> Result<Self, LaunchError> {
+    pub fn create(
+        spec: &LaunchSpec,
+        console_out: Box<dyn Write + Send>,
+    ) -> Result<Self, LaunchError> {
         let mode = if spec.privileged {
             LaunchMode::Privileged
         } else {
@@ -271,6 +299,10 @@ impl Domain {
             console_out,
         ));
         Ok(Domain {
+            stop: StopHandle {
+                why: Arc::default(),
+                kicker: vcpu.kicker(),
+            },
             console_gpa: boot.console_mfn * PAGE_SIZE,
             vm,
             vcpu,
@@ -278,6 +310,11 @@ impl Domain {
             boot,
             console: ConsoleBackend::new(),
         })
+    }
+
+    /// A handle that stops the run from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
     }
 
     /// The state shared with hypercall handlers.
@@ -330,24 +367,26 @@ impl Domain {
     /// Run vCPU 0 until the domain shuts down or kxen has to crash it.
     pub fn run(&mut self) -> Result<Outcome, LaunchError> {
         let start = Instant::now();
-        // TODO(w-hcall): the full PV table and its run-loop contract.
-        let table = crate::hypercall::HypercallTable::<DomainShared>::new();
+        let table = crate::hypercall::pv_hypercall_table().with_stats(self.vm.stats().clone());
         let crash = loop {
             let exit = self.vcpu.run()?;
             let crash = match exit {
                 VcpuExit::Syscall { mut regs, compat } => {
                     // xen: a syscall from guest kernel mode is a hypercall
+                    // Run-loop contract: see crate::hypercall (regs_replaced, return_cs).
                     let args = HypercallArgs::from_regs(&regs);
                     let shared = self.shared.clone();
-                    let mut ctx = self.vcpu.hypercall_ctx(&mut regs, &*shared);
-                    let ret = table.dispatch(&mut ctx, &args);
-                    drop(ctx);
-                    regs.rax = ret as u64;
-                    let cs = if compat {
-                        GuestCs::Compat32
-                    } else {
-                        GuestCs::Long64
+                    let (ret, replaced, mut cs) = {
+                        let mut ctx = self.vcpu.hypercall_ctx(&mut regs, &*shared);
+                        let ret = table.dispatch(&mut ctx, &args);
+                        (ret, ctx.regs_replaced, ctx.return_cs)
                     };
+                    if !replaced {
+                        regs.rax = ret as u64;
+                        if compat {
+                            cs = GuestCs::Compat32;
+                        }
+                    }
                     if self.shared.shutdown_reason().is_none() {
                         self.vcpu.return_to_guest(&regs, cs)?;
                     }
@@ -356,15 +395,27 @@ impl Domain {
                 VcpuExit::Exception {
                     vector,
                     error_code,
+                    cr2,
                     frame,
-                    ..
+                    mut regs,
                 } => {
-                    // TODO(w-hcall): bounce to the guest's trap table.
-                    Some(format!(
-                        "unhandled exception {} ({vector}) error {error_code:?} at {:#x}",
-                        crate::trap::vector_name(vector),
-                        frame.rip
-                    ))
+                    let shared = self.shared.clone();
+                    match crate::trap::handle_exception(
+                        &mut self.vcpu,
+                        &shared,
+                        vector,
+                        error_code,
+                        cr2,
+                        &frame,
+                        &mut regs,
+                    ) {
+                        Ok(cs) => {
+                            self.vcpu.return_to_guest(&regs, cs)?;
+                            None
+                        }
+                        // The domain was crashed (shutdown reason set, message recorded).
+                        Err(e) => Some(e.to_string()),
+                    }
                 }
                 VcpuExit::Shutdown => Some("triple fault".to_string()),
                 VcpuExit::Interrupted => None,
@@ -379,13 +430,14 @@ impl Domain {
                 VcpuExit::Unexpected { reason } => Some(reason),
             };
             self.service_console();
+            let crash = crash.or_else(|| self.stop.requested());
             if let Some(msg) = crash {
                 tracing::error!("crashing domain {}: {msg}", self.shared.name);
                 self.shared.request_shutdown(ShutdownReason::Crash);
                 break Some(msg);
             }
             if self.shared.shutdown_reason().is_some() {
-                break None;
+                break self.shared.crash_message();
             }
         };
         self.service_console();

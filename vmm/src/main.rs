@@ -106,6 +106,10 @@ struct DemoArgs {
     /// Launch the demo privileged (dom0-like), to see the other features submap.
     #[arg(long)]
     privileged: bool,
+    /// Write the demo kernel (an ELF PV kernel) to PATH instead of running it, e.g. for
+    /// `kxen create resources/demo.cfg`.
+    #[arg(long, value_name = "PATH")]
+    save_kernel: Option<PathBuf>,
     #[command(flatten)]
     run: RunOptions,
 }
@@ -235,6 +239,11 @@ fn cmd_create(args: CreateArgs) -> Result<ExitCode> {
 }
 
 fn cmd_demo(args: DemoArgs) -> Result<ExitCode> {
+    if let Some(path) = &args.save_kernel {
+        std::fs::write(path, kxen::demo_image::DEMO_GUEST)
+            .with_context(|| format!("writing {}", path.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let spec = LaunchSpec {
         name: "kxen-demo".into(),
         kernel: kxen::demo_image::DEMO_GUEST.to_vec(),

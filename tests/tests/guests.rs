@@ -1,0 +1,223 @@
+//! Boot the project's PV test guests under kxen (KVM) and judge what they print.
+//!
+//! Each guest reports `KXEN-TEST:` lines on its console (resources/guests/README.md); these
+//! tests read them back. Without /dev/kvm every test here skips with one line.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kxen::launch::{Domain, LaunchError, LaunchSpec, Outcome};
+use kxen_tests::Report;
+use xen_abi::sched::ShutdownReason;
+
+/// How long a guest may run before the test stops it (it then fails).
+const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn kvm() -> bool {
+    if kxen::vcpu::kvm_available() {
+        return true;
+    }
+    eprintln!("skipped: /dev/kvm is not available");
+    false
+}
+
+fn spec(name: &str, privileged: bool) -> LaunchSpec {
+    let image = match name {
+        "demo" => kxen::demo_image::DEMO_GUEST,
+        _ => kxen_tests::guest(name).unwrap_or_else(|| panic!("no test guest {name}")),
+    };
+    LaunchSpec {
+        name: name.into(),
+        kernel: image.to_vec(),
+        initrd: Vec::new(),
+        cmdline: format!("kxen-test {name}"),
+        memory_mib: 64,
+        vcpus: 1,
+        privileged,
+    }
+}
+
+struct Run {
+    outcome: Outcome,
+    console: String,
+    report: Report,
+}
+
+fn boot_spec(spec: &LaunchSpec) -> Result<Run, LaunchError> {
+    let out = Capture::default();
+    let mut domain = Domain::create(spec, Box::new(out.clone()))?;
+    let stop = domain.stop_handle();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(GUEST_TIMEOUT).is_err() {
+            stop.stop("test timeout");
+        }
+    });
+    let outcome = domain.run();
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    let outcome = outcome?;
+    let console = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
+    eprintln!(
+        "--- {} console ---\n{console}--- {} ---",
+        spec.name,
+        outcome.describe()
+    );
+    let report = Report::parse(&console);
+    Ok(Run {
+        outcome,
+        console,
+        report,
+    })
+}
+
+fn boot(name: &str, privileged: bool) -> Run {
+    boot_spec(&spec(name, privileged)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn assert_all_passed(run: &Run) {
+    assert!(
+        run.report.all_passed(),
+        "guest reported failures or did not finish:\n{}",
+        run.console
+    );
+    assert_eq!(
+        run.outcome.reason,
+        ShutdownReason::Poweroff,
+        "{}",
+        run.console
+    );
+    assert_eq!(run.outcome.exit_status(), 0);
+}
+
+#[test]
+fn demo_guest_runs_its_self_check_and_powers_off() {
+    if !kvm() {
+        return;
+    }
+    let run = boot("demo", false);
+    assert!(run.console.contains("kxen demo guest"), "{}", run.console);
+    assert!(
+        run.console.contains("demo: all checks passed"),
+        "{}",
+        run.console
+    );
+    assert_eq!(run.outcome.reason, ShutdownReason::Poweroff);
+}
+
+#[test]
+fn start_of_day_state_matches_xens_contract() {
+    if !kvm() {
+        return;
+    }
+    assert_all_passed(&boot("startinfo", false));
+}
+
+#[test]
+fn hostile_hypercalls_get_xens_errno_and_the_guest_keeps_running() {
+    if !kvm() {
+        return;
+    }
+    assert_all_passed(&boot("hostile", false));
+}
+
+#[test]
+fn exceptions_are_bounced_with_xens_frame() {
+    if !kvm() {
+        return;
+    }
+    assert_all_passed(&boot("traps", false));
+}
+
+fn submap(run: &Run) -> u32 {
+    let v = run
+        .report
+        .value("submap0")
+        .unwrap_or_else(|| panic!("no submap0 value:\n{}", run.console));
+    u32::from_str_radix(v.trim_start_matches("0x"), 16).unwrap()
+}
+
+#[test]
+fn features_submap_follows_launch_mode_and_kernel_declaration() {
+    if !kvm() {
+        return;
+    }
+    // (guest, privileged, bit 11 expected, bit 12 expected)
+    let cases = [
+        ("features_dom0", true, true, false),
+        ("features_dom0", false, false, false),
+        ("features_none", true, true, false),
+        ("features_none", false, false, false),
+        ("features_unpriv12", false, false, true),
+        ("features_domu_only", false, false, false),
+    ];
+    for (guest, privileged, b11, b12) in cases {
+        let run = boot(guest, privileged);
+        assert_all_passed(&run);
+        let m = submap(&run);
+        assert_eq!(
+            m & (1 << 11) != 0,
+            b11,
+            "{guest} privileged={privileged}: {m:#x}"
+        );
+        assert_eq!(
+            m & (1 << 12) != 0,
+            b12,
+            "{guest} privileged={privileged}: {m:#x}"
+        );
+    }
+}
+
+#[test]
+fn refused_launches_fail_before_any_vcpu_runs() {
+    // Refusals come from Domain::create before KVM is opened, so no /dev/kvm is needed.
+    let cases = [
+        ("features_domu_only", true, "does not support privileged"),
+        ("features_unpriv12", true, "does not support privileged"),
+        ("features_requires_dom0", false, "requires privileged"),
+    ];
+    for (guest, privileged, want) in cases {
+        let err = Domain::create(&spec(guest, privileged), Box::new(std::io::sink())).unwrap_err();
+        assert!(err.is_refusal(), "{guest}: {err}");
+        assert!(err.to_string().contains(want), "{guest}: {err}");
+    }
+    let mut s = spec("startinfo", false);
+    s.memory_mib = 1;
+    let err = Domain::create(&s, Box::new(std::io::sink())).unwrap_err();
+    assert!(err.is_refusal(), "{err}");
+    let mut s = spec("startinfo", false);
+    s.kernel = b"not a kernel".to_vec();
+    let err = Domain::create(&s, Box::new(std::io::sink())).unwrap_err();
+    assert!(err.is_refusal(), "{err}");
+}
+
+#[test]
+fn shutdown_reasons_map_to_exit_statuses() {
+    if !kvm() {
+        return;
+    }
+    for (guest, reason, status) in [
+        ("shutdown_poweroff", ShutdownReason::Poweroff, 0),
+        ("shutdown_reboot", ShutdownReason::Reboot, 4),
+        ("shutdown_crash", ShutdownReason::Crash, 3),
+        ("shutdown_suspend", ShutdownReason::Suspend, 5),
+    ] {
+        let run = boot(guest, false);
+        assert_eq!(run.outcome.reason, reason, "{guest}:\n{}", run.console);
+        assert_eq!(run.outcome.exit_status(), status, "{guest}");
+    }
+}
