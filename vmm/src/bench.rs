@@ -6,12 +6,17 @@
 //! | `hypercall` | `xen_version(XENVER_version)` from the bench guest through kxen's full hypercall path | bench guest, rdtsc around the loop |
 //! | `exception` | `int3` in the bench guest, bounced by kxen to its trap handler, `iret` hypercall back | bench guest, rdtsc around the loop |
 //! | `exit` (floor) | a bare KVM userspace exit: `out` to an unused port from ring-0 code, `KVM_RUN` again | ring-0 code, rdtsc around the loop |
-//! | `syscall` | `syscall` + `sysretq` inside the VM, handler at LSTAR, no exit to the VMM | ring-0 code, rdtsc around the loop |
+//! | `syscall` | `syscall` from ring 0 to an LSTAR handler in the VM and back by `jmp *%rcx`, no exit to the VMM (a `sysretq` loop cannot run on PVM hosts: [`sysret_probe`]) | ring-0 code, rdtsc around the loop |
+//!
+//! Breakdown phases (same run, see docs/performance.md) time the pieces: `syscall` from
+//! CPL3, kxen's syscall and `int3` round trips without a handler, MMIO exits from ring 0
+//! and CPL3, with and without `return_to_guest`, and in-kernel `cpuid` exits.
 //!
 //! Every loop is timed by the guest's own TSC (`rdtsc` before and after N operations);
-//! cycles are converted to ns with KVM's TSC frequency (`KVM_GET_TSC_KHZ`). The host wall
-//! time of each phase is reported too (it includes setup and one or two extra exits).
-//! Ratios are to the `exit` floor. Numbers are printed, never asserted.
+//! cycles are converted to ns with KVM's TSC frequency (`KVM_GET_TSC_KHZ`). Ring-0 phases
+//! run [`ROUNDS`] interleaved rounds (median kept, ratio = median of per-round ratios);
+//! their host wall time is in the JSON as a cross-check. Ratios are to the `exit` floor.
+//! Numbers are printed, never asserted.
 //!
 //! The ring-0 phases use a tiny VM of their own (hand-assembled code, page tables built
 //! here); the guest phases boot the embedded bench guest ([`BENCH_GUEST`]) like any PV
