@@ -208,7 +208,9 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
     // seconds; interleaving spreads it over all phases), the median round kept. The guest
     // phases run once, last: a guest that kxen cannot serve spins until the timeout and
     // its thread stays behind, busy, which would disturb anything measured after it.
-    let ring_phases: [fn(u64) -> Result<Phase, BenchError>; 10] = [
+    let (sysret_works, sysret_note) = sysret_probe()?;
+    report.notes.push(sysret_note);
+    let mut ring_phases: Vec<fn(u64) -> Result<Phase, BenchError>> = vec![
         bare_exit,
         |n| in_vm_syscall(n, false),
         |n| in_vm_syscall(n, true),
@@ -220,6 +222,9 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
         |n| kernel_exit(n, false),
         |n| kernel_exit(n, true),
     ];
+    if sysret_works {
+        ring_phases.push(in_vm_sysret);
+    }
     let mut rounds: Vec<Vec<Phase>> = vec![Vec::new(); ring_phases.len()];
     for _ in 0..ROUNDS {
         for (f, runs) in ring_phases.iter().zip(rounds.iter_mut()) {
@@ -235,7 +240,6 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
     for p in ring.drain(..) {
         report.results.push(p.finish(khz, floor_ns, &floor_rounds));
     }
-    report.notes.push(sysret_probe()?);
     match guest_phases(iterations) {
         Ok(phases) => {
             for p in phases {
@@ -476,7 +480,7 @@ impl Asm {
 fn unexpected(phase: &'static str, exit: &VcpuExit) -> BenchError {
     BenchError::UnexpectedExit {
         phase,
-        exit: format!("{exit:?}"),
+        exit: short_exit(exit),
     }
 }
 
@@ -715,6 +719,37 @@ fn in_vm_syscall(iterations: u64, from_ring3: bool) -> Result<Phase, BenchError>
     })
 }
 
+/// `syscall`/`sysretq` round trips in the VM, for hosts where [`sysret_probe`] says they
+/// work (not this PVM host): ring 0 points LSTAR at a `sysretq`, the first `syscall` comes
+/// from ring 0, every later one from CPL3.
+fn in_vm_sysret(iterations: u64) -> Result<Phase, BenchError> {
+    let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
+    let mut a = Asm::default();
+    let handler = a.skipped(&[0x48, 0x0f, 0x07]); // sysretq
+    a.wrmsr_lstar(handler);
+    a.mov_counter(iterations).rdtsc64().save_start();
+    let top = a.here();
+    a.bytes(&[0x0f, 0x05]).loop_to(top); // syscall
+    a.rdtsc64().sub_start().store_rax(exit_va);
+    let mut g = Ring0Vm::new(&a.code)?;
+    g.enter_ring0()?;
+    let start = Instant::now();
+    let exit = g.vcpu.run()?;
+    let wall_ns = start.elapsed().as_secs_f64() * 1e9;
+    let VcpuExit::Syscall { regs, .. } = exit else {
+        return Err(unexpected("syscall_sysret", &exit));
+    };
+    Ok(Phase {
+        name: "syscall_sysret",
+        what: "in-VM syscall (CPL3) + sysretq, handler at LSTAR in ring 0, no VMM exit".into(),
+        iterations,
+        cycles: regs.rax,
+        wall_ns: Some(wall_ns),
+        round_cycles: Vec::new(),
+        exits: Some(total_exits(&g.vm)),
+    })
+}
+
 /// What the KVM helper's kvm_bench.rs timed as a "syscall round trip": a CPL3 `syscall`
 /// to kxen's LSTAR stub (an MMIO write to the exit page), out to the VMM, and back to CPL3
 /// with [`crate::vcpu::Vcpu::return_to_guest`]: kxen's hypercall entry and exit, no
@@ -763,8 +798,8 @@ fn vmm_syscall(iterations: u64) -> Result<Phase, BenchError> {
 }
 
 /// Whether a `syscall`/`sysretq` loop can run in the VM: ring 0 does `syscall` twice to a
-/// `sysretq` handler. Returns a sentence for the report.
-pub fn sysret_probe() -> Result<String, BenchError> {
+/// `sysretq` handler. Returns whether it can and a sentence for the report.
+pub fn sysret_probe() -> Result<(bool, String), BenchError> {
     let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
     let mut a = Asm::default();
     let handler = a.skipped(&[0x48, 0x0f, 0x07]); // sysretq
@@ -775,21 +810,28 @@ pub fn sysret_probe() -> Result<String, BenchError> {
     let mut g = Ring0Vm::new(&a.code)?;
     g.enter_ring0()?;
     Ok(match g.vcpu.run()? {
-        VcpuExit::Syscall { .. } => {
+        VcpuExit::Syscall { .. } => (
+            true,
             "syscall/sysretq: two round trips from ring 0 and ring 3 completed in the VM \
-             (the host keeps syscall semantics)"
-                .into()
-        }
+             (the host keeps syscall semantics; see syscall_sysret)"
+                .into(),
+        ),
         VcpuExit::Exception {
             vector: 13, frame, ..
-        } if frame.rip == handler => format!(
-            "syscall/sysretq: the first syscall (from ring 0) and sysretq work; the second \
-             syscall, from ring 3, reaches LSTAR still at CPL3 (frame cs {:#x}) and its \
-             sysretq raises #GP: on this host a syscall/sysretq loop cannot run, so the \
-             in-VM figures return from the handler with jmp *%rcx",
-            frame.cs
+        } if frame.rip == handler => (
+            false,
+            format!(
+                "syscall/sysretq: the first syscall (from ring 0) and sysretq work; the \
+                 second syscall, from ring 3, reaches LSTAR still at CPL3 (frame cs {:#x}) \
+                 and its sysretq raises #GP: on this host a syscall/sysretq loop cannot \
+                 run, so the in-VM figures return from the handler with jmp *%rcx",
+                frame.cs
+            ),
         ),
-        other => format!("syscall/sysretq probe: unexpected {}", short_exit(&other)),
+        other => (
+            false,
+            format!("syscall/sysretq probe: unexpected {}", short_exit(&other)),
+        ),
     })
 }
 
@@ -997,6 +1039,37 @@ mod tests {
                 ("n".to_string(), "7".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn sysret_loop_runs_exactly_when_the_probe_says_it_can() {
+        if !crate::vcpu::kvm_available() {
+            eprintln!("skipped: /dev/kvm not available");
+            return;
+        }
+        let (works, note) = sysret_probe().unwrap();
+        let phase = in_vm_sysret(10);
+        assert_eq!(phase.is_ok(), works, "{note}; phase: {phase:?}");
+        if let Err(e) = phase {
+            assert!(e.to_string().contains("exception 13"), "{e}");
+        }
+    }
+
+    #[test]
+    fn ring0_phases_count_the_exits_they_cause() {
+        if !crate::vcpu::kvm_available() {
+            eprintln!("skipped: /dev/kvm not available");
+            return;
+        }
+        // One exit per iteration plus the final store; none for in-VM loops but the store.
+        assert_eq!(bare_exit(50).unwrap().exits, Some(51));
+        assert_eq!(mmio_exit(50, true).unwrap().exits, Some(51));
+        assert_eq!(int3_exit(50).unwrap().exits, Some(51));
+        assert_eq!(in_vm_syscall(50, false).unwrap().exits, Some(1));
+        assert_eq!(kernel_exit(50, true).unwrap().exits, Some(1));
+        let p = vmm_syscall(50).unwrap();
+        assert_eq!((p.exits, p.iterations), (Some(51), 50));
+        assert!(p.cycles > 0);
     }
 
     #[test]
