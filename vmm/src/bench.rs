@@ -64,6 +64,9 @@ pub enum BenchError {
         /// The exit, formatted.
         exit: String,
     },
+    /// `/dev/kvm` cannot be opened.
+    #[error("/dev/kvm is not available: kxen bench measures KVM exits")]
+    NoKvm,
     /// Zero iterations asked for.
     #[error("iterations must be at least 1")]
     NoIterations,
@@ -195,6 +198,9 @@ pub fn tsc_khz() -> Result<u32, BenchError> {
 pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
     if iterations == 0 {
         return Err(BenchError::NoIterations);
+    }
+    if !crate::vcpu::kvm_available() {
+        return Err(BenchError::NoKvm);
     }
     let khz = tsc_khz()?;
     let mut report = BenchReport {
