@@ -13,9 +13,8 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kxen_devices::console::{ConsoleBackend, RingPage};
+use kxen_devices::console::ConsoleBackend;
 use thiserror::Error;
-use vm_memory::{Bytes, GuestAddress};
 use xen_abi::elfnote::{parse_xen_notes, NoteError};
 use xen_abi::layout::{self, LayoutError, LayoutInput, PAGE_SIZE};
 use xen_abi::negotiate::{
@@ -25,17 +24,21 @@ use xen_abi::sched::ShutdownReason;
 
 use crate::builder::{self, BootState, BuildError, DomainSpec, KernelSpec, SHARED_FRAMES};
 use crate::domain::DomainShared;
+use crate::events::{DomainEvents, EventsConfig, EventsError, GuestRingPage};
 use crate::hypercall::HypercallArgs;
 use crate::image::{load_kernel_image, ImageError};
-use crate::memory::{GuestRam, MAX_GUEST_PAGES};
+use crate::memory::MAX_GUEST_PAGES;
 use crate::vcpu::{
-    ExitStats, GuestCs, PvEntry, Vcpu, VcpuError, VcpuExit, VcpuKicker, Vm, VmError,
+    ExitStats, GuestCs, GuestRegs, PvEntry, Vcpu, VcpuError, VcpuExit, VcpuKicker, Vm, VmError,
 };
 
-/// Event channel the builder announces for the xenstore ring.
+/// Event channel the builder announces for the xenstore ring (the first `connect_backend`
+/// on a fresh port table gives port 1; [`DomainEvents::new`] checks it).
 pub const STORE_EVTCHN: u32 = 1;
-/// Event channel the builder announces for the console ring.
+/// Event channel the builder announces for the console ring (the second one: port 2).
 pub const CONSOLE_EVTCHN: u32 = 2;
+/// The guest's domain id (the first domU, as with `xl create` on a fresh host).
+pub const GUEST_DOMID: u16 = 1;
 
 /// What to launch.
 #[derive(Debug, Clone, Default)]
@@ -86,6 +89,9 @@ pub enum LaunchError {
     /// The domain builder failed.
     #[error("{0}")]
     Build(#[from] BuildError),
+    /// Event channels or the xenstore could not be set up.
+    #[error("{0}")]
+    Events(#[from] EventsError),
 }
 
 impl LaunchError {
@@ -143,10 +149,19 @@ impl Outcome {
 
 /// Stops a running domain from another thread (a host-side timeout, a signal): the run loop
 /// ends at its next exit with the domain crashed and this message.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StopHandle {
     why: Arc<std::sync::Mutex<Option<String>>>,
     kicker: VcpuKicker,
+    shared: Arc<DomainShared>,
+}
+
+impl std::fmt::Debug for StopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopHandle")
+            .field("domain", &self.shared.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StopHandle {
@@ -156,6 +171,16 @@ impl StopHandle {
             w.get_or_insert_with(|| why.to_string());
         }
         self.kicker.kick();
+        if let Some(ev) = self.shared.events() {
+            ev.wake_all();
+        }
+    }
+
+    /// Ask the guest politely, as `xl shutdown` does: write `control/shutdown` (`what` is
+    /// `poweroff`, `reboot`, `suspend` or `halt`) in its xenstore home and notify it. The
+    /// domain keeps running until the guest acts on it (or [`StopHandle::stop`]).
+    pub fn request_shutdown(&self, what: &str) -> Result<(), EventsError> {
+        self.shared.request_guest_shutdown(what)
     }
 
     fn requested(&self) -> Option<String> {
@@ -172,6 +197,7 @@ pub struct Domain {
     boot: BootState,
     console: ConsoleBackend,
     console_gpa: u64,
+    no_callback_logged: bool,
 }
 
 impl std::fmt::Debug for Domain {
@@ -180,26 +206,6 @@ impl std::fmt::Debug for Domain {
             .field("name", &self.shared.name)
             .field("boot", &self.boot)
             .finish_non_exhaustive()
-    }
-}
-
-/// The console page as the backend sees it: a window on guest RAM.
-struct GuestPage<'a> {
-    ram: &'a GuestRam,
-    gpa: u64,
-}
-
-impl RingPage for GuestPage<'_> {
-    type Error = vm_memory::GuestMemoryError;
-    fn read(&self, off: usize, buf: &mut [u8]) -> Result<(), Self::Error> {
-        self.ram
-            .mem()
-            .read_slice(buf, GuestAddress(self.gpa + off as u64))
-    }
-    fn write(&self, off: usize, data: &[u8]) -> Result<(), Self::Error> {
-        self.ram
-            .mem()
-            .write_slice(data, GuestAddress(self.gpa + off as u64))
     }
 }
 
@@ -298,10 +304,26 @@ impl Domain {
             boot.shared_info_mfn,
             console_out,
         ));
+        let events = DomainEvents::new(
+            vm.ram().clone(),
+            &EventsConfig {
+                domid: GUEST_DOMID,
+                name: spec.name.clone(),
+                memory_kib: nr_pages * (PAGE_SIZE / 1024),
+                vcpus,
+                store_port: STORE_EVTCHN,
+                store_mfn: boot.store_mfn,
+                console_port: CONSOLE_EVTCHN,
+                console_mfn: boot.console_mfn,
+            },
+        )?;
+        events.register_kicker(0, vcpu.kicker());
+        shared.attach_events(events)?;
         Ok(Domain {
             stop: StopHandle {
                 why: Arc::default(),
                 kicker: vcpu.kicker(),
+                shared: shared.clone(),
             },
             console_gpa: boot.console_mfn * PAGE_SIZE,
             vm,
@@ -309,6 +331,7 @@ impl Domain {
             shared,
             boot,
             console: ConsoleBackend::new(),
+            no_callback_logged: false,
         })
     }
 
@@ -333,7 +356,7 @@ impl Domain {
     }
 
     fn service_console(&mut self) {
-        let page = GuestPage {
+        let page = GuestRingPage {
             ram: self.vm.ram(),
             gpa: self.console_gpa,
         };
@@ -362,6 +385,63 @@ impl Domain {
                 tracing::debug!("console ring input: {e}");
             }
         }
+        // Output consumed (ring space freed) or input produced: notify the guest, as
+        // xenconsoled does.
+        if self.console.take_notify() {
+            if let Some(bp) = self.shared.events().map(|e| e.console.backend) {
+                self.shared
+                    .notify_guest(self.vm.ram(), bp, Some(self.vcpu.id()));
+            }
+        }
+    }
+
+    /// After every exit: the console ring (always: it is how output appears), the xenstore
+    /// ring (cheap when idle), whatever the guest notified.
+    fn service_backends(&mut self) {
+        if let Some(ev) = self.shared.events() {
+            // Both are serviced below either way; taking the flags resets them.
+            let _ = ev.take_backend_notifications();
+        }
+        self.service_console();
+        self.shared
+            .service_xenstore(self.vm.ram(), Some(self.vcpu.id()));
+    }
+
+    /// Xen's check before every return to the guest: an upcall pending and not masked is
+    /// delivered to the event callback (the registers become the callback's entry state).
+    /// `Err` if the bounce frame could not be written (the domain must be crashed).
+    fn deliver_events(&mut self, regs: &mut GuestRegs, cs: &mut GuestCs) -> Result<(), String> {
+        let id = self.vcpu.id();
+        let ram = self.vm.ram();
+        if !self.shared.events_need_delivery(ram, id) {
+            return Ok(());
+        }
+        if self.vcpu.pv().callbacks[xen_abi::pv_vcpu::callback_index::EVENT].address == 0 {
+            if !self.no_callback_logged {
+                self.no_callback_logged = true;
+                tracing::info!(vcpu = id, "events unmasked but no event callback registered");
+            }
+            return Ok(());
+        }
+        let cr3 = self.vcpu.cr3();
+        match crate::trap::bounce_event_callback(
+            ram,
+            cr3,
+            self.vcpu.pv_mut(),
+            &self.shared,
+            id,
+            *cs,
+            regs,
+        ) {
+            Ok(new_cr3) => {
+                if let Some(c) = new_cr3 {
+                    self.vcpu.set_cr3(c);
+                }
+                *cs = GuestCs::Long64;
+                Ok(())
+            }
+            Err(e) => Err(format!("event upcall: {e}")),
+        }
     }
 
     /// Run vCPU 0 until the domain shuts down or kxen has to crash it.
@@ -370,6 +450,8 @@ impl Domain {
         let table = crate::hypercall::pv_hypercall_table().with_stats(self.vm.stats().clone());
         let crash = loop {
             let exit = self.vcpu.run()?;
+            // Where (and how) the guest resumes, unless the run ends.
+            let mut resume: Option<(GuestRegs, GuestCs)> = None;
             let crash = match exit {
                 VcpuExit::Syscall { mut regs, compat } => {
                     // xen: a syscall from guest kernel mode is a hypercall
@@ -387,9 +469,7 @@ impl Domain {
                             cs = GuestCs::Compat32;
                         }
                     }
-                    if self.shared.shutdown_reason().is_none() {
-                        self.vcpu.return_to_guest(&regs, cs)?;
-                    }
+                    resume = Some((regs, cs));
                     None
                 }
                 VcpuExit::Exception {
@@ -410,7 +490,7 @@ impl Domain {
                         &mut regs,
                     ) {
                         Ok(cs) => {
-                            self.vcpu.return_to_guest(&regs, cs)?;
+                            resume = Some((regs, cs));
                             None
                         }
                         // The domain was crashed (shutdown reason set, message recorded).
@@ -418,7 +498,14 @@ impl Domain {
                     }
                 }
                 VcpuExit::Shutdown => Some("triple fault".to_string()),
-                VcpuExit::Interrupted => None,
+                VcpuExit::Interrupted => {
+                    // A kick: typically an event for this vCPU. Redirect the guest only if
+                    // it stopped in guest code and an upcall is deliverable.
+                    if self.shared.events_need_delivery(self.vm.ram(), self.vcpu.id()) {
+                        resume = self.vcpu.interrupted_guest_state()?;
+                    }
+                    None
+                }
                 VcpuExit::Sysenter { regs } => Some(format!(
                     "sysenter at {:#x} (not supported for 64-bit PV guests)",
                     regs.rip
@@ -429,7 +516,7 @@ impl Domain {
                 )),
                 VcpuExit::Unexpected { reason } => Some(reason),
             };
-            self.service_console();
+            self.service_backends();
             let crash = crash.or_else(|| self.stop.requested());
             if let Some(msg) = crash {
                 tracing::error!("crashing domain {}: {msg}", self.shared.name);
@@ -438,6 +525,13 @@ impl Domain {
             }
             if self.shared.shutdown_reason().is_some() {
                 break self.shared.crash_message();
+            }
+            if let Some((mut regs, mut cs)) = resume {
+                if let Err(msg) = self.deliver_events(&mut regs, &mut cs) {
+                    self.shared.crash(&msg);
+                    break Some(msg);
+                }
+                self.vcpu.return_to_guest(&regs, cs)?;
             }
         };
         self.service_console();

@@ -19,7 +19,7 @@
 
 use thiserror::Error;
 use tracing::debug;
-use xen_abi::arch::{FLAT_RING3_CS32, FLAT_RING3_CS64};
+use xen_abi::arch::{FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_SS64};
 use xen_abi::pv_vcpu::{GuestMode, PvVcpuState};
 use xen_abi::trap::{bounce_cs_word, X86_EXC_GP, X86_EXC_PF, X86_EXC_UD};
 
@@ -226,6 +226,82 @@ pub fn bounce(
             rip: regs.rip,
         });
     }
+    let ev = GuestEvent { error_code, ..*ev };
+    let target = BounceTarget {
+        address: entry.address,
+        mask_events: entry.masks_events(),
+    };
+    bounce_to(ram, cr3, pv, domain, vcpu_id, &ev, target, regs)
+}
+
+/// Where a bounce enters the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BounceTarget {
+    /// Handler address.
+    address: u64,
+    /// Set the vCPU's upcall mask on entry.
+    mask_events: bool,
+}
+
+/// Pseudo-vector naming the event upcall in logs and [`BounceError`]s.
+pub const UPCALL_VECTOR: u8 = 0xff;
+
+/// Deliver an event upcall: Xen's exception bounce without an error code to the guest's
+/// `CALLBACKTYPE_event` handler, events masked on entry (`upcall_mask = 1`, the frame keeping
+/// the previous mask). `cs` is the interrupted code segment. Returns as [`bounce`] does;
+/// [`BounceError::NoHandler`] with `regs` untouched if no event callback is registered (Xen
+/// would jump to address 0; callers should check first and leave the event pending).
+// xen: arch/x86/x86_64/entry.S, test_guest_events / process_guest_events (TBF_INTERRUPT)
+pub fn bounce_event_callback(
+    ram: &GuestRam,
+    cr3: u64,
+    pv: &mut PvVcpuState,
+    domain: &DomainShared,
+    vcpu_id: u32,
+    cs: GuestCs,
+    regs: &mut GuestRegs,
+) -> Result<Option<u64>, BounceError> {
+    let cb = pv.callbacks[xen_abi::pv_vcpu::callback_index::EVENT];
+    if cb.address == 0 {
+        return Err(BounceError::NoHandler {
+            vector: UPCALL_VECTOR,
+            name: "event callback",
+            error_code: 0,
+            rip: regs.rip,
+        });
+    }
+    let ev = GuestEvent {
+        vector: UPCALL_VECTOR,
+        error_code: None,
+        cr2: 0,
+        cs: match cs {
+            GuestCs::Long64 => FLAT_RING3_CS64,
+            GuestCs::Compat32 => FLAT_RING3_CS32,
+        },
+        ss: FLAT_RING3_SS64,
+        software: true,
+    };
+    let target = BounceTarget {
+        address: cb.address,
+        mask_events: true,
+    };
+    bounce_to(ram, cr3, pv, domain, vcpu_id, &ev, target, regs)
+}
+
+/// The common part of every bounce: Xen's `create_bounce_frame` (`ev.error_code` final).
+#[allow(clippy::too_many_arguments)]
+fn bounce_to(
+    ram: &GuestRam,
+    cr3: u64,
+    pv: &mut PvVcpuState,
+    domain: &DomainShared,
+    vcpu_id: u32,
+    ev: &GuestEvent,
+    target: BounceTarget,
+    regs: &mut GuestRegs,
+) -> Result<Option<u64>, BounceError> {
+    let user = pv.guest_mode() == GuestMode::User;
+    let error_code = ev.error_code;
     let saved_mask = domain.upcall_mask(ram, vcpu_id).unwrap_or(0);
     // User mode: switch to kernel mode and its stack; kernel mode: the current stack, and
     // the RPL of cs cleared to tell the guest it interrupted its kernel.
@@ -274,7 +350,7 @@ pub fn bounce(
     guest
         .copy_to_guest(frame, &bytes[..n * 8])
         .map_err(|_| fault)?;
-    if entry.masks_events() {
+    if target.mask_events {
         domain.set_upcall_mask(ram, vcpu_id, 1);
     }
     if ev.vector == X86_EXC_PF && !ev.software {
@@ -283,10 +359,10 @@ pub fn bounce(
     // xen: create_bounce_frame clears TF, VM, RF, NT and AC on entry to the handler.
     regs.rflags &= !(rflags::TF | rflags::VM | rflags::RF | rflags::NT | rflags::AC);
     regs.rsp = frame;
-    regs.rip = entry.address;
+    regs.rip = target.address;
     debug!(
         vector = ev.vector,
-        handler = entry.address,
+        handler = target.address,
         frame,
         "bounced to guest"
     );
