@@ -664,6 +664,22 @@ impl DomainShared {
         Ok(())
     }
 
+    /// Queue keyboard input for the guest and wake vCPU 0, which moves it into the console
+    /// ring (or leaves it for `console_io` read) at its next exit and notifies the guest; a
+    /// vCPU blocked in `SCHEDOP_block` returns so that this happens promptly.
+    pub fn push_console_input(&self, data: &[u8]) {
+        {
+            let mut c = match self.console.lock() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+            c.input.extend(data);
+        }
+        if let Some(ev) = self.events() {
+            ev.kick(0, None);
+        }
+    }
+
     /// The xenstore tree, one node per line (`--xenstore-dump`).
     pub fn xenstore_dump(&self) -> Option<String> {
         self.events().map(|ev| ev.xenstore().dump())
