@@ -685,3 +685,291 @@ impl DomainShared {
         self.events().map(|ev| ev.xenstore().dump())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypercall::handler_tests::{Guest, SHINFO_MFN, VA};
+    use crate::trap::{bounce_event_callback, BounceError};
+    use crate::vcpu::{rflags, GuestCs, GuestRegs};
+    use xen_abi::errno::{EFAULT, EINVAL, ENOENT};
+    use xen_abi::event_channel::{EvtchnAllocUnbound, EVTCHNOP_ALLOC_UNBOUND};
+    use xen_abi::negotiate::LaunchMode;
+    use xen_abi::pv_vcpu::callback_index;
+
+    const STORE_MFN: u64 = 52;
+    const CONSOLE_MFN: u64 = 53;
+
+    fn guest() -> Guest {
+        let g = Guest::new(LaunchMode::Unprivileged);
+        let ev = DomainEvents::new(
+            g.ram.clone(),
+            &EventsConfig {
+                domid: 1,
+                name: "t".into(),
+                memory_kib: 256,
+                vcpus: 1,
+                store_port: 1,
+                store_mfn: STORE_MFN,
+                console_port: 2,
+                console_mfn: CONSOLE_MFN,
+            },
+        )
+        .unwrap();
+        g.dom.attach_events(ev).unwrap();
+        g
+    }
+
+    fn word(g: &Guest, gpa: u64) -> u64 {
+        g.ram.mem().read_obj(GuestAddress(gpa)).unwrap()
+    }
+
+    #[test]
+    fn start_of_day_channels_are_ports_1_and_2_and_the_store_is_populated() {
+        let g = guest();
+        let ev = g.dom.events().unwrap();
+        assert_eq!((ev.store.guest, ev.console.guest), (1, 2));
+        let t = ev.table();
+        assert_eq!(t.backend_peer(ev.store.backend), Some(1));
+        assert_eq!(t.backend_peer(ev.console.backend), Some(2));
+        drop(t);
+        let dump = g.dom.xenstore_dump().unwrap();
+        assert!(dump.contains("/local/domain/1/store/port = \"1\""), "{dump}");
+        assert!(dump.contains("/local/domain/1/console/port = \"2\""), "{dump}");
+        assert!(dump.contains("/local/domain/1/name = \"t\""), "{dump}");
+        // The ring page was initialised (server features advertised).
+        assert_ne!(word(&g, STORE_MFN * PAGE_SIZE + 2064) & 0xffff_ffff, 0);
+        assert!(matches!(
+            g.dom.attach_events(
+                DomainEvents::new(
+                    g.ram.clone(),
+                    &EventsConfig {
+                        domid: 1,
+                        name: "t".into(),
+                        memory_kib: 256,
+                        vcpus: 1,
+                        store_port: 1,
+                        store_mfn: STORE_MFN,
+                        console_port: 2,
+                        console_mfn: CONSOLE_MFN,
+                    }
+                )
+                .unwrap()
+            ),
+            Err(EventsError::AlreadyAttached)
+        ));
+    }
+
+    #[test]
+    fn announced_ports_must_match_the_allocation() {
+        let g = Guest::new(LaunchMode::Unprivileged);
+        let r = DomainEvents::new(
+            g.ram.clone(),
+            &EventsConfig {
+                domid: 1,
+                name: "t".into(),
+                memory_kib: 256,
+                vcpus: 1,
+                store_port: 2,
+                store_mfn: STORE_MFN,
+                console_port: 1,
+                console_mfn: CONSOLE_MFN,
+            },
+        );
+        assert!(matches!(r, Err(EventsError::PortMismatch { got: 1, want: 2, .. })));
+    }
+
+    #[test]
+    fn raising_a_port_sets_xens_bits_in_guest_memory_and_asks_for_a_kick() {
+        let g = guest();
+        let ev = g.dom.events().unwrap();
+        let port = ev.table_mut().bind_ipi(0).unwrap();
+        assert_eq!(port, 3);
+        let view = g.dom.shared_info_view(&g.ram);
+        let fx = ev.table().send(port, &view).unwrap();
+        assert!(fx.contains(Effect::Kick(0)));
+        let si = SHINFO_MFN * PAGE_SIZE;
+        assert_eq!(word(&g, si + 2048), 1 << 3, "evtchn_pending[0]");
+        assert_eq!(word(&g, si + 8), 1, "vcpu_info[0].evtchn_pending_sel");
+        assert_eq!(word(&g, si) & 0xffff, 0x0101, "upcall_pending = 1, mask = 1");
+        assert!(!g.dom.events_need_delivery(&g.ram, 0), "masked");
+        assert!(g.dom.set_upcall_mask(&g.ram, 0, 0));
+        assert!(g.dom.events_need_delivery(&g.ram, 0));
+        // Port-level mask: a second port stays pending without touching the selector.
+        view.set_masked(5, true);
+        let p5 = {
+            let mut t = ev.table_mut();
+            t.bind_ipi(0).unwrap();
+            t.bind_ipi(0).unwrap()
+        };
+        assert_eq!(p5, 5);
+        g.ram
+            .mem()
+            .write_obj(0u64, GuestAddress(si + 8))
+            .unwrap();
+        assert!(ev.table().send(5, &view).unwrap().is_empty());
+        assert!(view.is_pending(5) && view.is_masked(5));
+        assert_eq!(view.pending_sel(0), 0);
+        assert!(ev.table().unmask(5, &view).unwrap().is_empty(), "upcall already pending");
+        assert_eq!(view.pending_sel(0), 1, "unmask re-raised the word");
+    }
+
+    #[test]
+    fn register_vcpu_info_validates_and_moves_the_upcall_words() {
+        let g = guest();
+        let ram = &g.ram;
+        let d = &g.dom;
+        assert_eq!(d.register_vcpu_info(ram, 0, 20, 4033), Err(Errno::EINVAL));
+        assert_eq!(d.register_vcpu_info(ram, 0, 20, 4), Err(Errno::EINVAL));
+        assert_eq!(d.register_vcpu_info(ram, 0, g.dom.nr_pages, 0), Err(Errno::EINVAL));
+        assert_eq!(d.register_vcpu_info(ram, 0, u64::MAX, 0), Err(Errno::EINVAL));
+        assert_eq!(d.register_vcpu_info(ram, 1, 20, 64), Err(Errno::ENOENT));
+        assert_eq!(d.register_vcpu_info(ram, 0, 20, 4032), Ok(()));
+        assert_eq!(d.register_vcpu_info(ram, 0, 21, 0), Err(Errno::EINVAL), "only once");
+        let at = 20 * PAGE_SIZE + 4032;
+        assert_eq!(d.vcpu_info_base(0), Some(at));
+        // Copied (mask 1) and everything marked pending.
+        assert_eq!(word(&g, at) & 0xffff, 0x0101);
+        assert_eq!(word(&g, at + 8), u64::MAX);
+        // Mask and CR2 writes now go there, not to the legacy slot.
+        assert!(d.set_upcall_mask(ram, 0, 0));
+        assert_eq!(d.upcall_mask(ram, 0), Some(0));
+        assert_eq!(word(&g, at) & 0xff00, 0);
+        assert_eq!(word(&g, SHINFO_MFN * PAGE_SIZE) & 0xff00, 0x100, "legacy untouched");
+        assert!(d.set_cr2(ram, 0, 0xdead_0000));
+        assert_eq!(word(&g, at + 16), 0xdead_0000);
+        assert!(d.events_need_delivery(ram, 0));
+        let _ = (EINVAL, ENOENT);
+    }
+
+    #[test]
+    fn event_channel_op_copies_the_argument_in_and_out_and_compat_is_offset_by_4() {
+        let mut g = guest();
+        let a = EvtchnAllocUnbound {
+            dom: xen_abi::mmu::DOMID_SELF,
+            remote_dom: 0,
+            port: 0xdead,
+        };
+        g.put(VA, &a);
+        let r = g.call(32, [u64::from(EVTCHNOP_ALLOC_UNBOUND), VA, 0, 0, 0]);
+        assert_eq!(r, 0);
+        assert_eq!(g.get::<EvtchnAllocUnbound>(VA).port, 3);
+        assert_eq!(
+            g.call(32, [u64::from(EVTCHNOP_ALLOC_UNBOUND), 0x10, 0, 0, 0]),
+            -i64::from(EFAULT)
+        );
+        assert_eq!(g.call(32, [99, VA, 0, 0, 0]), -(xen_abi::errno::ENOSYS as i64));
+        // Compat: cmd at VA+0x100, the union at +4: port comes back at +8.
+        g.put(VA + 0x100, &u32::from(EVTCHNOP_ALLOC_UNBOUND as u16));
+        g.put(VA + 0x104, &a);
+        assert_eq!(g.call(16, [VA + 0x100, 0, 0, 0, 0]), 0);
+        assert_eq!(g.get::<u32>(VA + 0x108), 4);
+        // A send to the console port is routed to the console backend.
+        g.put(VA + 0x200, &2u32);
+        assert_eq!(g.call(32, [4, VA + 0x200, 0, 0, 0]), 0);
+        let ev = g.dom.events().unwrap();
+        assert_eq!(ev.take_backend_notifications(), (false, true));
+        assert_eq!(ev.take_backend_notifications(), (false, false));
+    }
+
+    #[test]
+    fn event_callback_bounce_is_xens_frame_without_error_code_and_masks_events() {
+        const HANDLER: u64 = 0xffff_ffff_8000_5000;
+        let mut g = guest();
+        g.set_mask(0);
+        g.regs = GuestRegs {
+            rip: 0xffff_ffff_8000_1234,
+            rsp: VA + 0x808,
+            rflags: 0x202,
+            rcx: 0xc,
+            r11: 0xb,
+            ..Default::default()
+        };
+        let before = g.regs;
+        let r = bounce_event_callback(
+            &g.ram,
+            PAGE_SIZE,
+            &mut g.pv,
+            &g.dom,
+            0,
+            GuestCs::Long64,
+            &mut g.regs,
+        );
+        assert!(matches!(r, Err(BounceError::NoHandler { .. })));
+        assert_eq!(g.regs, before, "no callback: nothing changes");
+        g.pv.callbacks[callback_index::EVENT].address = HANDLER;
+        let r = bounce_event_callback(
+            &g.ram,
+            PAGE_SIZE,
+            &mut g.pv,
+            &g.dom,
+            0,
+            GuestCs::Long64,
+            &mut g.regs,
+        );
+        assert_eq!(r, Ok(None));
+        assert_eq!(g.regs.rip, HANDLER);
+        let top = (VA + 0x808) & !0xf;
+        assert_eq!(g.regs.rsp, top - 56, "7 words: no error code");
+        let f: [u64; 7] = g.get(g.regs.rsp);
+        assert_eq!((f[0], f[1], f[2]), (0xc, 0xb, 0xffff_ffff_8000_1234));
+        assert_eq!(f[3], 0xe030, "kernel-mode cs, saved mask 0");
+        assert_ne!(f[4] & rflags::IF, 0, "IF = events were enabled");
+        assert_eq!((f[5], f[6]), (VA + 0x808, 0xe02b));
+        assert_eq!(g.mask(), 1, "delivery masks events");
+    }
+
+    #[test]
+    fn block_sleeps_until_a_kick_from_another_thread_and_poll_honours_its_timeout() {
+        let mut g = guest();
+        g.set_mask(0);
+        let (dom, ram) = (&g.dom, &g.ram);
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(150));
+                // A backend raises the console port: upcall pending, vCPU 0 kicked.
+                let bp = dom.events().unwrap().console.backend;
+                dom.notify_guest(ram, bp, None);
+            });
+            dom.block_vcpu(ram, 0, None, None).unwrap();
+        });
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_millis(140), "{waited:?}");
+        assert!(dom.events_need_delivery(ram, 0));
+        // Pending and unmasked: block returns at once.
+        let t0 = Instant::now();
+        dom.block_vcpu(ram, 0, None, None).unwrap();
+        assert!(t0.elapsed() < Duration::from_millis(50));
+        // Poll: a pending port returns at once; another times out; bad ports are refused.
+        g.set_mask(1);
+        let (dom, ram) = (&g.dom, &g.ram);
+        let t0 = Instant::now();
+        dom.block_vcpu(ram, 0, Some(&[2]), None).unwrap();
+        assert!(t0.elapsed() < Duration::from_millis(50));
+        let t0 = Instant::now();
+        let deadline = Instant::now() + Duration::from_millis(60);
+        dom.block_vcpu(ram, 0, Some(&[7]), Some(deadline)).unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(55));
+        assert_eq!(
+            dom.block_vcpu(ram, 0, Some(&[5000]), None),
+            Err(Errno::EINVAL)
+        );
+        assert!(!dom.events().unwrap().table().is_polling(0));
+    }
+
+    #[test]
+    fn polite_shutdown_writes_control_shutdown_and_rejects_unknown_requests() {
+        let g = guest();
+        assert!(matches!(
+            g.dom.request_guest_shutdown("explode"),
+            Err(EventsError::BadRequest(_))
+        ));
+        g.dom.request_guest_shutdown("reboot").unwrap();
+        let dump = g.dom.xenstore_dump().unwrap();
+        assert!(
+            dump.contains("/local/domain/1/control/shutdown = \"reboot\""),
+            "{dump}"
+        );
+    }
+}
