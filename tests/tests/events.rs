@@ -95,7 +95,10 @@ fn boot(
     let _ = watchdog.join();
     let _ = helper.join();
     let console = out.text();
-    eprintln!("--- {name} console ---\n{console}--- {} ---", outcome.describe());
+    eprintln!(
+        "--- {name} console ---\n{console}--- {} ---",
+        outcome.describe()
+    );
     let xenstore = domain.shared().xenstore_dump().unwrap_or_default();
     Run {
         outcome,
@@ -149,7 +152,8 @@ fn events_guest_upcalls_backends_block_and_polite_shutdown_all_pass() {
     );
     // Output written through the console ring reached the host.
     assert!(
-        run.console.contains("events: ring-ping via the console ring"),
+        run.console
+            .contains("events: ring-ping via the console ring"),
         "{}",
         run.console
     );
@@ -205,5 +209,9 @@ fn stop_handle_wakes_a_vcpu_blocked_forever() {
         run.outcome.crash_message.as_deref(),
         Some("test: hard stop")
     );
-    assert!(run.elapsed < Duration::from_secs(20), "took {:?}", run.elapsed);
+    assert!(
+        run.elapsed < Duration::from_secs(20),
+        "took {:?}",
+        run.elapsed
+    );
 }

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use kxen_devices::console::RingPage;
 use kxen_devices::evtchn::{
-    BackendPort, Bitmap, Effect, Effects, EventChannels, EvtchnConfig, EvtchnError,
-    PollOutcome, SharedInfoAccess,
+    BackendPort, Bitmap, Effect, Effects, EventChannels, EvtchnConfig, EvtchnError, PollOutcome,
+    SharedInfoAccess,
 };
 use kxen_devices::xenstore::{PvDomuInfo, ShutdownRequest, Xenstore, XenstoreError};
 use thiserror::Error;
@@ -534,7 +534,9 @@ impl DomainShared {
             .get(vcpu as usize)
             .filter(|_| vcpu < nr)
             .ok_or(Errno::ENOENT)?;
-        if u64::from(offset) > PAGE_SIZE - VCPU_INFO_SIZE || offset % 8 != 0 || mfn >= self.nr_pages
+        if u64::from(offset) > PAGE_SIZE - VCPU_INFO_SIZE
+            || !offset.is_multiple_of(8)
+            || mfn >= self.nr_pages
         {
             return Err(Errno::EINVAL);
         }
@@ -602,11 +604,10 @@ impl DomainShared {
                 }
                 None => BLOCK_SLICE,
             };
-            tok = w
-                .cv
-                .wait_timeout(tok, slice)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            tok =
+                w.cv.wait_timeout(tok, slice)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
         }
         *tok = false;
         drop(tok);
@@ -734,8 +735,14 @@ mod tests {
         assert_eq!(t.backend_peer(ev.console.backend), Some(2));
         drop(t);
         let dump = g.dom.xenstore_dump().unwrap();
-        assert!(dump.contains("/local/domain/1/store/port = \"1\""), "{dump}");
-        assert!(dump.contains("/local/domain/1/console/port = \"2\""), "{dump}");
+        assert!(
+            dump.contains("/local/domain/1/store/port = \"1\""),
+            "{dump}"
+        );
+        assert!(
+            dump.contains("/local/domain/1/console/port = \"2\""),
+            "{dump}"
+        );
         assert!(dump.contains("/local/domain/1/name = \"t\""), "{dump}");
         // The ring page was initialised (server features advertised).
         assert_ne!(word(&g, STORE_MFN * PAGE_SIZE + 2064) & 0xffff_ffff, 0);
@@ -776,7 +783,14 @@ mod tests {
                 console_mfn: CONSOLE_MFN,
             },
         );
-        assert!(matches!(r, Err(EventsError::PortMismatch { got: 1, want: 2, .. })));
+        assert!(matches!(
+            r,
+            Err(EventsError::PortMismatch {
+                got: 1,
+                want: 2,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -791,7 +805,11 @@ mod tests {
         let si = SHINFO_MFN * PAGE_SIZE;
         assert_eq!(word(&g, si + 2048), 1 << 3, "evtchn_pending[0]");
         assert_eq!(word(&g, si + 8), 1, "vcpu_info[0].evtchn_pending_sel");
-        assert_eq!(word(&g, si) & 0xffff, 0x0101, "upcall_pending = 1, mask = 1");
+        assert_eq!(
+            word(&g, si) & 0xffff,
+            0x0101,
+            "upcall_pending = 1, mask = 1"
+        );
         assert!(!g.dom.events_need_delivery(&g.ram, 0), "masked");
         assert!(g.dom.set_upcall_mask(&g.ram, 0, 0));
         assert!(g.dom.events_need_delivery(&g.ram, 0));
@@ -803,14 +821,14 @@ mod tests {
             t.bind_ipi(0).unwrap()
         };
         assert_eq!(p5, 5);
-        g.ram
-            .mem()
-            .write_obj(0u64, GuestAddress(si + 8))
-            .unwrap();
+        g.ram.mem().write_obj(0u64, GuestAddress(si + 8)).unwrap();
         assert!(ev.table().send(5, &view).unwrap().is_empty());
         assert!(view.is_pending(5) && view.is_masked(5));
         assert_eq!(view.pending_sel(0), 0);
-        assert!(ev.table().unmask(5, &view).unwrap().is_empty(), "upcall already pending");
+        assert!(
+            ev.table().unmask(5, &view).unwrap().is_empty(),
+            "upcall already pending"
+        );
         assert_eq!(view.pending_sel(0), 1, "unmask re-raised the word");
     }
 
@@ -821,11 +839,21 @@ mod tests {
         let d = &g.dom;
         assert_eq!(d.register_vcpu_info(ram, 0, 20, 4033), Err(Errno::EINVAL));
         assert_eq!(d.register_vcpu_info(ram, 0, 20, 4), Err(Errno::EINVAL));
-        assert_eq!(d.register_vcpu_info(ram, 0, g.dom.nr_pages, 0), Err(Errno::EINVAL));
-        assert_eq!(d.register_vcpu_info(ram, 0, u64::MAX, 0), Err(Errno::EINVAL));
+        assert_eq!(
+            d.register_vcpu_info(ram, 0, g.dom.nr_pages, 0),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(
+            d.register_vcpu_info(ram, 0, u64::MAX, 0),
+            Err(Errno::EINVAL)
+        );
         assert_eq!(d.register_vcpu_info(ram, 1, 20, 64), Err(Errno::ENOENT));
         assert_eq!(d.register_vcpu_info(ram, 0, 20, 4032), Ok(()));
-        assert_eq!(d.register_vcpu_info(ram, 0, 21, 0), Err(Errno::EINVAL), "only once");
+        assert_eq!(
+            d.register_vcpu_info(ram, 0, 21, 0),
+            Err(Errno::EINVAL),
+            "only once"
+        );
         let at = 20 * PAGE_SIZE + 4032;
         assert_eq!(d.vcpu_info_base(0), Some(at));
         // Copied (mask 1) and everything marked pending.
@@ -835,7 +863,11 @@ mod tests {
         assert!(d.set_upcall_mask(ram, 0, 0));
         assert_eq!(d.upcall_mask(ram, 0), Some(0));
         assert_eq!(word(&g, at) & 0xff00, 0);
-        assert_eq!(word(&g, SHINFO_MFN * PAGE_SIZE) & 0xff00, 0x100, "legacy untouched");
+        assert_eq!(
+            word(&g, SHINFO_MFN * PAGE_SIZE) & 0xff00,
+            0x100,
+            "legacy untouched"
+        );
         assert!(d.set_cr2(ram, 0, 0xdead_0000));
         assert_eq!(word(&g, at + 16), 0xdead_0000);
         assert!(d.events_need_delivery(ram, 0));
@@ -858,7 +890,10 @@ mod tests {
             g.call(32, [u64::from(EVTCHNOP_ALLOC_UNBOUND), 0x10, 0, 0, 0]),
             -i64::from(EFAULT)
         );
-        assert_eq!(g.call(32, [99, VA, 0, 0, 0]), -(xen_abi::errno::ENOSYS as i64));
+        assert_eq!(
+            g.call(32, [99, VA, 0, 0, 0]),
+            -(xen_abi::errno::ENOSYS as i64)
+        );
         // Compat: cmd at VA+0x100, the union at +4: port comes back at +8.
         g.put(VA + 0x100, &u32::from(EVTCHNOP_ALLOC_UNBOUND as u16));
         g.put(VA + 0x104, &a);

@@ -419,7 +419,10 @@ impl Domain {
         if self.vcpu.pv().callbacks[xen_abi::pv_vcpu::callback_index::EVENT].address == 0 {
             if !self.no_callback_logged {
                 self.no_callback_logged = true;
-                tracing::info!(vcpu = id, "events unmasked but no event callback registered");
+                tracing::info!(
+                    vcpu = id,
+                    "events unmasked but no event callback registered"
+                );
             }
             return Ok(());
         }
@@ -501,7 +504,10 @@ impl Domain {
                 VcpuExit::Interrupted => {
                     // A kick: typically an event for this vCPU. Redirect the guest only if
                     // it stopped in guest code and an upcall is deliverable.
-                    if self.shared.events_need_delivery(self.vm.ram(), self.vcpu.id()) {
+                    if self
+                        .shared
+                        .events_need_delivery(self.vm.ram(), self.vcpu.id())
+                    {
                         resume = self.vcpu.interrupted_guest_state()?;
                     }
                     None

@@ -116,7 +116,13 @@ pub struct SchedPoll {
 /// `event_channel_op(cmd, arg)` on a kit struct.
 pub fn evtchn_op<T>(cmd: u32, arg: &mut T) -> i64 {
     // SAFETY: `arg` is a writable struct of the layout `cmd` expects (the callers pair them).
-    unsafe { hypercall2(HYPERVISOR_EVENT_CHANNEL_OP, u64::from(cmd), arg as *mut T as u64) }
+    unsafe {
+        hypercall2(
+            HYPERVISOR_EVENT_CHANNEL_OP,
+            u64::from(cmd),
+            arg as *mut T as u64,
+        )
+    }
 }
 
 /// `event_channel_op(cmd, va)` with a raw pointer (hostile tests).
@@ -148,7 +154,11 @@ pub fn bind_ipi(vcpu: u32) -> Result<u32, i64> {
     }
 }
 pub fn bind_virq(virq: u32, vcpu: u32) -> Result<u32, i64> {
-    let mut a = BindVirq { virq, vcpu, port: 0 };
+    let mut a = BindVirq {
+        virq,
+        vcpu,
+        port: 0,
+    };
     match evtchn_op(EVTCHNOP_BIND_VIRQ, &mut a) {
         0 => Ok(a.port),
         e => Err(e),
@@ -230,7 +240,14 @@ pub fn register_vcpu_info_raw(vcpu: u64, mfn: u64, offset: u32) -> i64 {
     let arg: [u64; 2] = [mfn, u64::from(offset)];
     // SAFETY: `arg` is a readable struct vcpu_register_vcpu_info; the area it names is
     // either the kit's VCPU_INFO or one the hypervisor must refuse.
-    unsafe { hypercall3(HYPERVISOR_VCPU_OP, VCPUOP_REGISTER_VCPU_INFO, vcpu, &arg as *const _ as u64) }
+    unsafe {
+        hypercall3(
+            HYPERVISOR_VCPU_OP,
+            VCPUOP_REGISTER_VCPU_INFO,
+            vcpu,
+            &arg as *const _ as u64,
+        )
+    }
 }
 
 /// Register [`VCPU_INFO`] for vCPU 0.
@@ -277,7 +294,13 @@ pub fn register_event_callback() -> i64 {
         address: kit_event_entry as *const () as usize as u64,
     };
     // SAFETY: the address is the kit's upcall entry, which takes Xen's frame.
-    unsafe { hypercall2(HYPERVISOR_CALLBACK_OP, CALLBACKOP_REGISTER, &r as *const _ as u64) }
+    unsafe {
+        hypercall2(
+            HYPERVISOR_CALLBACK_OP,
+            CALLBACKOP_REGISTER,
+            &r as *const _ as u64,
+        )
+    }
 }
 
 core::arch::global_asm!(

@@ -11,6 +11,8 @@
 
 #![no_std]
 #![no_main]
+// The `events_masked` variant uses only a few of the helpers.
+#![cfg_attr(kxen_guest = "events_masked", allow(dead_code))]
 
 #[macro_use]
 #[path = "../kit/mod.rs"]
@@ -56,7 +58,11 @@ fn kmain(si: &'static StartInfo) {
             }
         }
     }
-    check_eq!("start_info_ports", (si.store_evtchn, si.console_evtchn), (1u32, 2u32));
+    check_eq!(
+        "start_info_ports",
+        (si.store_evtchn, si.console_evtchn),
+        (1u32, 2u32)
+    );
 
     ipi_to_self();
     loopback_interdomain();
@@ -64,7 +70,10 @@ fn kmain(si: &'static StartInfo) {
     if shared_info_mapped() {
         port_mask_and_unmask_reraise();
     } else {
-        value!("port_mask_tests", "skipped (update_va_mapping not available)");
+        value!(
+            "port_mask_tests",
+            "skipped (update_va_mapping not available)"
+        );
     }
     poll_tests();
     hostile_ops();
@@ -78,10 +87,26 @@ fn kmain(si: &'static StartInfo) {
 fn vcpu_info_registration() {
     let va = &VCPU_INFO as *const VcpuInfoArea as u64;
     let (mfn, off) = (pfn_of(va), (va & 0xfff) as u32);
-    check_eq!("vcpu_info_crossing_page", register_vcpu_info_raw(0, mfn, 4064), -EINVAL);
-    check_eq!("vcpu_info_unaligned", register_vcpu_info_raw(0, mfn, off + 4), -EINVAL);
-    check_eq!("vcpu_info_outside_ram", register_vcpu_info_raw(0, 1 << 40, 0), -EINVAL);
-    check_eq!("vcpu_info_no_such_vcpu", register_vcpu_info_raw(5, mfn, off), -ENOENT);
+    check_eq!(
+        "vcpu_info_crossing_page",
+        register_vcpu_info_raw(0, mfn, 4064),
+        -EINVAL
+    );
+    check_eq!(
+        "vcpu_info_unaligned",
+        register_vcpu_info_raw(0, mfn, off + 4),
+        -EINVAL
+    );
+    check_eq!(
+        "vcpu_info_outside_ram",
+        register_vcpu_info_raw(0, 1 << 40, 0),
+        -EINVAL
+    );
+    check_eq!(
+        "vcpu_info_no_such_vcpu",
+        register_vcpu_info_raw(5, mfn, off),
+        -ENOENT
+    );
     check_eq!("register_vcpu_info", register_vcpu_info(), 0);
     check_eq!("register_vcpu_info_twice", register_vcpu_info(), -EINVAL);
     check!("moved_vcpu_info_masked", upcall_mask());
@@ -92,7 +117,12 @@ fn vcpu_info_registration() {
 fn expect_upcall(name: &str, before: u32, port: u32) {
     check_eq!(name, UPCALLS.get(), before + 1);
     let word = 1u64 << (port / 64);
-    check!("upcall_sel_word", SEL_SEEN.get() & word != 0, "sel {:#x}", SEL_SEEN.get());
+    check!(
+        "upcall_sel_word",
+        SEL_SEEN.get() & word != 0,
+        "sel {:#x}",
+        SEL_SEEN.get()
+    );
     if shared_info_mapped() && port < 64 {
         check!(
             "upcall_port_bit",
@@ -218,23 +248,58 @@ fn hostile_ops() {
     check_eq!("bind_virq_no_vcpu", bind_virq(VIRQ_TIMER, 7), Err(-ENOENT));
     check_eq!("bind_virq_out_of_range", bind_virq(99, 0), Err(-EINVAL));
     check_eq!("bind_ipi_no_vcpu", bind_ipi(3), Err(-ENOENT));
-    check_eq!("bind_interdomain_bad_port", bind_interdomain(DOMID_SELF, 4000), Err(-EINVAL));
+    check_eq!(
+        "bind_interdomain_bad_port",
+        bind_interdomain(DOMID_SELF, 4000),
+        Err(-EINVAL)
+    );
     check_eq!("unknown_op", evtchn_op_raw(99, 0), -ENOSYS);
-    check_eq!("fifo_refused", evtchn_op_raw(EVTCHNOP_INIT_CONTROL, 0), -ENOSYS);
+    check_eq!(
+        "fifo_refused",
+        evtchn_op_raw(EVTCHNOP_INIT_CONTROL, 0),
+        -ENOSYS
+    );
     check_eq!("bad_pointer", evtchn_op_raw(EVTCHNOP_SEND, 0x1000), -EFAULT);
-    check_eq!("bad_pointer_noncanonical", evtchn_op_raw(EVTCHNOP_STATUS, 1 << 63), -EFAULT);
+    check_eq!(
+        "bad_pointer_noncanonical",
+        evtchn_op_raw(EVTCHNOP_STATUS, 1 << 63),
+        -EFAULT
+    );
 }
 
 fn compat_op() {
     let mut op = CompatOp {
         cmd: EVTCHNOP_ALLOC_UNBOUND,
-        u: [u32::from(DOMID_SELF) | (u32::from(DOMID_SELF) << 16), 0, 0, 0, 0, 0],
+        u: [
+            u32::from(DOMID_SELF) | (u32::from(DOMID_SELF) << 16),
+            0,
+            0,
+            0,
+            0,
+            0,
+        ],
     };
     check_eq!("compat_alloc_unbound", evtchn_op_compat(&mut op), 0);
     let port = op.u[1];
-    check!("compat_port_written_back", port > 2 && port < 4096, "port {}", port);
-    check_eq!("compat_close", evtchn_op_compat(&mut CompatOp { cmd: EVTCHNOP_CLOSE, u: [port, 0, 0, 0, 0, 0] }), 0);
-    check_eq!("compat_unknown", evtchn_op_compat(&mut CompatOp { cmd: 77, u: [0; 6] }), -ENOSYS);
+    check!(
+        "compat_port_written_back",
+        port > 2 && port < 4096,
+        "port {}",
+        port
+    );
+    check_eq!(
+        "compat_close",
+        evtchn_op_compat(&mut CompatOp {
+            cmd: EVTCHNOP_CLOSE,
+            u: [port, 0, 0, 0, 0, 0]
+        }),
+        0
+    );
+    check_eq!(
+        "compat_unknown",
+        evtchn_op_compat(&mut CompatOp { cmd: 77, u: [0; 6] }),
+        -ENOSYS
+    );
 }
 
 fn console_ring_ping(si: &StartInfo) {
@@ -304,7 +369,12 @@ fn polite_shutdown(si: &StartInfo) {
         if let Some((XS_READ, n)) = ev::xs_request(si, XS_READ, b"control/shutdown\0", &mut out) {
             if n > 0 {
                 check_eq!("control_shutdown", &out[..n], &b"poweroff"[..]);
-                check!("watch_fired", XS_WATCH_EVENTS.get() >= 2, "{}", XS_WATCH_EVENTS.get());
+                check!(
+                    "watch_fired",
+                    XS_WATCH_EVENTS.get() >= 2,
+                    "{}",
+                    XS_WATCH_EVENTS.get()
+                );
                 return;
             }
         }

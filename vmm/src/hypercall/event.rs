@@ -54,7 +54,10 @@ fn op(ctx: &mut HypercallCtx<'_, DomainShared>, cmd: u32, va: u64) -> i64 {
         return e;
     }
     let view = ctx.domain.shared_info_view(ctx.ram());
-    let port_of = |arg: &[u8]| arg.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let port_of = |arg: &[u8]| {
+        arg.get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
     // Raising ops only need the read lock; the guard is dropped before acting on effects.
     let res = match (cmd, port_of(arg)) {
         (ec::EVTCHNOP_SEND, Some(p)) => ev.table().send(p, &view),
@@ -84,10 +87,7 @@ pub fn event_channel_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallA
 
 /// `HYPERVISOR_event_channel_op_compat(op)`: `struct evtchn_op { uint32_t cmd; union u; }`,
 /// the union (4-byte aligned: no member has a 64-bit field) at offset 4.
-pub fn event_channel_op_compat(
-    ctx: &mut HypercallCtx<'_, DomainShared>,
-    a: &HypercallArgs,
-) -> i64 {
+pub fn event_channel_op_compat(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> i64 {
     let cmd: u32 = match ctx.read_obj(a.a[0]) {
         Ok(c) => c,
         Err(e) => return e,

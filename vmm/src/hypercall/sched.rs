@@ -100,10 +100,7 @@ fn block(ctx: &mut HypercallCtx<'_, DomainShared>) -> i64 {
         std::thread::sleep(BLOCK_NAP);
         return 0;
     }
-    match ctx
-        .domain
-        .block_vcpu(ctx.ram(), ctx.vcpu_id, None, None)
-    {
+    match ctx.domain.block_vcpu(ctx.ram(), ctx.vcpu_id, None, None) {
         Ok(()) => 0,
         Err(e) => err(u32::from(e)),
     }
