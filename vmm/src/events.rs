@@ -512,13 +512,13 @@ impl DomainShared {
     }
 
     /// `VCPUOP_register_vcpu_info`: move `vcpu`'s `vcpu_info` to `offset` in guest frame
-    /// `mfn`. `-EINVAL` if the area is not inside guest RAM, crosses a page, is not 8-byte
-    /// aligned (kxen updates it with 64-bit atomics), or was already moved; `-ENOENT` for a
-    /// vCPU that does not exist. The current contents are copied over and, as Xen does, every
-    /// selector bit and `upcall_pending` are set so that no event is lost (the guest sees one
-    /// spurious upcall once it unmasks).
-    // xen: common/domain.c, VCPUOP_register_vcpu_info / map_vcpu_info ("mark everything as
-    // being pending just to make sure nothing gets lost")
+    /// `mfn`, with current Xen's checks: `-EINVAL` for an offset of a page or more or a frame
+    /// outside guest RAM, `-ENXIO` for an area crossing a page or not 8-byte aligned,
+    /// `-EBUSY` once moved, `-ENOENT` for a vCPU that does not exist. The current contents
+    /// are copied over and, as Xen does, every selector bit and `upcall_pending` are set so
+    /// that no event is lost (the guest sees one spurious upcall once it unmasks).
+    // xen: common/domain.c, VCPUOP_register_vcpu_info, map_guest_area, vcpu_info_populate
+    // ("mark everything as being pending just to make sure nothing gets lost")
     pub fn register_vcpu_info(
         &self,
         ram: &GuestRam,
@@ -534,16 +534,20 @@ impl DomainShared {
             .get(vcpu as usize)
             .filter(|_| vcpu < nr)
             .ok_or(Errno::ENOENT)?;
-        if u64::from(offset) > PAGE_SIZE - VCPU_INFO_SIZE
-            || !offset.is_multiple_of(8)
-            || mfn >= self.nr_pages
-        {
+        let offset = u64::from(offset);
+        if offset >= PAGE_SIZE {
             return Err(Errno::EINVAL);
         }
-        let gpa = mfn * PAGE_SIZE + u64::from(offset);
-        if gpa == 0 || slot.load(Ordering::Acquire) != 0 {
+        if slot.load(Ordering::Acquire) != 0 {
+            return Err(Errno::EBUSY);
+        }
+        if offset + VCPU_INFO_SIZE > PAGE_SIZE || !offset.is_multiple_of(8) {
+            return Err(Errno::ENXIO);
+        }
+        if mfn >= self.nr_pages {
             return Err(Errno::EINVAL);
         }
+        let gpa = mfn * PAGE_SIZE + offset;
         let mut cur = [0u8; VCPU_INFO_SIZE as usize];
         if let Some(old) = self.vcpu_info_base(vcpu) {
             let _ = ram.mem().read_slice(&mut cur, GuestAddress(old));
@@ -837,8 +841,9 @@ mod tests {
         let g = guest();
         let ram = &g.ram;
         let d = &g.dom;
-        assert_eq!(d.register_vcpu_info(ram, 0, 20, 4033), Err(Errno::EINVAL));
-        assert_eq!(d.register_vcpu_info(ram, 0, 20, 4), Err(Errno::EINVAL));
+        assert_eq!(d.register_vcpu_info(ram, 0, 20, 4033), Err(Errno::ENXIO));
+        assert_eq!(d.register_vcpu_info(ram, 0, 20, 4), Err(Errno::ENXIO));
+        assert_eq!(d.register_vcpu_info(ram, 0, 20, 4096), Err(Errno::EINVAL));
         assert_eq!(
             d.register_vcpu_info(ram, 0, g.dom.nr_pages, 0),
             Err(Errno::EINVAL)
@@ -851,7 +856,7 @@ mod tests {
         assert_eq!(d.register_vcpu_info(ram, 0, 20, 4032), Ok(()));
         assert_eq!(
             d.register_vcpu_info(ram, 0, 21, 0),
-            Err(Errno::EINVAL),
+            Err(Errno::EBUSY),
             "only once"
         );
         let at = 20 * PAGE_SIZE + 4032;

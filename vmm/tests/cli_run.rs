@@ -143,10 +143,7 @@ fn xenstore_dump_prints_the_domains_store_to_stderr() {
     if !kvm() {
         return;
     }
-    let out = kxen()
-        .args(["demo", "--xenstore-dump"])
-        .output()
-        .unwrap();
+    let out = kxen().args(["demo", "--xenstore-dump"]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     for line in [

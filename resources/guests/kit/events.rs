@@ -49,6 +49,8 @@ pub const UVMF_INVLPG: u64 = 2;
 // xen: public/errno.h
 pub const ENOENT: i64 = 2;
 pub const EEXIST: i64 = 17;
+pub const ENXIO: i64 = 6;
+pub const EBUSY: i64 = 16;
 
 /// The pseudo-vector the upcall entry pushes.
 pub const UPCALL_VECTOR: u64 = 256;

@@ -90,12 +90,17 @@ fn vcpu_info_registration() {
     check_eq!(
         "vcpu_info_crossing_page",
         register_vcpu_info_raw(0, mfn, 4064),
+        -ENXIO
+    );
+    check_eq!(
+        "vcpu_info_offset_past_page",
+        register_vcpu_info_raw(0, mfn, 4096),
         -EINVAL
     );
     check_eq!(
         "vcpu_info_unaligned",
         register_vcpu_info_raw(0, mfn, off + 4),
-        -EINVAL
+        -ENXIO
     );
     check_eq!(
         "vcpu_info_outside_ram",
@@ -108,7 +113,7 @@ fn vcpu_info_registration() {
         -ENOENT
     );
     check_eq!("register_vcpu_info", register_vcpu_info(), 0);
-    check_eq!("register_vcpu_info_twice", register_vcpu_info(), -EINVAL);
+    check_eq!("register_vcpu_info_twice", register_vcpu_info(), -EBUSY);
     check!("moved_vcpu_info_masked", upcall_mask());
     check!("moved_vcpu_info_pending", upcall_pending());
     check_eq!("moved_vcpu_info_sel", pending_sel(), u64::MAX);
