@@ -305,6 +305,23 @@ fn compat_op() {
         evtchn_op_compat(&mut CompatOp { cmd: 77, u: [0; 6] }),
         -ENOSYS
     );
+    // EVTCHNOP_reset (10) is not part of the compat union.
+    check_eq!(
+        "compat_reset_refused",
+        evtchn_op_compat(&mut CompatOp {
+            cmd: 10,
+            u: [u32::from(DOMID_SELF), 0, 0, 0, 0, 0]
+        }),
+        -ENOSYS
+    );
+    check_eq!(
+        "compat_bad_pointer",
+        {
+            // SAFETY: the hypervisor must refuse an unmapped pointer with -EFAULT.
+            unsafe { kit::hypercall::hypercall1(HYPERVISOR_EVENT_CHANNEL_OP_COMPAT, 0x1000) }
+        },
+        -EFAULT
+    );
 }
 
 fn console_ring_ping(si: &StartInfo) {

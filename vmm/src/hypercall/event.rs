@@ -1,6 +1,6 @@
 //! `event_channel_op` (32), `event_channel_op_compat` (16) and `vcpu_op` (24, only
 //! `VCPUOP_register_vcpu_info` so far).
-// xen: common/event_channel.c, do_event_channel_op; arch/x86 compat.c,
+// xen: common/event_channel.c, do_event_channel_op; common/compat.c,
 // do_event_channel_op_compat; common/domain.c, do_vcpu_op.
 
 use xen_abi::errno::Errno;
@@ -85,14 +85,30 @@ pub fn event_channel_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallA
     op(ctx, uint(a.a[0]), a.a[1])
 }
 
-/// `HYPERVISOR_event_channel_op_compat(op)`: `struct evtchn_op { uint32_t cmd; union u; }`,
-/// the union (4-byte aligned: no member has a 64-bit field) at offset 4.
+/// `HYPERVISOR_event_channel_op_compat(op)`: `struct evtchn_op { uint32_t cmd; union u; }`
+/// (28 bytes, read whole first as Xen does; the union, 4-byte aligned since no member has a
+/// 64-bit field, at offset 4). Only the ops of the union are accepted (`-ENOSYS` otherwise,
+/// `EVTCHNOP_reset` and the FIFO ops included).
+// xen: common/compat.c, do_event_channel_op_compat
 pub fn event_channel_op_compat(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> i64 {
-    let cmd: u32 = match ctx.read_obj(a.a[0]) {
-        Ok(c) => c,
-        Err(e) => return e,
-    };
-    op(ctx, cmd, a.a[0].wrapping_add(4))
+    let mut whole = [0u8; 28];
+    if let Err(e) = ctx.copy_from_guest(a.a[0], &mut whole) {
+        return e;
+    }
+    let cmd = u32::from_le_bytes([whole[0], whole[1], whole[2], whole[3]]);
+    match cmd {
+        ec::EVTCHNOP_BIND_INTERDOMAIN
+        | ec::EVTCHNOP_BIND_VIRQ
+        | ec::EVTCHNOP_BIND_PIRQ
+        | ec::EVTCHNOP_CLOSE
+        | ec::EVTCHNOP_SEND
+        | ec::EVTCHNOP_STATUS
+        | ec::EVTCHNOP_ALLOC_UNBOUND
+        | ec::EVTCHNOP_BIND_IPI
+        | ec::EVTCHNOP_BIND_VCPU
+        | ec::EVTCHNOP_UNMASK => op(ctx, cmd, a.a[0].wrapping_add(4)),
+        _ => -ENOSYS,
+    }
 }
 
 /// `struct vcpu_register_vcpu_info`.
