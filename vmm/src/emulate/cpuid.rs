@@ -295,7 +295,7 @@ pub fn pv_cpuid(
     let extd_max = src.host_cpuid(0x8000_0000, 0).map_or(0, |l| l[0]);
     let in_range = if leaf < 0x4000_0000 {
         leaf <= basic_max
-    } else if leaf >= 0x8000_0000 && leaf < 0x8001_0000 {
+    } else if (0x8000_0000..0x8001_0000).contains(&leaf) {
         leaf <= extd_max
     } else {
         false
@@ -324,11 +324,9 @@ pub fn pv_cpuid(
         // xen: recalculate_misc: 3 (PSN), 5 (MONITOR), 6 (thermal), 8, 9 (DCA), 0xc hidden;
         // 0xa empty without vPMU; topology (0xb, 0x1f) zeroed.
         3 | 5 | 6 | 8 | 9 | 0xa | 0xb | 0xc | 0x1f => return [0; 4],
-        7 => {
-            if subleaf == 0 {
-                r[1] &= !HIDE_7_EBX;
-                r[2] &= !HIDE_7_ECX;
-            }
+        7 if subleaf == 0 => {
+            r[1] &= !HIDE_7_EBX;
+            r[2] &= !HIDE_7_ECX;
         }
         0x8000_0001 => {
             r[2] &= !HIDE_E1_ECX;
