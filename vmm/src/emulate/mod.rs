@@ -38,6 +38,8 @@ pub mod msr {
     pub const IA32_TSC: u32 = 0x10;
     /// Platform ID (Intel).
     pub const IA32_PLATFORM_ID: u32 = 0x17;
+    /// Page attribute table.
+    pub const IA32_CR_PAT: u32 = 0x277;
     /// Local APIC base.
     pub const IA32_APICBASE: u32 = 0x1b;
     /// Platform info (Intel; bit 31 = CPUID faulting available).
@@ -112,6 +114,10 @@ pub mod cr {
 /// EFER as a 64-bit PV guest reads it: SCE, LME, LMA, NXE.
 pub const EFER_PV: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
 
+/// The PAT Xen runs with, which a PV guest reads (and must build its PTEs for).
+// xen: asm/processor.h XEN_MSR_PAT (WB, WT, UC-, UC, WC, WP, UC, UC)
+pub const XEN_MSR_PAT: u64 = 0x0000_0501_0007_0406;
+
 /// The vCPU state emulation reads and updates (Xen's `v->arch.pv` fields it uses).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmuState {
@@ -149,6 +155,10 @@ pub struct EmuState {
     pub tsc_aux: u32,
     /// XCR0 (last successful `xsetbv`).
     pub xcr0: u64,
+    /// The guest has a `#GP` handler in its trap table. Without one, Xen fakes unknown MSR
+    /// reads as 0 instead of raising `#GP` (early-boot kernels read MSRs before setting up
+    /// their trap table).
+    pub gp_handler_set: bool,
 }
 
 impl Default for EmuState {
@@ -171,6 +181,7 @@ impl Default for EmuState {
             misc_enable_host: misc_enable::FAST_STRING,
             tsc_aux: 0,
             xcr0: 1,
+            gp_handler_set: true,
         }
     }
 }
@@ -186,6 +197,10 @@ impl EmuState {
             fs_base: pv.fs_base,
             gs_base_kernel: pv.gs_base_kernel,
             gs_base_user: pv.gs_base_user,
+            gp_handler_set: pv
+                .traps
+                .get(usize::from(VEC_GP))
+                .is_some_and(|t| t.is_set()),
             ..Self::default()
         }
     }
@@ -675,7 +690,7 @@ pub fn emulate_gp(
             }
             let idx = regs.get(Gpr::Rcx) as u32;
             let val = (regs.get(Gpr::Rdx) << 32) | (regs.get(Gpr::Rax) & 0xffff_ffff);
-            match write_msr(idx, val, state) {
+            match write_msr(idx, val, state, env) {
                 Some(effect) => EmuOutcome::done(RegWrites::default(), len, effect),
                 None => EmuOutcome::gp0(),
             }
@@ -794,6 +809,11 @@ fn cpu_caps(env: &impl EmuEnv) -> Caps {
     }
 }
 
+fn has_tsc_aux(env: &impl EmuEnv) -> bool {
+    // RDPID: CPUID.7.0 ECX bit 22.
+    has_rdtscp(env) || env.host_cpuid(7, 0).is_some_and(|l| l[2] & (1 << 22) != 0)
+}
+
 fn has_rdtscp(env: &impl EmuEnv) -> bool {
     env.host_cpuid(0x8000_0001, 0)
         .is_some_and(|l| l[3] & (1 << 27) != 0)
@@ -818,26 +838,28 @@ fn read_msr(idx: u32, state: &EmuState, env: &mut impl EmuEnv) -> Option<u64> {
         msr::GS_BASE => state.gs_base_kernel,
         msr::SHADOW_GS_BASE => state.gs_base_user,
         msr::IA32_TSC => env.tsc(),
-        msr::TSC_AUX => {
-            if has_rdtscp(env) {
-                u64::from(state.tsc_aux)
-            } else {
-                0
-            }
-        }
+        // xen: msr.c guest_rdmsr: TSC_AUX exists only with RDTSCP or RDPID.
+        msr::TSC_AUX if has_tsc_aux(env) => u64::from(state.tsc_aux),
         msr::EFER => state.efer,
+        msr::IA32_CR_PAT => XEN_MSR_PAT,
         msr::IA32_MISC_ENABLE => guest_misc_enable(state.misc_enable_host),
         // No local APIC for PV: report the architectural default, enabled, BSP on vCPU 0.
         msr::IA32_APICBASE => 0xfee0_0000 | (1 << 11) | if state.vcpu_id == 0 { 1 << 8 } else { 0 },
         msr::IA32_PLATFORM_ID | msr::IA32_PERF_CAPABILITIES => 0,
         // No CPUID faulting offered.
         msr::INTEL_PLATFORM_INFO | msr::INTEL_MISC_FEATURES_ENABLES => 0,
-        // xen: guest_rdmsr_xen: nothing in Xen's MSR range is readable.
+        // xen: read_msr "faking RDMSR": with no #GP handler registered, an unknown MSR
+        // outside Xen's 0x4000xxxx range reads as 0 rather than killing the guest.
+        _ if !state.gp_handler_set && idx >> 16 != 0x4000 => {
+            tracing::warn!(msr = idx, "faking RDMSR as 0 (no #GP handler yet)");
+            0
+        }
+        // xen: guest_rdmsr_xen: nothing in Xen's MSR range is readable; the rest is #GP.
         _ => return None,
     })
 }
 
-fn write_msr(idx: u32, val: u64, state: &mut EmuState) -> Option<EmuEffect> {
+fn write_msr(idx: u32, val: u64, state: &mut EmuState, env: &impl EmuEnv) -> Option<EmuEffect> {
     // xen: emul-priv-op.c write_msr + msr.c guest_wrmsr.
     match idx {
         msr::FS_BASE | msr::GS_BASE | msr::SHADOW_GS_BASE => {
@@ -851,18 +873,16 @@ fn write_msr(idx: u32, val: u64, state: &mut EmuState) -> Option<EmuEffect> {
             }
             Some(EmuEffect::SegmentBase)
         }
-        msr::TSC_AUX => {
+        msr::TSC_AUX if has_tsc_aux(env) => {
             let v = u32::try_from(val).ok()?;
             state.tsc_aux = v;
             Some(EmuEffect::None)
         }
-        // xen: write_msr: writes to EFER / MISC_ENABLE are dropped (warned when different).
-        msr::EFER | msr::IA32_MISC_ENABLE => {
-            let cur = if idx == msr::EFER {
-                state.efer
-            } else {
-                guest_misc_enable(state.misc_enable_host)
-            };
+        // xen: write_msr: EFER may only be written with its current value (Linux does).
+        msr::EFER => (val == state.efer).then_some(EmuEffect::None),
+        // xen: write_msr: MISC_ENABLE writes are dropped (warned when different).
+        msr::IA32_MISC_ENABLE => {
+            let cur = guest_misc_enable(state.misc_enable_host);
             if val != cur {
                 tracing::warn!(msr = idx, from = cur, to = val, "guest WRMSR ignored");
             }

@@ -324,6 +324,43 @@ fn rdmsr_segment_bases_efer_tsc_misc_enable_apicbase() {
         msr_value(rdmsr(msr::INTEL_PLATFORM_INFO, &mut s, &mut env)),
         0
     );
+    assert_eq!(
+        msr_value(rdmsr(msr::IA32_CR_PAT, &mut s, &mut env)),
+        0x0000_0501_0007_0406
+    );
+    s.tsc_aux = 7;
+    assert_eq!(msr_value(rdmsr(msr::TSC_AUX, &mut s, &mut env)), 7);
+}
+
+#[test]
+fn tsc_aux_needs_rdtscp_or_rdpid() {
+    let mut env = TestEnv::new();
+    env.cpuid.entries.retain(|e| e.0 != 0x8000_0001);
+    env.cpuid.entries.iter_mut().for_each(|e| {
+        if e.0 == 7 {
+            e.2[2] &= !(1 << 22);
+        }
+    });
+    let mut s = EmuState::default();
+    assert_eq!(rdmsr(msr::TSC_AUX, &mut s, &mut env), GP0);
+    assert_eq!(wrmsr(msr::TSC_AUX, 1, &mut s, &mut env), GP0);
+}
+
+#[test]
+fn unknown_rdmsr_reads_zero_until_a_gp_handler_is_registered() {
+    let mut env = TestEnv::new();
+    let mut s = EmuState {
+        gp_handler_set: false,
+        ..Default::default()
+    };
+    assert_eq!(msr_value(rdmsr(0x174, &mut s, &mut env)), 0);
+    // Xen's own range still faults, and writes are unaffected.
+    assert_eq!(rdmsr(0x4000_0001, &mut s, &mut env), GP0);
+    assert_eq!(wrmsr(0x174, 0, &mut s, &mut env), GP0);
+    let mut pv = PvVcpuState::default();
+    assert!(!EmuState::from_pv(&pv, 0).gp_handler_set);
+    pv.traps[13].address = 0xffff_ffff_8100_0000;
+    assert!(EmuState::from_pv(&pv, 0).gp_handler_set);
 }
 
 #[test]
@@ -385,13 +422,15 @@ fn wrmsr_hypercall_page_msr_names_the_frame_and_rejects_other_pages() {
 }
 
 #[test]
-fn wrmsr_efer_and_misc_enable_are_ignored_and_others_gp() {
+fn wrmsr_efer_same_value_only_misc_enable_ignored_others_gp() {
     let mut env = TestEnv::new();
     let mut s = EmuState::default();
-    let (_, _, eff) = done(wrmsr(msr::EFER, 0, &mut s, &mut env));
+    let (_, _, eff) = done(wrmsr(msr::EFER, EFER_PV, &mut s, &mut env));
     assert_eq!(eff, EmuEffect::None);
+    assert_eq!(wrmsr(msr::EFER, 0, &mut s, &mut env), GP0);
     assert_eq!(s.efer, EFER_PV);
     done(wrmsr(msr::IA32_MISC_ENABLE, 0, &mut s, &mut env));
+    assert_eq!(wrmsr(msr::IA32_CR_PAT, XEN_MSR_PAT, &mut s, &mut env), GP0);
     for idx in [
         msr::IA32_TSC,
         msr::IA32_APICBASE,
