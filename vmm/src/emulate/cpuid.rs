@@ -29,6 +29,73 @@ impl CpuidSource for CpuidTable {
     }
 }
 
+impl CpuidTable {
+    /// A snapshot of KVM's CPUID entries (`KVM_GET_SUPPORTED_CPUID`). Entries without
+    /// `KVM_CPUID_FLAG_SIGNIFCANT_INDEX` are stored with subleaf 0.
+    pub fn from_kvm(entries: &[kvm_bindings::kvm_cpuid_entry2]) -> Self {
+        Self {
+            entries: entries
+                .iter()
+                .map(|e| {
+                    let sub = if e.flags & kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX != 0 {
+                        e.index
+                    } else {
+                        0
+                    };
+                    (e.function, sub, [e.eax, e.ebx, e.ecx, e.edx])
+                })
+                .collect(),
+        }
+    }
+
+    /// Entries for `KVM_SET_CPUID2` (subleaf leaves flagged as indexed).
+    pub fn to_kvm(&self) -> Vec<kvm_bindings::kvm_cpuid_entry2> {
+        self.entries
+            .iter()
+            .map(|&(function, index, r)| kvm_bindings::kvm_cpuid_entry2 {
+                function,
+                index,
+                flags: if has_subleaves(function) {
+                    kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+                } else {
+                    0
+                },
+                eax: r[0],
+                ebx: r[1],
+                ecx: r[2],
+                edx: r[3],
+                ..Default::default()
+            })
+            .collect()
+    }
+}
+
+/// The table a PV guest's *native* `cpuid` should see (load it with `KVM_SET_CPUID2`): every
+/// basic and extended host leaf through the PV filter (the faulting-CPUID view: OSXSAVE is left
+/// to KVM, which tracks the real CR4), KVM's own 0x4000xxxx leaves replaced by Xen's.
+pub fn pv_native_table(host: &CpuidTable, cfg: &PvCpuidConfig) -> CpuidTable {
+    let ctx = CpuidContext {
+        kernel_mode: false,
+        forced: false,
+        cr4: 0,
+    };
+    let mut entries: Vec<(u32, u32, CpuidLeaf)> = host
+        .entries
+        .iter()
+        .filter(|(leaf, _, _)| !(0x4000_0000..0x5000_0000).contains(leaf))
+        .map(|&(leaf, sub, _)| (leaf, sub, pv_cpuid(host, cfg, ctx, leaf, sub)))
+        .collect();
+    for idx in 0..=XEN_CPUID_MAX_NUM_LEAVES {
+        let leaf = XEN_CPUID_FIRST_LEAF + idx;
+        // The time leaf has subleaves; KVM matches it by index only when flagged, so list 0-2.
+        let subs: &[u32] = if idx == 3 { &[0, 1, 2] } else { &[0] };
+        for &sub in subs {
+            entries.push((leaf, sub, xen_leaf(cfg, leaf, sub)));
+        }
+    }
+    CpuidTable { entries }
+}
+
 /// Leaves whose result depends on ECX.
 const fn has_subleaves(leaf: u32) -> bool {
     matches!(

@@ -6,6 +6,20 @@
 //! accessor, hands over the registers and the vCPU's emulation state, and applies the
 //! [`EmuOutcome`]. Nothing here touches KVM or guest memory except through [`EmuEnv`].
 //!
+//! Wiring (the trap path, after `read_exception_frame`):
+//! - `#GP` from the guest with error code 0: fetch up to 16 bytes at rip with `GuestVirt`
+//!   (stop at the first unreadable byte), build [`EmuState`] (`EmuState::from_pv` plus the
+//!   per-vCPU fields kept alongside: CR0.TS, CR2, CR4, IOPL, I/O bitmap, TSC_AUX, XCR0; FS/GS
+//!   bases synced from the live registers), call [`emulate_gp`]. A non-zero error code is not
+//!   emulation: bounce it (or the `int $n` path).
+//! - `#UD`: first the kxen `int $n` quirk (`trap::software_int_at`), then [`emulate_ud`].
+//! - [`EmuOutcome::Done`]: apply `regs` (`RegWrites::apply_kvm`), `rip += rip_advance`, clear
+//!   RFLAGS.RF, perform `effect`, keep the updated state. `Inject`: bounce that vector through
+//!   the guest's trap table. `FetchFault`: bounce `#PF` (error 0, CR2 = rip + offset).
+//!   `NotEmulated`: bounce the original exception (`#GP(0)` or `#UD`).
+//! - Load [`pv_native_table`] with `KVM_SET_CPUID2` so the guest's native `cpuid` (which does
+//!   not fault) sees the same filtered view with Xen's leaves.
+//!
 //! Sources (behaviour, not code): xen/arch/x86/pv/emul-priv-op.c (what is emulated and the
 //! permission checks), xen/arch/x86/pv/emul-inv-op.c (forced emulation), xen/arch/x86/cpuid.c
 //! (`cpuid_hypervisor_leaves`, the PV policy).
@@ -16,7 +30,9 @@ use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, Registe
 use xen_abi::mmu::VMASST_TYPE_ARCHITECTURAL_IOPL;
 use xen_abi::pv_vcpu::{GuestMode, PvVcpuState};
 
-pub use cpuid::{pv_cpuid, CpuidContext, CpuidLeaf, CpuidSource, CpuidTable, PvCpuidConfig};
+pub use cpuid::{
+    pv_cpuid, pv_native_table, CpuidContext, CpuidLeaf, CpuidSource, CpuidTable, PvCpuidConfig,
+};
 
 #[cfg(test)]
 mod tests;
@@ -83,8 +99,9 @@ pub mod misc_enable {
 
 /// Control-register bits.
 pub mod cr {
-    /// CR0 as Xen runs (and a PV guest reads it): PE MP ET NE WP AM PG; TS is virtual.
-    pub const CR0_HOST: u64 = 0x8005_003b;
+    /// CR0 as kxen's VM runs (vcpu.rs: PE MP ET NE WP PG), which a PV guest reads as Xen's
+    /// `read_cr0()`; TS is virtual.
+    pub const CR0_HOST: u64 = 0x8001_0033;
     /// CR0.TS.
     pub const CR0_TS: u64 = 1 << 3;
     /// CR4.TSD.

@@ -973,3 +973,45 @@ proptest! {
         prop_assert!(!matches!(o, EmuOutcome::Done { .. }), "{:?}", o);
     }
 }
+
+#[test]
+fn native_table_filters_host_leaves_and_replaces_kvm_signature_with_xen() {
+    let mut host = host_table();
+    // KVM's own signature leaf must not survive.
+    host.entries.push((
+        0x4000_0000,
+        0,
+        [0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d],
+    ));
+    host.entries.push((0x4000_0001, 0, [0xffff, 0, 0, 0]));
+    let t = pv_native_table(&host, &PvCpuidConfig::default());
+    let get = |l, s| t.host_cpuid(l, s).unwrap();
+    assert_eq!(get(0x4000_0000, 0)[1], 0x566e_6558);
+    assert_eq!(get(0x4000_0001, 0)[0], (4 << 16) | 19);
+    assert_eq!(
+        t.entries.iter().filter(|e| e.0 == 0x4000_0000).count(),
+        1,
+        "one signature leaf"
+    );
+    assert_eq!(get(1, 0)[2] & leaf1_ecx::VMX, 0);
+    assert_ne!(get(1, 0)[2] & leaf1_ecx::HYPERVISOR, 0);
+    assert_eq!(get(1, 0)[2] & leaf1_ecx::OSXSAVE, 0);
+    assert_eq!(get(0xd, 1)[0], 0xf);
+    assert_eq!(get(5, 0), [0; 4]);
+    // Round trip through KVM's entry format keeps indexed subleaves apart.
+    let back = CpuidTable::from_kvm(&t.to_kvm());
+    assert_eq!(back.host_cpuid(0xd, 1), t.host_cpuid(0xd, 1));
+    assert_eq!(back.host_cpuid(0xd, 0), t.host_cpuid(0xd, 0));
+    assert_eq!(
+        back.host_cpuid(0x4000_0003, 0),
+        t.host_cpuid(0x4000_0003, 0)
+    );
+    let kvm = t.to_kvm();
+    let e = kvm
+        .iter()
+        .find(|e| e.function == 0xd && e.index == 1)
+        .unwrap();
+    assert_eq!(e.flags, kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+    let e = kvm.iter().find(|e| e.function == 1).unwrap();
+    assert_eq!(e.flags, 0);
+}
