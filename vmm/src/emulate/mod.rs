@@ -583,6 +583,11 @@ pub fn emulate_gp(
         Ok(i) => i,
         Err(o) => return o,
     };
+    // A LOCK prefix makes every instruction here #UD before any privilege check, so a #GP
+    // with one is not ours (the AMD `lock mov cr0` = CR8 alias is not emulated either).
+    if insn.has_lock_prefix() {
+        return EmuOutcome::NotEmulated;
+    }
     let len = insn.len();
     let ring0 = state.kernel_mode; // x86_emulate's mode_ring0(): kernel mode fakes DPL 0
     let code = insn.code();
@@ -987,4 +992,50 @@ pub fn io_permitted(port: u16, size: u8, state: &EmuState, env: &mut impl EmuEnv
     let bits = u16::from_le_bytes(b);
     let mask = ((1u16 << size) - 1) << (port & 7);
     bits & mask == 0
+}
+
+/// Xen's port I/O for a domain without physical port access (a domU): reads return all-ones
+/// except the virtualised CMOS index (0x70) and PCI `CONFIG_ADDRESS` (0xcf8, dword only),
+/// which are remembered per domain; writes elsewhere are dropped. kxen has no PIT, so the PIT
+/// ports (0x42, 0x43, 0x61) read as all-ones too (Xen would emulate them).
+// xen: emul-priv-op.c guest_io_read / guest_io_write (non-hardware-domain paths)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DomUPorts {
+    /// Last value written to port 0x70.
+    pub cmos_idx: u8,
+    /// Last dword written to port 0xcf8.
+    pub pci_cf8: u32,
+}
+
+impl DomUPorts {
+    /// A port read of `size` bytes (1, 2 or 4).
+    pub fn read(&self, port: u16, size: u8) -> u32 {
+        if port == 0xcf8 && size == 4 {
+            return self.pci_cf8;
+        }
+        let mut data = 0u32;
+        for i in 0..size.min(4) {
+            let p = port.wrapping_add(u16::from(i));
+            let byte = if p == 0x70 {
+                u32::from(self.cmos_idx)
+            } else {
+                0xff
+            };
+            data |= byte << (8 * u32::from(i));
+        }
+        data
+    }
+
+    /// A port write of `size` bytes.
+    pub fn write(&mut self, port: u16, size: u8, value: u32) {
+        if port == 0xcf8 && size == 4 {
+            self.pci_cf8 = value;
+            return;
+        }
+        for i in 0..size.min(4) {
+            if port.wrapping_add(u16::from(i)) == 0x70 {
+                self.cmos_idx = (value >> (8 * u32::from(i))) as u8;
+            }
+        }
+    }
 }

@@ -1015,3 +1015,43 @@ fn native_table_filters_host_leaves_and_replaces_kvm_signature_with_xen() {
     let e = kvm.iter().find(|e| e.function == 1).unwrap();
     assert_eq!(e.flags, 0);
 }
+
+#[test]
+fn lock_prefixed_instructions_are_not_emulated() {
+    let mut env = TestEnv::new();
+    let mut s = EmuState {
+        iopl: 3,
+        ..Default::default()
+    };
+    for b in [
+        &[0xf0, 0x0f, 0x20, 0xc0][..],
+        &[0xf0, 0x0f, 0x32],
+        &[0xf0, 0x0f, 0x06],
+        &[0xf0, 0xe4, 0x60],
+    ] {
+        assert_eq!(
+            gp(b, &regs(), &mut s, &mut env),
+            EmuOutcome::NotEmulated,
+            "{b:x?}"
+        );
+    }
+}
+
+#[test]
+fn domu_ports_remember_cmos_index_and_cf8_only() {
+    let mut p = DomUPorts::default();
+    assert_eq!(p.read(0x60, 1), 0xff);
+    assert_eq!(p.read(0x3f8, 4), 0xffff_ffff);
+    p.write(0x70, 1, 0x8b);
+    assert_eq!(p.read(0x70, 1), 0x8b);
+    assert_eq!(p.read(0x70, 2), 0xff8b);
+    p.write(0xcf8, 4, 0x8000_0810);
+    assert_eq!(p.read(0xcf8, 4), 0x8000_0810);
+    // Byte access to 0xcf8 is not CONFIG_ADDRESS.
+    assert_eq!(p.read(0xcf8, 1), 0xff);
+    p.write(0xcf8, 2, 0);
+    assert_eq!(p.read(0xcf8, 4), 0x8000_0810);
+    p.write(0x6f, 2, 0x1200);
+    assert_eq!(p.cmos_idx, 0x12);
+    assert_eq!(p.read(0x71, 1), 0xff);
+}
