@@ -26,7 +26,7 @@
 
 pub mod cpuid;
 
-use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, Register};
+use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, OpKind, Register};
 use xen_abi::mmu::VMASST_TYPE_ARCHITECTURAL_IOPL;
 use xen_abi::pv_vcpu::{GuestMode, PvVcpuState};
 
@@ -504,9 +504,23 @@ pub enum EmuOutcome {
         /// Offset from rip of the first unreadable byte.
         offset: u8,
     },
+    /// A string I/O instruction made `regs` progress, then faulted: apply `regs`, leave rip,
+    /// inject `#PF(error_code)` with CR2 = `addr`.
+    PageFault {
+        /// Register writes for the completed iterations.
+        regs: RegWrites,
+        /// Faulting linear address.
+        addr: u64,
+        /// `#PF` error code (bit 1 = write).
+        error_code: u32,
+    },
     /// Not an instruction Xen emulates: deliver the original fault (`#GP(0)` / `#UD`).
     NotEmulated,
 }
+
+/// Iterations of a `rep ins`/`rep outs` done per exit; the rest re-executes (rip is left on
+/// the instruction with the count updated), as Xen stops on preemption.
+pub const MAX_REPS_PER_CALL: u64 = 512;
 
 impl EmuOutcome {
     fn gp0() -> Self {
@@ -538,9 +552,17 @@ pub trait EmuEnv: CpuidSource {
     }
     /// The guest's TSC now.
     fn tsc(&mut self) -> u64;
-    /// Read guest-virtual bytes (in the guest's *kernel* page tables, as Xen reads the I/O
-    /// bitmap); returns how many leading bytes were readable.
+    /// Read guest-virtual bytes through the guest's current page tables, with the guest's
+    /// permissions; returns how many leading bytes were readable.
     fn read_guest(&mut self, va: u64, buf: &mut [u8]) -> usize;
+    /// Write guest-virtual bytes (current page tables, guest permissions); returns how many
+    /// leading bytes were written.
+    fn write_guest(&mut self, va: u64, buf: &[u8]) -> usize;
+    /// Read the I/O bitmap: Xen reads it through the guest's *kernel* page tables even in
+    /// user mode (`toggle_guest_pt`). Defaults to [`EmuEnv::read_guest`].
+    fn read_guest_kernel(&mut self, va: u64, buf: &mut [u8]) -> usize {
+        self.read_guest(va, buf)
+    }
     /// A permitted port read (`size` 1, 2 or 4). kxen has no physical ports for a domU: Xen
     /// returns all-ones except for the few ports it virtualises.
     fn port_in(&mut self, port: u16, size: u8) -> u32 {
@@ -606,6 +628,13 @@ pub fn emulate_gp(
         | Code::Out_DX_AL
         | Code::Out_DX_AX
         | Code::Out_DX_EAX => emulate_io(&insn, code, regs, state, env),
+
+        Code::Insb_m8_DX
+        | Code::Insw_m16_DX
+        | Code::Insd_m32_DX
+        | Code::Outsb_DX_m8
+        | Code::Outsw_DX_m16
+        | Code::Outsd_DX_m32 => emulate_string_io(&insn, code, regs, state, env),
 
         Code::Cli | Code::Sti => {
             // xen: validate(): cli/sti are ignored when IOPL allows them, else #GP.
@@ -985,7 +1014,7 @@ pub fn io_permitted(port: u16, size: u8, state: &EmuState, env: &mut impl EmuEnv
         return false;
     }
     let mut b = [0xffu8; 2];
-    let got = env.read_guest(state.iobmp.wrapping_add(u64::from(port >> 3)), &mut b);
+    let got = env.read_guest_kernel(state.iobmp.wrapping_add(u64::from(port >> 3)), &mut b);
     for x in b.iter_mut().skip(got) {
         *x = 0xff;
     }
@@ -1036,6 +1065,123 @@ impl DomUPorts {
             if port.wrapping_add(u16::from(i)) == 0x70 {
                 self.cmos_idx = (value >> (8 * u32::from(i))) as u8;
             }
+        }
+    }
+}
+
+/// `ins`/`outs`, optionally `rep`: Xen's `rep_ins`/`rep_outs`.
+fn emulate_string_io(
+    insn: &Instruction,
+    code: Code,
+    regs: &EmuRegs,
+    state: &mut EmuState,
+    env: &mut impl EmuEnv,
+) -> EmuOutcome {
+    let (is_in, size) = match code {
+        Code::Insb_m8_DX => (true, 1u8),
+        Code::Insw_m16_DX => (true, 2),
+        Code::Insd_m32_DX => (true, 4),
+        Code::Outsb_DX_m8 => (false, 1),
+        Code::Outsw_DX_m16 => (false, 2),
+        _ => (false, 4),
+    };
+    let port = regs.get(Gpr::Rdx) as u16;
+    if !io_permitted(port, size, state, env) {
+        return EmuOutcome::gp0();
+    }
+    let mem_kind = if is_in {
+        insn.op0_kind()
+    } else {
+        insn.op1_kind()
+    };
+    let addr32 = matches!(mem_kind, OpKind::MemoryESEDI | OpKind::MemorySegESI);
+    let amask: u64 = if addr32 { 0xffff_ffff } else { u64::MAX };
+    let index_reg = if is_in { Gpr::Rdi } else { Gpr::Rsi };
+    // 64-bit mode: segment bases are 0 except FS and GS; ins always uses ES.
+    let seg_base = if is_in {
+        0
+    } else {
+        match insn.memory_segment() {
+            Register::FS => state.fs_base,
+            Register::GS if state.kernel_mode => state.gs_base_kernel,
+            Register::GS => state.gs_base_user,
+            _ => 0,
+        }
+    };
+    let is_rep = insn.has_rep_prefix() || insn.has_repne_prefix();
+    let mut count = if is_rep {
+        regs.get(Gpr::Rcx) & amask
+    } else {
+        1
+    };
+    let len = insn.len();
+    if count == 0 {
+        return EmuOutcome::done(RegWrites::default(), len, EmuEffect::None);
+    }
+    let down = regs.rflags & (1 << 10) != 0; // DF
+    let step = u64::from(size);
+    let mut index = regs.get(index_reg) & amask;
+    let mut done_reps = 0u64;
+    let progress = |index: u64, count: u64| {
+        let mut w = RegWrites::one(index_reg, index & amask);
+        if is_rep {
+            // With 32-bit addressing ECX is written, which zero-extends into RCX.
+            w.push(Gpr::Rcx, count & amask);
+        }
+        w
+    };
+    while count > 0 && done_reps < MAX_REPS_PER_CALL {
+        let addr = seg_base.wrapping_add(index);
+        let last = addr.wrapping_add(step - 1);
+        if !is_canonical(addr) || !is_canonical(last) {
+            if done_reps == 0 {
+                return EmuOutcome::gp0();
+            }
+            break;
+        }
+        let mut buf = [0u8; 4];
+        let bytes = buf.get_mut(..usize::from(size)).unwrap_or_default();
+        if is_in {
+            let data = env.port_in(port, size);
+            bytes.copy_from_slice(&data.to_le_bytes()[..usize::from(size)]);
+            let n = env.write_guest(addr, bytes);
+            if n < bytes.len() {
+                return EmuOutcome::PageFault {
+                    regs: progress(index, count),
+                    addr: addr.wrapping_add(n as u64),
+                    error_code: 2 | 4, // write, user
+                };
+            }
+        } else {
+            let n = env.read_guest(addr, bytes);
+            if n < bytes.len() {
+                return EmuOutcome::PageFault {
+                    regs: progress(index, count),
+                    addr: addr.wrapping_add(n as u64),
+                    error_code: 4, // read, user
+                };
+            }
+            let mut word = [0u8; 4];
+            word[..usize::from(size)].copy_from_slice(bytes);
+            env.port_out(port, size, u32::from_le_bytes(word));
+        }
+        index = if down {
+            index.wrapping_sub(step)
+        } else {
+            index.wrapping_add(step)
+        } & amask;
+        count -= 1;
+        done_reps += 1;
+    }
+    let w = progress(index, count);
+    if count == 0 || !is_rep {
+        EmuOutcome::done(w, len, EmuEffect::None)
+    } else {
+        // More to do: stay on the instruction; it faults again and continues.
+        EmuOutcome::Done {
+            regs: w,
+            rip_advance: 0,
+            effect: EmuEffect::None,
         }
     }
 }

@@ -73,6 +73,24 @@ impl EmuEnv for TestEnv {
         }
         n
     }
+    fn write_guest(&mut self, va: u64, buf: &[u8]) -> usize {
+        let mut n = 0;
+        for (i, b) in buf.iter().enumerate() {
+            let a = va.wrapping_add(i as u64);
+            let slot = self.mem.iter_mut().find_map(|(base, bytes)| {
+                let off = usize::try_from(a.checked_sub(*base)?).ok()?;
+                bytes.get_mut(off)
+            });
+            match slot {
+                Some(v) => {
+                    *v = *b;
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        n
+    }
     fn port_in(&mut self, port: u16, size: u8) -> u32 {
         self.ins.push((port, size));
         0xa1b2_c3d4
@@ -869,12 +887,6 @@ fn garbage_and_unprivileged_instructions_are_not_emulated() {
         gp(&[0x48, 0x89, 0xc3], &regs(), &mut s, &mut env),
         EmuOutcome::NotEmulated
     );
-    // ins/outs are not emulated (yet).
-    s.iopl = 3;
-    assert_eq!(
-        gp(&[0x6c], &regs(), &mut s, &mut env),
-        EmuOutcome::NotEmulated
-    );
 }
 
 #[test]
@@ -949,7 +961,8 @@ proptest! {
         ] {
             if let EmuOutcome::Done { rip_advance, .. } = o {
                 prop_assert!(usize::from(rip_advance) <= bytes.len());
-                prop_assert!(rip_advance > 0);
+                // Only a long `rep ins/outs` stays on the instruction.
+                prop_assert!(rip_advance > 0 || bytes.iter().any(|b| (0x6c..=0x6f).contains(b)));
             }
             if let EmuOutcome::FetchFault { offset } = o {
                 prop_assert!(usize::from(offset) <= bytes.len());
@@ -1054,4 +1067,206 @@ fn domu_ports_remember_cmos_index_and_cf8_only() {
     p.write(0x6f, 2, 0x1200);
     assert_eq!(p.cmos_idx, 0x12);
     assert_eq!(p.read(0x71, 1), 0xff);
+}
+
+// ---- string port I/O ----
+
+fn io_state() -> EmuState {
+    EmuState {
+        iopl: 1,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn rep_outsb_sends_each_byte_and_updates_rsi_rcx() {
+    let mut env = TestEnv::new();
+    env.mem.push((0x2000, b"abc".to_vec()));
+    let mut s = io_state();
+    let r = with(
+        with(with(regs(), Gpr::Rsi, 0x2000), Gpr::Rcx, 3),
+        Gpr::Rdx,
+        0x3f8,
+    );
+    // rep outsb = f3 6e
+    let (w, len, _) = done(gp(&[0xf3, 0x6e], &r, &mut s, &mut env));
+    assert_eq!(len, 2);
+    assert_eq!((w.get(Gpr::Rsi), w.get(Gpr::Rcx)), (Some(0x2003), Some(0)));
+    assert_eq!(
+        env.outs,
+        vec![(0x3f8, 1, 0x61), (0x3f8, 1, 0x62), (0x3f8, 1, 0x63)]
+    );
+}
+
+#[test]
+fn rep_insw_backwards_fills_memory_and_decrements_rdi() {
+    let mut env = TestEnv::new();
+    env.mem.push((0x3000, vec![0; 8]));
+    let mut s = io_state();
+    let mut r = with(
+        with(with(regs(), Gpr::Rdi, 0x3004), Gpr::Rcx, 2),
+        Gpr::Rdx,
+        0x1f0,
+    );
+    r.rflags |= 1 << 10; // DF
+                         // rep insw = f3 66 6d
+    let (w, len, _) = done(gp(&[0xf3, 0x66, 0x6d], &r, &mut s, &mut env));
+    assert_eq!(len, 3);
+    assert_eq!((w.get(Gpr::Rdi), w.get(Gpr::Rcx)), (Some(0x3000), Some(0)));
+    assert_eq!(env.mem[0].1, vec![0, 0, 0xd4, 0xc3, 0xd4, 0xc3, 0, 0]);
+    assert_eq!(env.ins, vec![(0x1f0, 2), (0x1f0, 2)]);
+}
+
+#[test]
+fn single_insd_and_zero_count_rep() {
+    let mut env = TestEnv::new();
+    env.mem.push((0x3000, vec![0; 4]));
+    let mut s = io_state();
+    let r = with(with(regs(), Gpr::Rdi, 0x3000), Gpr::Rdx, 0x60);
+    // insd = 6d: no rep, rcx untouched
+    let (w, len, _) = done(gp(&[0x6d], &r, &mut s, &mut env));
+    assert_eq!(
+        (len, w.get(Gpr::Rdi), w.get(Gpr::Rcx)),
+        (1, Some(0x3004), None)
+    );
+    assert_eq!(env.mem[0].1, vec![0xd4, 0xc3, 0xb2, 0xa1]);
+    // rep insb with rcx = 0: nothing happens, rip advances.
+    let r = with(r, Gpr::Rcx, 0);
+    let (w, len, _) = done(gp(&[0xf3, 0x6c], &r, &mut s, &mut env));
+    assert_eq!((len, w.is_empty(), env.ins.len()), (2, true, 1));
+}
+
+#[test]
+fn outs_honours_fs_override_and_32bit_addressing() {
+    let mut env = TestEnv::new();
+    env.mem.push((0x7000_0010, vec![0x5a]));
+    env.mem.push((0x10, vec![0xa5]));
+    let mut s = EmuState {
+        fs_base: 0x7000_0000,
+        ..io_state()
+    };
+    let r = with(with(regs(), Gpr::Rsi, 0x10), Gpr::Rdx, 0x80);
+    // fs outsb = 64 6e
+    done(gp(&[0x64, 0x6e], &r, &mut s, &mut env));
+    // addr32 rep outsb with junk in the upper halves = 67 f3 6e
+    let r = with(
+        with(r, Gpr::Rsi, 0xdead_0000_0000_0010),
+        Gpr::Rcx,
+        0xffff_0000_0000_0001,
+    );
+    let (w, len, _) = done(gp(&[0x67, 0xf3, 0x6e], &r, &mut s, &mut env));
+    assert_eq!(
+        (len, w.get(Gpr::Rsi), w.get(Gpr::Rcx)),
+        (3, Some(0x11), Some(0))
+    );
+    assert_eq!(env.outs, vec![(0x80, 1, 0x5a), (0x80, 1, 0xa5)]);
+}
+
+#[test]
+fn string_io_page_fault_keeps_progress() {
+    let mut env = TestEnv::new();
+    env.mem.push((0x2000, vec![1, 2]));
+    let mut s = io_state();
+    let r = with(
+        with(with(regs(), Gpr::Rsi, 0x2000), Gpr::Rcx, 4),
+        Gpr::Rdx,
+        0x80,
+    );
+    match gp(&[0xf3, 0x6e], &r, &mut s, &mut env) {
+        EmuOutcome::PageFault {
+            regs,
+            addr,
+            error_code,
+        } => {
+            assert_eq!(
+                (regs.get(Gpr::Rsi), regs.get(Gpr::Rcx)),
+                (Some(0x2002), Some(2))
+            );
+            assert_eq!((addr, error_code), (0x2002, 4));
+        }
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(env.outs.len(), 2);
+    // ins into read-only/unmapped memory: write fault.
+    let r = with(with(regs(), Gpr::Rdi, 0x9000), Gpr::Rdx, 0x80);
+    match gp(&[0x6c], &r, &mut s, &mut env) {
+        EmuOutcome::PageFault {
+            addr, error_code, ..
+        } => assert_eq!((addr, error_code), (0x9000, 6)),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn long_rep_string_io_resumes_by_reexecution() {
+    let mut env = TestEnv::new();
+    env.mem.push((0x10000, vec![0; 0x1000]));
+    let mut s = io_state();
+    let r = with(
+        with(with(regs(), Gpr::Rsi, 0x10000), Gpr::Rcx, 600),
+        Gpr::Rdx,
+        0x80,
+    );
+    let (w, len, _) = done(gp(&[0xf3, 0x6e], &r, &mut s, &mut env));
+    assert_eq!(len, 0, "rip stays on the instruction");
+    assert_eq!(w.get(Gpr::Rcx), Some(600 - MAX_REPS_PER_CALL));
+    assert_eq!(w.get(Gpr::Rsi), Some(0x10000 + MAX_REPS_PER_CALL));
+    let r = with(
+        with(r, Gpr::Rsi, 0x10000 + MAX_REPS_PER_CALL),
+        Gpr::Rcx,
+        600 - MAX_REPS_PER_CALL,
+    );
+    let (w, len, _) = done(gp(&[0xf3, 0x6e], &r, &mut s, &mut env));
+    assert_eq!((len, w.get(Gpr::Rcx)), (2, Some(0)));
+    assert_eq!(env.outs.len(), 600);
+}
+
+#[test]
+fn string_io_without_permission_or_at_non_canonical_address_is_gp0() {
+    let mut env = TestEnv::new();
+    let mut s = EmuState::default();
+    assert_eq!(gp(&[0x6c], &regs(), &mut s, &mut env), GP0);
+    let mut s = io_state();
+    let r = with(regs(), Gpr::Rdi, 0x8000_0000_0000);
+    assert_eq!(gp(&[0x6c], &r, &mut s, &mut env), GP0);
+    assert!(env.ins.is_empty());
+}
+
+proptest! {
+    #[test]
+    fn rep_string_io_progress_matches_port_traffic(
+        op in 0x6cu8..=0x6f,
+        opsize in any::<bool>(),
+        addr32 in any::<bool>(),
+        df in any::<bool>(),
+        rcx in 0u64..1500,
+        index in 0x0f00u64..0x3100,
+    ) {
+        let mut env = TestEnv::new();
+        env.mem.push((0x1000, vec![0x11; 0x2000]));
+        let mut s = EmuState { iopl: 3, ..Default::default() };
+        let mut bytes = Vec::new();
+        if addr32 { bytes.push(0x67); }
+        if opsize { bytes.push(0x66); }
+        bytes.extend_from_slice(&[0xf3, op]);
+        let mut r = with(with(with(with(regs(), Gpr::Rcx, rcx), Gpr::Rsi, index), Gpr::Rdi, index), Gpr::Rdx, 0x80);
+        if df { r.rflags |= 1 << 10; }
+        let o = emulate_gp(&bytes, &r, &mut s, &mut env);
+        let traffic = (env.ins.len() + env.outs.len()) as u64;
+        let left = match o {
+            EmuOutcome::Done { regs, .. } | EmuOutcome::PageFault { regs, .. } => {
+                regs.get(Gpr::Rcx).unwrap_or(rcx)
+            }
+            other => {
+                prop_assert_eq!(other, GP0);
+                rcx
+            }
+        };
+        // Port reads happen before the memory write, so a faulting ins may read one more.
+        let is_in = op < 0x6e;
+        let faulted = matches!(o, EmuOutcome::PageFault { .. });
+        let extra = u64::from(is_in && faulted);
+        prop_assert_eq!(rcx - left + extra, traffic);
+        prop_assert!(rcx - left <= MAX_REPS_PER_CALL);
+    }
 }
