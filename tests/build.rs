@@ -35,6 +35,10 @@ const GUESTS: &[GuestSpec] = &[
         source: "tests/echo.rs",
     },
     GuestSpec {
+        name: "privop",
+        source: "tests/privop.rs",
+    },
+    GuestSpec {
         name: "hostile",
         source: "tests/hostile.rs",
     },

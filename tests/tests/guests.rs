@@ -244,3 +244,11 @@ fn keyboard_input_reaches_the_guest_through_ring_and_console_io() {
         );
     }
 }
+
+#[test]
+fn privileged_operations_are_emulated_as_xen_does() {
+    if !kvm() {
+        return;
+    }
+    assert_all_passed(&boot("privop", false));
+}

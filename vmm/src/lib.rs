@@ -13,6 +13,7 @@ pub mod image;
 pub mod inspect;
 pub mod launch;
 pub mod memory;
+pub mod privop;
 pub mod ring0;
 pub mod trap;
 pub mod vcpu;
