@@ -12,5 +12,6 @@ pub mod inspect;
 pub mod launch;
 pub mod memory;
 pub mod ring0;
+pub mod time;
 pub mod trap;
 pub mod vcpu;
