@@ -259,6 +259,18 @@ impl VcpuClock {
         sink.store_u32(0, self.info.version)
     }
 
+    /// Write the last published record to another area (the secondary, user-mapped copy of
+    /// `VCPUOP_register_vcpu_time_memory_area`) with the same version protocol and the same
+    /// version numbers (xen: arch/x86/time.c `write_time_guest_area`).
+    pub fn write_copy_to(&self, sink: &impl TimeInfoSink) -> Result<(), TimeError> {
+        let even = self.info.version & !1;
+        sink.store_u32(0, even.wrapping_sub(1))?;
+        fence(Ordering::SeqCst);
+        sink.write(4, &self.info.as_bytes()[4..])?;
+        fence(Ordering::SeqCst);
+        sink.store_u32(0, even)
+    }
+
     /// What a guest computes from `info` at TSC `tsc` (public/xen.h formula).
     pub fn guest_read(info: &VcpuTimeInfo, tsc: u64) -> u64 {
         let scale = TimeScale {
@@ -357,14 +369,18 @@ mod tests {
                     let bytes = area.snapshot();
                     fence(Ordering::SeqCst);
                     let v1 = area.load_u32(0);
-                    if v0 % 2 == 1 || v0 != v1 {
+                    if !v0.is_multiple_of(2) || v0 != v1 {
                         retried += 1;
                         continue;
                     }
                     let r = VcpuTimeInfo::from_bytes(&bytes).unwrap();
                     let n = r.tsc_timestamp;
                     assert_eq!(r.system_time, n.wrapping_mul(3), "torn: {r:?}");
-                    assert_eq!(u64::from(r.tsc_to_system_mul), n & 0xffff_ffff, "torn: {r:?}");
+                    assert_eq!(
+                        u64::from(r.tsc_to_system_mul),
+                        n & 0xffff_ffff,
+                        "torn: {r:?}"
+                    );
                     accepted += 1;
                 }
                 (accepted, retried)

@@ -128,7 +128,11 @@ impl VcpuTime {
     /// `VCPUOP_set_singleshot_timer` with the argument already copied from the guest.
     /// Xen also requires the target vCPU to be the caller (`-EINVAL` otherwise): the handler
     /// checks that before calling.
-    pub fn set_singleshot(&mut self, arg: &[u8; SINGLESHOT_ARG_SIZE], now: u64) -> Result<(), Errno> {
+    pub fn set_singleshot(
+        &mut self,
+        arg: &[u8; SINGLESHOT_ARG_SIZE],
+        now: u64,
+    ) -> Result<(), Errno> {
         let (timeout, flags) = parse_singleshot_arg(arg);
         self.timers.set_singleshot(timeout, flags, now)
     }
@@ -162,8 +166,7 @@ impl VcpuTime {
         self.clock.refresh(domain);
         self.clock.write_to(primary)?;
         if let Some(s) = secondary {
-            let mut copy = self.clock;
-            if let Err(e) = copy.write_to(&DynSink(s)) {
+            if let Err(e) = self.clock.write_copy_to(&DynSink(s)) {
                 tracing::debug!(error = %e, "secondary time area write failed");
             }
         }
@@ -253,7 +256,7 @@ mod tests {
         let a = VcpuTimeInfo::from_bytes(&p.snapshot()).unwrap();
         let b = VcpuTimeInfo::from_bytes(&s.snapshot()).unwrap();
         assert_eq!(a, b);
-        assert_eq!(a.version % 2, 0);
+        assert!(a.version.is_multiple_of(2));
         assert_eq!(a.tsc_to_system_mul, d.scale().mul);
         // A broken secondary area does not fail the primary update.
         v.publish(&d, &p, Some(&AtomicArea::new(8))).unwrap();
@@ -265,7 +268,10 @@ mod tests {
         let mut v = VcpuTime::new(RunState::Running, 0);
         v.set_timer_op(50, 10);
         v.block(10);
-        assert_eq!(v.timers.wait_from(10), Some(std::time::Duration::from_nanos(40)));
+        assert_eq!(
+            v.timers.wait_from(10),
+            Some(std::time::Duration::from_nanos(40))
+        );
         assert!(v.wake(60));
         let r = v.runstate.info();
         assert_eq!(r.time[RunState::Running as usize], 10);

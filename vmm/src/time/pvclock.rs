@@ -70,7 +70,9 @@ impl TimeScale {
 /// done in 64 bits (a left shift loses the top bits, as in C), the multiply in 128 bits.
 pub fn scale_delta(delta: u64, scale: TimeScale) -> u64 {
     let d = if scale.shift < 0 {
-        delta.checked_shr(u32::from(scale.shift.unsigned_abs())).unwrap_or(0)
+        delta
+            .checked_shr(u32::from(scale.shift.unsigned_abs()))
+            .unwrap_or(0)
     } else {
         delta.checked_shl(scale.shift as u32).unwrap_or(0)
     };
@@ -106,13 +108,19 @@ mod tests {
         // 2 GHz: rate 2e9 fits as is (not > 2e9), shift 0, mul = 2^32 / 2.
         assert_eq!(
             TimeScale::from_tsc_khz(2_000_000),
-            Some(TimeScale { mul: 0x8000_0000, shift: 0 })
+            Some(TimeScale {
+                mul: 0x8000_0000,
+                shift: 0
+            })
         );
         // 1 GHz: 1e9 is not > 1e9 after zero doublings? it is <= 1e9, so doubled once:
         // rate 2e9, shift 1, mul 2^31.
         assert_eq!(
             TimeScale::from_tsc_khz(1_000_000),
-            Some(TimeScale { mul: 0x8000_0000, shift: 1 })
+            Some(TimeScale {
+                mul: 0x8000_0000,
+                shift: 1
+            })
         );
         // 3 GHz: halved once to 1.5e9, shift -1, mul = (1e9 << 32) / 1.5e9.
         let s = TimeScale::from_tsc_khz(3_000_000).unwrap();
@@ -127,9 +135,11 @@ mod tests {
 
     #[test]
     fn every_scale_is_normalised() {
-        for khz in [1u32, 7, 999, 1_000, 32_768, 999_999, 1_000_000, 1_000_001, 2_000_001]
-            .into_iter()
-            .chain([2_893_437, 3_600_000, 4_999_999, 5_000_000, u32::MAX])
+        for khz in [
+            1u32, 7, 999, 1_000, 32_768, 999_999, 1_000_000, 1_000_001, 2_000_001,
+        ]
+        .into_iter()
+        .chain([2_893_437, 3_600_000, 4_999_999, 5_000_000, u32::MAX])
         {
             let s = TimeScale::from_tsc_khz(khz).unwrap();
             assert!(s.mul >= 0x8000_0000, "khz {khz}: mul {:#x}", s.mul);
@@ -141,8 +151,15 @@ mod tests {
 
     #[test]
     fn one_second_of_ticks_is_one_second() {
-        for khz in [1_000_000u32, 1_234_567, 2_000_000, 2_893_437, 3_000_000, 4_999_999, 5_000_000]
-        {
+        for khz in [
+            1_000_000u32,
+            1_234_567,
+            2_000_000,
+            2_893_437,
+            3_000_000,
+            4_999_999,
+            5_000_000,
+        ] {
             let ns = scale_delta(u64::from(khz) * 1000, TimeScale::from_tsc_khz(khz).unwrap());
             assert!(ns.abs_diff(NS_PER_SEC) <= 2, "khz {khz}: {ns}");
         }
@@ -154,9 +171,25 @@ mod tests {
         assert_eq!(scale_delta(0, s), 0);
         let _ = scale_delta(u64::MAX, s);
         let _ = scale_delta(u64::MAX, TimeScale::from_tsc_khz(1).unwrap());
-        let _ = scale_delta(u64::MAX, TimeScale { mul: u32::MAX, shift: 127 });
-        let _ = scale_delta(u64::MAX, TimeScale { mul: u32::MAX, shift: -128 });
-        let _ = TimeScale { mul: 1, shift: -128 }.approx_hz();
+        let _ = scale_delta(
+            u64::MAX,
+            TimeScale {
+                mul: u32::MAX,
+                shift: 127,
+            },
+        );
+        let _ = scale_delta(
+            u64::MAX,
+            TimeScale {
+                mul: u32::MAX,
+                shift: -128,
+            },
+        );
+        let _ = TimeScale {
+            mul: 1,
+            shift: -128,
+        }
+        .approx_hz();
         let _ = TimeScale { mul: 0, shift: 0 }.approx_hz();
     }
 

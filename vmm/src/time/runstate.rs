@@ -239,7 +239,10 @@ mod tests {
         r.write_to(&log, true).unwrap();
         let ops = log.0.into_inner();
         assert_eq!(ops.len(), 3);
-        assert_eq!(ops[0], (8, (77 | XEN_RUNSTATE_UPDATE).to_le_bytes().to_vec()));
+        assert_eq!(
+            ops[0],
+            (8, (77 | XEN_RUNSTATE_UPDATE).to_le_bytes().to_vec())
+        );
         let whole = RunstateInfo::from_bytes(&ops[1].1).unwrap();
         assert_eq!(ops[1].0, 0);
         assert_eq!(whole.state_entry_time, 77 | XEN_RUNSTATE_UPDATE);

@@ -56,7 +56,7 @@ impl<'a> GpaSink<'a> {
         bytes: &[u8],
     ) -> Result<(), TimeError> {
         let a = self.addr(offset, bytes.len())?;
-        if a.0 % bytes.len() as u64 == 0 {
+        if a.0.is_multiple_of(bytes.len() as u64) {
             self.ram
                 .mem()
                 .store(v, a, Ordering::Release)
@@ -103,9 +103,7 @@ impl<'a> VirtSink<'a> {
 
     fn va(&self, offset: usize, len: usize) -> Result<u64, TimeError> {
         let off = area_check(offset, len, self.len)?;
-        self.va
-            .checked_add(off)
-            .ok_or(TimeError::BadGpa(self.va))
+        self.va.checked_add(off).ok_or(TimeError::BadGpa(self.va))
     }
 
     fn store<T: vm_memory::AtomicAccess>(
@@ -115,7 +113,7 @@ impl<'a> VirtSink<'a> {
         bytes: &[u8],
     ) -> Result<(), TimeError> {
         let va = self.va(offset, bytes.len())?;
-        if va % bytes.len() as u64 != 0 {
+        if !va.is_multiple_of(bytes.len() as u64) {
             return self.write(offset, bytes);
         }
         // Aligned and at most 8 bytes: within one page.
@@ -195,7 +193,7 @@ impl TimeInfoSink for AtomicArea {
     }
     fn store_u32(&self, offset: usize, v: u32) -> Result<(), TimeError> {
         area_check(offset, 4, self.len())?;
-        if offset % 4 == 0 {
+        if offset.is_multiple_of(4) {
             self.words[offset / 4].store(v, Ordering::Release);
             Ok(())
         } else {

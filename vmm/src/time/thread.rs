@@ -150,7 +150,9 @@ mod tests {
         .unwrap();
         let deadline = monotonic_ns() + 5_000_000;
         t.arm(1, Some(deadline));
-        let (v, at) = rx.recv_timeout(Duration::from_secs(5)).expect("timer fired");
+        let (v, at) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("timer fired");
         assert_eq!(v, 1);
         assert!(at >= deadline, "fired {} ns early", deadline - at);
         println!("5 ms timer fired {} us late", (at - deadline) / 1000);

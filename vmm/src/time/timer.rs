@@ -72,7 +72,12 @@ impl TimerState {
     /// `VCPUOP_set_singleshot_timer` (xen: common/domain.c): with `VCPU_SSHOTTMR_future` and
     /// a timeout before `now` (unsigned comparison, as Xen) → `-ETIME`; otherwise arm it (a
     /// past or above-`i64::MAX` timeout fires at once).
-    pub fn set_singleshot(&mut self, timeout_abs_ns: u64, flags: u32, now: u64) -> Result<(), Errno> {
+    pub fn set_singleshot(
+        &mut self,
+        timeout_abs_ns: u64,
+        flags: u32,
+        now: u64,
+    ) -> Result<(), Errno> {
         if self.honour_future_flag && flags & VCPU_SSHOTTMR_FUTURE != 0 && timeout_abs_ns < now {
             return Err(Errno::ETIME);
         }
@@ -203,7 +208,10 @@ mod tests {
             Err(Errno::ETIME)
         );
         assert_eq!(t.next_deadline(), None, "-ETIME leaves the timer unarmed");
-        assert_eq!(t.set_singleshot(6 * MS, VCPU_SSHOTTMR_FUTURE, 6 * MS), Ok(()));
+        assert_eq!(
+            t.set_singleshot(6 * MS, VCPU_SSHOTTMR_FUTURE, 6 * MS),
+            Ok(())
+        );
         assert_eq!(t.next_deadline(), Some(6 * MS));
         // Without the flag a past time fires at once.
         assert_eq!(t.set_singleshot(MS, 0, 6 * MS), Ok(()));
@@ -228,7 +236,10 @@ mod tests {
     fn singleshot_u64_max_is_past_as_in_xen_signed_expiry() {
         let mut t = TimerState::new();
         // Unsigned compare: not "before now", so no -ETIME ...
-        assert_eq!(t.set_singleshot(u64::MAX, VCPU_SSHOTTMR_FUTURE, 6 * MS), Ok(()));
+        assert_eq!(
+            t.set_singleshot(u64::MAX, VCPU_SSHOTTMR_FUTURE, 6 * MS),
+            Ok(())
+        );
         // ... but as s_time_t it is -1: due immediately.
         assert_eq!(t.next_deadline(), Some(0));
         assert!(t.expire(6 * MS));
@@ -253,7 +264,11 @@ mod tests {
         assert_eq!(t.next_deadline(), Some(110 * MS));
         assert!(!t.expire(109 * MS));
         assert!(t.expire(113 * MS));
-        assert_eq!(t.next_deadline(), Some(123 * MS), "re-armed from the firing time");
+        assert_eq!(
+            t.next_deadline(),
+            Some(123 * MS),
+            "re-armed from the firing time"
+        );
         // Same period again does not reset the phase.
         t.set_periodic(10 * MS, 120 * MS).unwrap();
         assert_eq!(t.next_deadline(), Some(123 * MS));
