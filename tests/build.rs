@@ -31,48 +31,8 @@ const GUESTS: &[GuestSpec] = &[
         source: "tests/features.rs",
     },
     GuestSpec {
-        name: "hostile",
-        source: "tests/hostile.rs",
-    },
-    GuestSpec {
-        name: "traps",
-        source: "tests/traps.rs",
-    },
-    GuestSpec {
-        name: "shutdown_poweroff",
-        source: "tests/shutdown.rs",
-    },
-    GuestSpec {
-        name: "shutdown_reboot",
-        source: "tests/shutdown.rs",
-    },
-    GuestSpec {
-        name: "shutdown_crash",
-        source: "tests/shutdown.rs",
-    },
-    GuestSpec {
-        name: "shutdown_suspend",
-        source: "tests/shutdown.rs",
-    },
-];
-
-/// Guests also built hosted (run by the ptrace harness in src/hosted.rs without KVM).
-const HOSTED: &[GuestSpec] = &[
-    GuestSpec {
-        name: "startinfo",
-        source: "tests/startinfo.rs",
-    },
-    GuestSpec {
-        name: "demo",
-        source: "demo.rs",
-    },
-    GuestSpec {
-        name: "features_dom0",
-        source: "tests/features.rs",
-    },
-    GuestSpec {
-        name: "features_none",
-        source: "tests/features.rs",
+        name: "echo",
+        source: "tests/echo.rs",
     },
     GuestSpec {
         name: "hostile",
@@ -104,7 +64,6 @@ fn main() {
     let out_dir =
         std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let built = build_guests(&out_dir, GUESTS);
-    let hosted = build_guests_flavor(&out_dir, HOSTED, Flavor::Hosted);
     let mut src = String::from(
         "/// Every kit test guest built by tests/build.rs: (name, ELF image).\n\
          pub const GUESTS: &[(&str, &[u8])] = &[\n",
@@ -112,18 +71,6 @@ fn main() {
     for (spec, path) in GUESTS.iter().zip(&built) {
         src.push_str(&format!(
             "    ({:?}, include_bytes!({:?})),\n",
-            spec.name,
-            path.display().to_string()
-        ));
-    }
-    src.push_str("];\n");
-    src.push_str(
-        "/// Hosted builds (linked at 0x40200000, `--cfg kxen_hosted`): (name, path).\n\
-         pub const HOSTED_GUESTS: &[(&str, &str)] = &[\n",
-    );
-    for (spec, path) in HOSTED.iter().zip(&hosted) {
-        src.push_str(&format!(
-            "    ({:?}, {:?}),\n",
             spec.name,
             path.display().to_string()
         ));

@@ -15,17 +15,6 @@ pub struct GuestSpec {
     pub source: &'static str,
 }
 
-/// How a guest is linked.
-#[allow(dead_code)]
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
-    /// The real thing: a Xen PV kernel at VIRT_BASE 0xffffffff80000000 (`<name>.elf`).
-    Pv,
-    /// `--cfg kxen_hosted`, linked at 0x40200000 to run as a Linux process under the
-    /// ptrace harness of kxen-tests (`<name>.hosted.elf`). A development aid only.
-    Hosted,
-}
-
 /// resources/guests/ of this workspace, from the including crate's manifest directory.
 pub fn guests_dir() -> PathBuf {
     let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
@@ -59,33 +48,16 @@ fn rerun_if_changed(dir: &Path, specs: &[GuestSpec]) {
 /// Build every guest in `specs` into `out_dir/<name>.elf`; returns the paths in order.
 /// Panics (failing the build) with rustc's output if a guest does not build.
 pub fn build_guests(out_dir: &Path, specs: &[GuestSpec]) -> Vec<PathBuf> {
-    build_guests_flavor(out_dir, specs, Flavor::Pv)
-}
-
-/// [`build_guests`] for a given [`Flavor`].
-pub fn build_guests_flavor(out_dir: &Path, specs: &[GuestSpec], flavor: Flavor) -> Vec<PathBuf> {
     let dir = guests_dir()
         .canonicalize()
         .expect("resources/guests exists");
     rerun_if_changed(&dir, specs);
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let mut script = dir.join("kit").join("guest.ld");
-    let (code_model, suffix) = match flavor {
-        Flavor::Pv => ("kernel", "elf"),
-        Flavor::Hosted => ("small", "hosted.elf"),
-    };
-    if flavor == Flavor::Hosted {
-        let ld = std::fs::read_to_string(&script).expect("reading guest.ld");
-        let hosted = ld
-            .replace("0xffffffff80200000", "0x40200000")
-            .replace("0xffffffff80000000", "0x40000000");
-        script = out_dir.join("guest-hosted.ld");
-        std::fs::write(&script, hosted).expect("writing guest-hosted.ld");
-    }
+    let script = dir.join("kit").join("guest.ld");
 
     let mut children = Vec::new();
     for s in specs {
-        let out = out_dir.join(format!("{}.{suffix}", s.name));
+        let out = out_dir.join(format!("{}.elf", s.name));
         let mut cmd = Command::new(&rustc);
         cmd.env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -96,15 +68,10 @@ pub fn build_guests_flavor(out_dir: &Path, specs: &[GuestSpec], flavor: Flavor) 
             .arg("--crate-type=bin")
             .arg(format!("--crate-name={}", s.name))
             .arg(format!("--cfg=kxen_guest=\"{}\"", s.name))
-            .args(if flavor == Flavor::Hosted {
-                &["--cfg=kxen_hosted"][..]
-            } else {
-                &[]
-            })
             .args(["-C", "panic=abort"])
             .args(["-C", "opt-level=2"])
             .args(["-C", "codegen-units=1"])
-            .arg(format!("-Ccode-model={code_model}"))
+            .args(["-C", "code-model=kernel"])
             .args(["-C", "relocation-model=static"])
             .args(["-C", "target-cpu=x86-64"])
             // Xen writes bounce frames right below the interrupted rsp: no red zone.

@@ -3,15 +3,13 @@
 //! - [`GUESTS`]: every kit test guest, built from resources/guests/tests/ by build.rs.
 //! - [`Report`]: parses the `KXEN-TEST:` protocol the guests print on the console.
 //! - [`kit_pure`]: the guest kit's pure helpers, unit-tested here on the host.
-//! - [`hosted`]: a ptrace harness running hosted builds of the guests without KVM.
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
 #[path = "../../resources/guests/kit/pure.rs"]
 pub mod kit_pure;
 
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-pub mod hosted;
+pub mod initramfs;
 
 /// The ELF image of test guest `name` (see [`GUESTS`] for the names).
 pub fn guest(name: &str) -> Option<&'static [u8]> {
@@ -391,114 +389,5 @@ mod tests {
             !Report::parse("KXEN-TEST: PASS a\n").all_passed(),
             "no DONE"
         );
-    }
-
-    // ---- hosted runs (ptrace harness; see hosted.rs) -------------------------------------
-
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    fn hosted_run(name: &str) -> Option<hosted::Outcome> {
-        let path = HOSTED_GUESTS.iter().find(|(n, _)| *n == name)?.1;
-        match hosted::run(path) {
-            Ok(o) => Some(o),
-            Err(hosted::HostedError::Ptrace(why)) => {
-                eprintln!("skipping hosted run of {name}: {why}");
-                None
-            }
-            Err(e) => panic!("hosted run of {name}: {e}"),
-        }
-    }
-
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    #[test]
-    fn hosted_demo_prints_its_banner_passes_its_checks_and_powers_off() {
-        let Some(o) = hosted_run("demo") else { return };
-        assert_eq!(o.abnormal, None, "console:\n{}", o.console);
-        assert_eq!(o.shutdown, Some(0), "poweroff");
-        assert!(o.console.starts_with("kxen demo guest\n"), "{}", o.console);
-        assert!(o
-            .console
-            .contains("start_info: magic \"xen-3.0-x86_64\" nr_pages 4096\n"));
-        assert!(
-            o.console.contains("xen version 4.20-hosted\n"),
-            "{}",
-            o.console
-        );
-        assert!(o
-            .console
-            .contains("features submap 0: 0x00000801 writable_page_tables dom0\n"));
-        assert!(
-            o.console.ends_with("demo: all checks passed\n"),
-            "{}",
-            o.console
-        );
-    }
-
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    #[test]
-    fn hosted_features_guests_print_the_submap_and_see_einval_for_submap_1() {
-        for name in ["features_dom0", "features_none"] {
-            let Some(o) = hosted_run(name) else { return };
-            let r = Report::parse(&o.console);
-            assert!(r.all_passed(), "{name}: {}", o.console);
-            assert_eq!(
-                r.value("submap0"),
-                Some("0x801"),
-                "the harness answers 0x801"
-            );
-            assert_eq!(o.shutdown, Some(0));
-        }
-    }
-
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    #[test]
-    fn hosted_traps_guest_handles_xen_bounce_frames_and_returns_by_iret() {
-        let Some(o) = hosted_run("traps") else { return };
-        let r = Report::parse(&o.console);
-        assert!(r.all_passed(), "{}", o.console);
-        assert_eq!(o.traps_bounced, 6);
-        assert_eq!(o.shutdown, Some(0));
-    }
-
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    #[test]
-    fn hosted_hostile_guest_survives_every_bad_hypercall() {
-        let Some(o) = hosted_run("hostile") else {
-            return;
-        };
-        let r = Report::parse(&o.console);
-        assert!(r.all_passed(), "{}", o.console);
-        assert!(r.passed.iter().any(|p| p == "still_running"));
-        assert!(r.passed.len() > 30, "{}", o.console);
-        assert_eq!(o.shutdown, Some(0));
-    }
-
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    #[test]
-    fn hosted_startinfo_guest_accepts_a_xen_like_start_of_day() {
-        let Some(o) = hosted_run("startinfo") else {
-            return;
-        };
-        let r = Report::parse(&o.console);
-        assert!(r.all_passed(), "{}", o.console);
-        assert_eq!(r.value("cmd_line"), Some("console=hvc0"));
-        assert_eq!(r.value("nr_pages"), Some("4096"));
-        assert_eq!(r.value("mapping_end"), Some("0x40400000"));
-    }
-
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    #[test]
-    fn hosted_shutdown_guests_issue_their_own_reason() {
-        for (name, reason, word) in [
-            ("shutdown_poweroff", 0, "poweroff"),
-            ("shutdown_reboot", 1, "reboot"),
-            ("shutdown_crash", 3, "crash"),
-            ("shutdown_suspend", 2, "suspend"),
-        ] {
-            let Some(o) = hosted_run(name) else { return };
-            assert_eq!(o.shutdown, Some(reason), "{name}: {}", o.console);
-            let r = Report::parse(&o.console);
-            assert_eq!(r.value("shutdown"), Some(word));
-            assert_eq!(r.done, Some((0, 0)));
-        }
     }
 }

@@ -9,8 +9,13 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
+use tracing::{error, info, warn};
+use vm_memory::{Bytes, GuestAddress};
 use xen_abi::negotiate::LaunchMode;
 use xen_abi::sched::ShutdownReason;
+use xen_abi::shared_info::{vcpu_info_offset, CR2_OFFSET, UPCALL_MASK_OFFSET};
+
+use crate::memory::{GuestRam, PAGE_SIZE};
 
 /// No shutdown requested yet.
 const NO_SHUTDOWN: u32 = u32::MAX;
@@ -32,8 +37,19 @@ pub struct DomainShared {
     pub shared_info_mfn: u64,
     /// Console: where guest output goes, and keyboard input waiting for the guest.
     pub console: Mutex<ConsoleIo>,
+    /// The domain's handle (UUID), for `XENVER_guest_handle`.
+    pub handle: [u8; 16],
     shutdown: AtomicU32,
+    /// `SCHEDOP_shutdown_code`: the code a later shutdown reports instead of its own.
+    shutdown_code: AtomicU32,
+    /// Watchdog slots in use (bit i = watchdog id i + 1).
+    watchdogs: Mutex<u32>,
+    /// Why kxen crashed the domain, if it did.
+    crash_message: Mutex<Option<String>>,
 }
+
+/// Number of per-domain watchdogs (xen: common/sched/core.c, NR_DOMAIN_WATCHDOG_TIMERS).
+pub const NR_WATCHDOGS: u32 = 2;
 
 /// The host side of the console.
 pub struct ConsoleIo {
@@ -65,7 +81,11 @@ impl DomainShared {
                 out,
                 input: VecDeque::new(),
             }),
+            handle: [0; 16],
             shutdown: AtomicU32::new(NO_SHUTDOWN),
+            shutdown_code: AtomicU32::new(NO_SHUTDOWN),
+            watchdogs: Mutex::new(0),
+            crash_message: Mutex::new(None),
         }
     }
 
@@ -88,6 +108,115 @@ impl DomainShared {
     /// The shutdown reason, once requested.
     pub fn shutdown_reason(&self) -> Option<ShutdownReason> {
         ShutdownReason::from_u32(self.shutdown.load(Ordering::Acquire))
+    }
+
+    /// `domain_shutdown(d, code)` as Xen does it: an earlier `SCHEDOP_shutdown_code` wins
+    /// over `code`; the first shutdown wins over later ones. Codes Xen's public header does
+    /// not define (Xen accepts any `u8`) are reported as a crash.
+    // xen: common/domain.c, domain_shutdown
+    pub fn shutdown_with_code(&self, code: u8) {
+        let _ = self.shutdown_code.compare_exchange(
+            NO_SHUTDOWN,
+            u32::from(code),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        let code = self.shutdown_code.load(Ordering::Acquire);
+        let reason = ShutdownReason::from_u32(code).unwrap_or_else(|| {
+            warn!(domain = %self.name, code, "shutdown with an unknown code: reported as crash");
+            ShutdownReason::Crash
+        });
+        info!(domain = %self.name, reason = reason.name(), "domain shutdown requested");
+        self.request_shutdown(reason);
+    }
+
+    /// `SCHEDOP_shutdown_code`: remember `code` for a later shutdown (first one wins).
+    // xen: common/sched/core.c, SCHEDOP_shutdown_code
+    pub fn set_shutdown_code(&self, code: u8) {
+        let _ = self.shutdown_code.compare_exchange(
+            NO_SHUTDOWN,
+            u32::from(code),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Crash the domain (Xen's `domain_crash`): log why and request a crash shutdown.
+    pub fn crash(&self, why: &str) {
+        error!(domain = %self.name, "domain crash: {why}");
+        if self.shutdown_reason().is_none() {
+            let mut m = match self.crash_message.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            m.get_or_insert_with(|| why.to_string());
+        }
+        self.request_shutdown(ShutdownReason::Crash);
+    }
+
+    /// Why kxen crashed the domain ([`DomainShared::crash`]), if it did.
+    pub fn crash_message(&self) -> Option<String> {
+        match self.crash_message.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// `SCHEDOP_watchdog` bookkeeping: id 0 allocates a slot (returns its id), id 1..=2
+    /// with timeout 0 frees it, otherwise pokes it. kxen never fires watchdogs.
+    // xen: common/sched/core.c, domain_watchdog
+    pub fn watchdog(&self, id: u32, timeout: u32) -> Result<u32, u32> {
+        use xen_abi::errno::{EINVAL, ENOSPC};
+        if id > NR_WATCHDOGS {
+            return Err(EINVAL);
+        }
+        let mut used = match self.watchdogs.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if id == 0 {
+            let free = (0..NR_WATCHDOGS).find(|i| *used & (1 << i) == 0);
+            return match free {
+                Some(i) => {
+                    *used |= 1 << i;
+                    Ok(i + 1)
+                }
+                None => Err(ENOSPC),
+            };
+        }
+        let bit = 1 << (id - 1);
+        if *used & bit == 0 {
+            return Err(EINVAL);
+        }
+        if timeout == 0 {
+            *used &= !bit;
+        }
+        Ok(0)
+    }
+
+    fn vcpu_info_gpa(&self, vcpu: u32, field: usize) -> Option<GuestAddress> {
+        let off = vcpu_info_offset(usize::try_from(vcpu).ok()?)?;
+        let base = self.shared_info_mfn.checked_mul(PAGE_SIZE)?;
+        Some(GuestAddress(base.checked_add((off + field) as u64)?))
+    }
+
+    /// `vcpu_info[vcpu].evtchn_upcall_mask`; `None` if the vCPU has no slot in shared_info
+    /// or shared_info is not in guest RAM.
+    pub fn upcall_mask(&self, ram: &GuestRam, vcpu: u32) -> Option<u8> {
+        let gpa = self.vcpu_info_gpa(vcpu, UPCALL_MASK_OFFSET)?;
+        ram.mem().read_obj(gpa).ok()
+    }
+
+    /// Set `vcpu_info[vcpu].evtchn_upcall_mask`; false if there is no such slot.
+    pub fn set_upcall_mask(&self, ram: &GuestRam, vcpu: u32, mask: u8) -> bool {
+        self.vcpu_info_gpa(vcpu, UPCALL_MASK_OFFSET)
+            .is_some_and(|gpa| ram.mem().write_obj(mask, gpa).is_ok())
+    }
+
+    /// Set `vcpu_info[vcpu].arch.cr2` (Xen writes it when bouncing a #PF).
+    pub fn set_cr2(&self, ram: &GuestRam, vcpu: u32, cr2: u64) -> bool {
+        self.vcpu_info_gpa(vcpu, CR2_OFFSET)
+            .is_some_and(|gpa| ram.mem().write_obj(cr2, gpa).is_ok())
     }
 
     /// Write guest console output to the host.

@@ -367,24 +367,26 @@ impl Domain {
     /// Run vCPU 0 until the domain shuts down or kxen has to crash it.
     pub fn run(&mut self) -> Result<Outcome, LaunchError> {
         let start = Instant::now();
-        // TODO(w-hcall): the full PV table and its run-loop contract.
-        let table = crate::hypercall::HypercallTable::<DomainShared>::new();
+        let table = crate::hypercall::pv_hypercall_table().with_stats(self.vm.stats().clone());
         let crash = loop {
             let exit = self.vcpu.run()?;
             let crash = match exit {
                 VcpuExit::Syscall { mut regs, compat } => {
                     // xen: a syscall from guest kernel mode is a hypercall
+                    // Run-loop contract: see crate::hypercall (regs_replaced, return_cs).
                     let args = HypercallArgs::from_regs(&regs);
                     let shared = self.shared.clone();
-                    let mut ctx = self.vcpu.hypercall_ctx(&mut regs, &*shared);
-                    let ret = table.dispatch(&mut ctx, &args);
-                    drop(ctx);
-                    regs.rax = ret as u64;
-                    let cs = if compat {
-                        GuestCs::Compat32
-                    } else {
-                        GuestCs::Long64
+                    let (ret, replaced, mut cs) = {
+                        let mut ctx = self.vcpu.hypercall_ctx(&mut regs, &*shared);
+                        let ret = table.dispatch(&mut ctx, &args);
+                        (ret, ctx.regs_replaced, ctx.return_cs)
                     };
+                    if !replaced {
+                        regs.rax = ret as u64;
+                        if compat {
+                            cs = GuestCs::Compat32;
+                        }
+                    }
                     if self.shared.shutdown_reason().is_none() {
                         self.vcpu.return_to_guest(&regs, cs)?;
                     }
@@ -393,15 +395,27 @@ impl Domain {
                 VcpuExit::Exception {
                     vector,
                     error_code,
+                    cr2,
                     frame,
-                    ..
+                    mut regs,
                 } => {
-                    // TODO(w-hcall): bounce to the guest's trap table.
-                    Some(format!(
-                        "unhandled exception {} ({vector}) error {error_code:?} at {:#x}",
-                        crate::trap::vector_name(vector),
-                        frame.rip
-                    ))
+                    let shared = self.shared.clone();
+                    match crate::trap::handle_exception(
+                        &mut self.vcpu,
+                        &shared,
+                        vector,
+                        error_code,
+                        cr2,
+                        &frame,
+                        &mut regs,
+                    ) {
+                        Ok(cs) => {
+                            self.vcpu.return_to_guest(&regs, cs)?;
+                            None
+                        }
+                        // The domain was crashed (shutdown reason set, message recorded).
+                        Err(e) => Some(e.to_string()),
+                    }
                 }
                 VcpuExit::Shutdown => Some("triple fault".to_string()),
                 VcpuExit::Interrupted => None,
@@ -423,7 +437,7 @@ impl Domain {
                 break Some(msg);
             }
             if self.shared.shutdown_reason().is_some() {
-                break None;
+                break self.shared.crash_message();
             }
         };
         self.service_console();

@@ -2,6 +2,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the layers and how a trap flows through them.
 
+pub mod bench;
 pub mod builder;
 pub mod config;
 pub mod demo_image;

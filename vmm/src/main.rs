@@ -60,6 +60,10 @@ enum Command {
     Create(CreateArgs),
     /// Boot the built-in demo guest.
     Demo(DemoArgs),
+    /// Measure the round-trip cost of a hypercall, a bounced exception, a bare KVM exit
+    /// (the floor) and an in-VM syscall, each in ns per operation and as a ratio to the
+    /// floor. Needs /dev/kvm. Prints numbers only; see docs/performance.md.
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -102,6 +106,10 @@ struct DemoArgs {
     /// Launch the demo privileged (dom0-like), to see the other features submap.
     #[arg(long)]
     privileged: bool,
+    /// Write the demo kernel (an ELF PV kernel) to PATH instead of running it, e.g. for
+    /// `kxen create resources/demo.cfg`.
+    #[arg(long, value_name = "PATH")]
+    save_kernel: Option<PathBuf>,
     #[command(flatten)]
     run: RunOptions,
 }
@@ -111,6 +119,16 @@ struct RunOptions {
     /// At the end, print run time, exits by kind, hypercalls by number and traps by vector.
     #[arg(long)]
     stats: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Operations per measurement.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    iterations: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -172,6 +190,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Run(args) => cmd_run(args),
         Command::Create(args) => cmd_create(args),
         Command::Demo(args) => cmd_demo(args),
+        Command::Bench(args) => cmd_bench(args),
     }
 }
 
@@ -220,6 +239,11 @@ fn cmd_create(args: CreateArgs) -> Result<ExitCode> {
 }
 
 fn cmd_demo(args: DemoArgs) -> Result<ExitCode> {
+    if let Some(path) = &args.save_kernel {
+        std::fs::write(path, kxen::demo_image::DEMO_GUEST)
+            .with_context(|| format!("writing {}", path.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let spec = LaunchSpec {
         name: "kxen-demo".into(),
         kernel: kxen::demo_image::DEMO_GUEST.to_vec(),
@@ -315,4 +339,26 @@ fn cmd_inspect(args: InspectArgs) -> Result<ExitCode> {
         )));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {
+    if args.iterations == 0 {
+        return Err(refused("--iterations must be at least 1"));
+    }
+    let report = kxen::bench::run(args.iterations).context("kxen bench")?;
+    let text = if args.json {
+        let mut json = serde_json::to_string_pretty(&report).context("serialising the report")?;
+        json.push('\n');
+        json
+    } else {
+        report.to_string()
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // `kxen bench | head` is fine.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing the report")
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }

@@ -15,6 +15,11 @@
 //! | 4 .. 4+n | private L1s | supervisor, RW, NX |
 //! | then per vCPU | 16 GDT pages, 1 TSS page, 2 ring-0 stack pages, 3 IST stack pages | supervisor, RW, NX |
 //! | last entry of the last L1 | the syscall exit page: GPA [`SYSCALL_EXIT_GPA`], no memslot | **user**, RW, NX |
+//! | then (not in slot 257) | the M2P's L3, L2, L1s and table pages, mapped at L4 slot 258 ([`M2P_VIRT_BASE`]) | table pages **user**, read-only, NX |
+//!
+//! The M2P (machine-to-phys table) holds `m2p[mfn] = mfn` for every guest frame (kxen's p2m
+//! is the identity) and `!0` (INVALID) for the rest of its last page; `XENMEM_machphys_mapping`
+//! tells the guest where it is.
 //!
 //! # Exit port map
 //!
@@ -69,6 +74,18 @@ pub const GDT_PAGES: u64 = 16;
 pub const RING0_L4_SLOT: usize = 257;
 /// Virtual base of the ring-0 area (L4 slot 257).
 pub const RING0_VIRT_BASE: u64 = 0xffff_8080_0000_0000;
+
+/// L4 slot of the read-only M2P table.
+pub const M2P_L4_SLOT: usize = xen_abi::arch::KXEN_M2P_L4_SLOT;
+/// Virtual base of the M2P table (L4 slot 258).
+pub const M2P_VIRT_BASE: u64 = xen_abi::arch::KXEN_M2P_VIRT_START;
+/// M2P entry for a frame that is not guest RAM.
+pub const M2P_INVALID: u64 = !0;
+
+/// Pages of M2P table for `guest_pages` guest frames (8 bytes per frame).
+pub const fn m2p_pages(guest_pages: u64) -> u64 {
+    guest_pages.div_ceil(PAGE_SIZE / 8)
+}
 
 /// Guest-physical address of the syscall exit page: no memslot backs it, so a write exits to
 /// the VMM as MMIO. Above the private memslot (which stays below 1 GiB).
@@ -131,6 +148,9 @@ pub enum Ring0Error {
     /// Allocating private memory failed.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The private area (ring-0 layer plus M2P) would not fit below the exit page.
+    #[error("guest too large for the M2P: {0} pages")]
+    TooLarge(u64),
     /// Writing private memory failed (a layout bug).
     #[error("writing private memory: {0}")]
     Write(#[from] vm_memory::GuestMemoryError),
@@ -171,6 +191,9 @@ pub struct Ring0Layer {
     nr_vcpus: u32,
     first_vcpu_page: u64,
     nr_l1: u64,
+    /// First private page past the slot-257 area (the M2P's tables start there).
+    ring0_pages: u64,
+    guest_pages: u64,
     l4_entries: Vec<(usize, u64)>,
 }
 
@@ -188,8 +211,8 @@ const fn seg_desc(access: u64, flags: u64) -> u64 {
 }
 
 impl Ring0Layer {
-    /// Build the ring-0 layer for `nr_vcpus` vCPUs.
-    pub fn new(nr_vcpus: u32) -> Result<Self, Ring0Error> {
+    /// Build the ring-0 layer for `nr_vcpus` vCPUs, and the M2P for `guest_pages` frames.
+    pub fn new(nr_vcpus: u32, guest_pages: u64) -> Result<Self, Ring0Error> {
         if nr_vcpus == 0 || nr_vcpus > MAX_VCPUS {
             return Err(Ring0Error::BadVcpuCount(nr_vcpus));
         }
@@ -201,15 +224,32 @@ impl Ring0Layer {
         }
         let first_vcpu_page = FIRST_L1_PAGE + nr_l1;
         let total = first_vcpu_page + per_vcpu_total;
-        let mem = PrivateMem::new(total)?;
+        // M2P: L3, L2, L1s, table pages (one L2 maps 1 GiB of table = 2^27 guest pages).
+        let m2p = m2p_pages(guest_pages);
+        let m2p_l1s = m2p.div_ceil(512);
+        if guest_pages == 0 || m2p_l1s > 512 {
+            return Err(Ring0Error::TooLarge(guest_pages));
+        }
+        let all = total + 2 + m2p_l1s + m2p;
+        if all * PAGE_SIZE >= SYSCALL_EXIT_GPA - PRIVATE_BASE {
+            return Err(Ring0Error::TooLarge(guest_pages));
+        }
+        let mem = PrivateMem::new(all)?;
+        let upper = PTE_P | PTE_RW | PTE_US;
         let this = Self {
             mem,
             nr_vcpus,
             first_vcpu_page,
             nr_l1,
-            l4_entries: vec![(RING0_L4_SLOT, gpa_of(L3_PAGE) | PTE_P | PTE_RW | PTE_US)],
+            ring0_pages: total,
+            guest_pages,
+            l4_entries: vec![
+                (RING0_L4_SLOT, gpa_of(L3_PAGE) | upper),
+                (M2P_L4_SLOT, gpa_of(total) | upper),
+            ],
         };
         this.write_page_tables(total, nr_l1)?;
+        this.write_m2p()?;
         this.write_idt()?;
         this.write_stubs()?;
         for cpu in 0..nr_vcpus {
@@ -243,6 +283,46 @@ impl Ring0Layer {
             SYSCALL_EXIT_GPA | PTE_P | PTE_RW | PTE_US | PTE_NX,
         )?;
         Ok(())
+    }
+
+    /// The M2P at slot 258: L3 at page `ring0_pages`, L2 next, then the L1s and the table.
+    fn write_m2p(&self) -> Result<(), Ring0Error> {
+        let upper = PTE_P | PTE_RW | PTE_US;
+        let l3 = self.ring0_pages;
+        let l2 = l3 + 1;
+        let first_l1 = l2 + 1;
+        let pages = m2p_pages(self.guest_pages);
+        let first_data = first_l1 + pages.div_ceil(512);
+        self.w64(gpa_of(l3), gpa_of(l2) | upper)?;
+        for i in 0..pages.div_ceil(512) {
+            self.w64(gpa_of(l2) + i * 8, gpa_of(first_l1 + i) | upper)?;
+        }
+        let mut buf = [0u8; PAGE_SIZE as usize];
+        for p in 0..pages {
+            // L1s are contiguous: the entry for table page `p` is at index `p`.
+            self.w64(
+                gpa_of(first_l1) + p * 8,
+                gpa_of(first_data + p) | PTE_P | PTE_US | PTE_NX,
+            )?;
+            for (i, b) in buf.chunks_exact_mut(8).enumerate() {
+                let mfn = p * 512 + i as u64;
+                let v = if mfn < self.guest_pages {
+                    mfn
+                } else {
+                    M2P_INVALID
+                };
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+            self.mem
+                .mem()
+                .write_slice(&buf, GuestAddress(gpa_of(first_data + p)))?;
+        }
+        Ok(())
+    }
+
+    /// Guest frames the M2P covers.
+    pub fn m2p_entries(&self) -> u64 {
+        self.guest_pages
     }
 
     fn write_idt(&self) -> Result<(), Ring0Error> {
@@ -390,7 +470,8 @@ impl Ring0Layer {
     pub fn va_to_gpa(&self, va: u64, len: u64) -> Option<u64> {
         let off = va.checked_sub(RING0_VIRT_BASE)?;
         let gpa = PRIVATE_BASE.checked_add(off)?;
-        self.mem.contains(gpa, len).then_some(gpa)
+        let end = gpa.checked_add(len)?;
+        (self.mem.contains(gpa, len) && end <= gpa_of(self.ring0_pages)).then_some(gpa)
     }
 
     /// Read a u64 of the ring-0 area by virtual address.
@@ -405,7 +486,8 @@ mod tests {
     use super::*;
 
     fn walk(l: &Ring0Layer, va: u64) -> Option<u64> {
-        let (_, l4e) = l.private_l4_entries()[0];
+        let slot = ((va >> 39) & 511) as usize;
+        let (_, l4e) = *l.private_l4_entries().iter().find(|(s, _)| *s == slot)?;
         let mut e = l4e;
         let mut flags = e;
         for shift in [30u32, 21, 12] {
@@ -426,15 +508,52 @@ mod tests {
     }
 
     #[test]
+    fn m2p_is_identity_read_only_user_nx_at_slot_258() {
+        for pages in [1u64, 511, 512, 513, 5000, 512 * 512 + 1] {
+            let l = Ring0Layer::new(2, pages).unwrap();
+            assert_eq!(l.private_l4_entries().len(), 2);
+            let read = |mfn: u64| {
+                let va = M2P_VIRT_BASE + mfn * 8;
+                let e = walk(&l, va)?;
+                assert_eq!(
+                    e & (PTE_US | PTE_RW | PTE_NX),
+                    PTE_US | PTE_NX,
+                    "pages {pages}"
+                );
+                let gpa = (e & PTE_ADDR_MASK) + (va & 0xfff);
+                l.mem.mem().read_obj::<u64>(GuestAddress(gpa)).ok()
+            };
+            for mfn in [0, pages / 2, pages - 1] {
+                assert_eq!(read(mfn), Some(mfn), "pages {pages} mfn {mfn}");
+            }
+            let end = m2p_pages(pages) * 512;
+            for mfn in pages..end.min(pages + 3) {
+                assert_eq!(read(mfn), Some(M2P_INVALID));
+            }
+            assert_eq!(
+                walk(&l, M2P_VIRT_BASE + end * 8),
+                None,
+                "nothing past the table"
+            );
+            // The slot-257 view does not reach the M2P's private pages.
+            let past = RING0_VIRT_BASE + l.ring0_pages * PAGE_SIZE;
+            assert!(l.va_to_gpa(past, 8).is_none());
+        }
+        assert!(Ring0Layer::new(1, 0).is_err());
+        assert!(Ring0Layer::new(1, 1 << 30).is_err());
+    }
+
+    #[test]
     fn layout_rejects_bad_vcpu_counts() {
-        assert!(Ring0Layer::new(0).is_err());
-        assert!(Ring0Layer::new(MAX_VCPUS + 1).is_err());
+        assert!(Ring0Layer::new(0, 16).is_err());
+        assert!(Ring0Layer::new(MAX_VCPUS + 1, 16).is_err());
     }
 
     #[test]
     fn private_tables_map_stub_user_readonly_and_data_supervisor_nx() {
-        let l = Ring0Layer::new(3).unwrap();
+        let l = Ring0Layer::new(3, 16).unwrap();
         assert_eq!(l.private_l4_entries()[0].0, 257);
+        assert_eq!(l.private_l4_entries()[1].0, 258);
         let stub = walk(&l, l.vector_stub(14)).unwrap();
         assert_eq!(stub & PTE_ADDR_MASK, PRIVATE_BASE + PAGE_SIZE);
         assert_eq!(stub & (PTE_US | PTE_RW | PTE_NX), PTE_US);
@@ -452,7 +571,7 @@ mod tests {
     #[test]
     fn syscall_exit_page_is_user_writable_and_unbacked() {
         for n in [1, 20, 23, 24, 100] {
-            let l = Ring0Layer::new(n).unwrap();
+            let l = Ring0Layer::new(n, 16).unwrap();
             let e = walk(&l, l.syscall_exit_va()).unwrap();
             assert_eq!(e & PTE_ADDR_MASK, SYSCALL_EXIT_GPA);
             assert_eq!(e & (PTE_US | PTE_RW | PTE_NX), PTE_US | PTE_RW | PTE_NX);
@@ -476,7 +595,7 @@ mod tests {
 
     #[test]
     fn many_vcpus_need_several_l1s_and_all_pages_are_mapped() {
-        let l = Ring0Layer::new(100).unwrap();
+        let l = Ring0Layer::new(100, 16).unwrap();
         let v = l.vcpu(99).unwrap();
         for va in [v.gdt_base, v.tss_base, v.rsp0_top - 8, v.ist_tops[2] - 8] {
             let e = walk(&l, va).unwrap();
@@ -486,7 +605,7 @@ mod tests {
 
     #[test]
     fn idt_gates_point_at_stubs_with_dpl3_only_for_bp_and_of() {
-        let l = Ring0Layer::new(1).unwrap();
+        let l = Ring0Layer::new(1, 16).unwrap();
         for v in 0..=255u8 {
             let lo = l.read_u64(l.idt_base() + u64::from(v) * 16).unwrap();
             let hi = l.read_u64(l.idt_base() + u64::from(v) * 16 + 8).unwrap();
@@ -502,7 +621,7 @@ mod tests {
 
     #[test]
     fn gdt_has_xen_selectors_and_tss_points_to_stacks() {
-        let l = Ring0Layer::new(2).unwrap();
+        let l = Ring0Layer::new(2, 16).unwrap();
         let v = l.vcpu(1).unwrap();
         let d = |sel: u16| l.read_u64(v.gdt_base + u64::from(sel & !7)).unwrap();
         assert_eq!(d(RING0_CS), 0x00af_9b00_0000_ffff);
@@ -518,7 +637,7 @@ mod tests {
 
     #[test]
     fn va_to_gpa_refuses_outside_private_area() {
-        let l = Ring0Layer::new(1).unwrap();
+        let l = Ring0Layer::new(1, 16).unwrap();
         assert!(l.va_to_gpa(RING0_VIRT_BASE - 1, 1).is_none());
         assert!(l.va_to_gpa(u64::MAX - 2, 8).is_none());
         assert_eq!(l.va_to_gpa(RING0_VIRT_BASE, 8), Some(PRIVATE_BASE));

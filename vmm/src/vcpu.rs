@@ -464,7 +464,7 @@ impl Vm {
         }
         let fd = kvm.create_vm().map_err(vm_err("create VM"))?;
         let ram = GuestRam::new(mem_pages)?;
-        let ring0 = Ring0Layer::new(nr_vcpus)?;
+        let ring0 = Ring0Layer::new(nr_vcpus, mem_pages)?;
         Self::add_slot(&fd, 0, &ram)?;
         Self::add_slot(&fd, 1, ring0.private_mem())?;
         Ok(Vm {

@@ -251,5 +251,9 @@ fn vm_creation_rejects_bad_sizes() {
     );
     let vm = kxen::vcpu::Vm::new(16, 1).unwrap();
     assert_eq!(vm.ram().nr_pages(), 16);
-    assert_eq!(vm.ring0().private_l4_entries().len(), 1);
+    assert_eq!(
+        vm.ring0().private_l4_entries().len(),
+        2,
+        "ring 0 (257) and M2P (258)"
+    );
 }

@@ -6,12 +6,7 @@
 #![allow(dead_code)]
 
 /// Where the kit links its kernels (public/elfnote.h VIRT_BASE; Linux uses the same value).
-#[cfg(not(kxen_hosted))]
 pub const VIRT_BASE: u64 = 0xffff_ffff_8000_0000;
-/// Hosted build (`--cfg kxen_hosted`): linked low to run as a Linux process under a ptrace
-/// harness that plays the hypervisor (a development aid; see README.md).
-#[cfg(kxen_hosted)]
-pub const VIRT_BASE: u64 = 0x4000_0000;
 pub const PAGE_SIZE: u64 = 4096;
 
 // xen: public/xen.h, __HYPERVISOR_* numbers.

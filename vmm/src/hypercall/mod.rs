@@ -1,31 +1,76 @@
-//! Hypercall dispatch: a table from hypercall number to handler, typed arguments, and a
-//! context giving handlers checked access to guest-virtual memory.
+//! Hypercall dispatch: a table from hypercall number to handler, typed arguments, a context
+//! giving handlers checked access to guest-virtual memory, and the PV handlers themselves (one
+//! module per family).
 //!
-//! Flow: the vCPU loop gets [`crate::vcpu::VcpuExit::Syscall`] from the guest kernel, builds
-//! [`HypercallArgs::from_regs`] and a [`HypercallCtx`], calls [`HypercallTable::dispatch`] and
-//! returns the result in `rax` ([`crate::vcpu::Vcpu::return_to_guest`]).
+//! # Run-loop contract
+//!
+//! On [`crate::vcpu::VcpuExit::Syscall`] from guest kernel mode the run loop does:
+//!
+//! ```text
+//! let args = HypercallArgs::from_regs(&regs);
+//! let (ret, replaced, cs) = {
+//!     let mut ctx = vcpu.hypercall_ctx(&mut regs, &shared);
+//!     let ret = pv_hypercalls().dispatch(&mut ctx, &args);
+//!     (ret, ctx.regs_replaced, ctx.return_cs)
+//! };
+//! if !replaced { regs.rax = ret as u64; }
+//! vcpu.return_to_guest(&regs, cs)?;
+//! if shared.shutdown_reason().is_some() { stop }
+//! ```
+//!
+//! * `regs_replaced == false` (nearly every hypercall): the handler's return value goes in
+//!   `rax`; every other register is as the guest left it (`rip` = after the `syscall`).
+//! * `regs_replaced == true`: the handler rewrote the registers itself and `ret` must be
+//!   ignored. Used by `iret` (the whole frame, `rax` included, comes from the guest stack) and
+//!   by hypercall *continuations*: a long-running call (`multicall`, `set_trap_table`) stops
+//!   after a batch, sets `rip` back onto the `syscall` instruction and updates its argument
+//!   registers so the guest re-issues it (Xen's `hypercall_create_continuation`); the loop
+//!   gets a chance to see shutdowns and kicks in between.
+//! * `return_cs` is the code segment to return with: [`GuestCs::Long64`] unless a handler
+//!   that replaced the registers chose otherwise (`iret` to a `FLAT_RING3_CS32` frame). For
+//!   a compat `syscall` whose registers were not replaced, return with `Compat32`.
+//! * Exceptions: [`crate::trap::handle_exception`] (its own contract is in `trap`).
+//! * A handler that crashes the domain (`DomainShared::crash`) sets the shutdown reason; the
+//!   loop must check [`DomainShared::shutdown_reason`] after every hypercall and exception.
 //!
 //! Handlers return Xen's convention: `>= 0` success, `-errno` (Xen errno values) on failure.
 //! They touch guest memory only through the context (`-EFAULT` on any failure).
 
+pub mod console;
+pub mod memory;
+pub mod multicall;
+pub mod pv;
+pub mod sched;
+pub mod version;
+
+#[cfg(test)]
+pub(crate) mod handler_tests;
+
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use thiserror::Error;
-use tracing::warn;
+use tracing::info;
 use vm_memory::ByteValued;
+use xen_abi::arch::Pod;
+use xen_abi::hypercall as nr;
 use xen_abi::pv_vcpu::PvVcpuState;
 
+use crate::domain::DomainShared;
 use crate::memory::{GuestAccessError, GuestRam, GuestVirt};
-use crate::vcpu::{ExitStats, GuestRegs};
+use crate::vcpu::{ExitStats, GuestCs, GuestRegs};
 
-// TODO: use xen_abi::errno once merged (h-abi).
-/// Xen `EFAULT`.
-pub const EFAULT: i64 = 14;
-/// Xen `EINVAL`.
-pub const EINVAL: i64 = 22;
-/// Xen `ENOSYS`.
-pub const ENOSYS: i64 = 38;
+/// Xen `EFAULT` (positive; handlers return `-EFAULT`).
+pub const EFAULT: i64 = xen_abi::errno::EFAULT as i64;
+/// Xen `EINVAL` (positive).
+pub const EINVAL: i64 = xen_abi::errno::EINVAL as i64;
+/// Xen `ENOSYS` (positive).
+pub const ENOSYS: i64 = xen_abi::errno::ENOSYS as i64;
+
+/// `-errno` for a Xen errno value.
+pub const fn err(e: u32) -> i64 {
+    -(e as i64)
+}
 
 /// Hypercall numbers handled individually by the table (Xen's are all below 64).
 pub const NR_HYPERCALLS: usize = 64;
@@ -63,6 +108,14 @@ pub struct HypercallCtx<'a, D = ()> {
     pub regs: &'a mut GuestRegs,
     /// The calling vCPU's PV state.
     pub pv: &'a mut PvVcpuState,
+    /// Set by a handler that rewrote `regs` itself (`iret`, continuations): the run loop
+    /// must then not store the return value in `rax`.
+    pub regs_replaced: bool,
+    /// Code segment to return to the guest with.
+    pub return_cs: GuestCs,
+    /// Inside a `multicall` (nested multicalls and continuations are refused).
+    pub in_multicall: bool,
+    ram: &'a GuestRam,
     mem: GuestVirt<'a>,
 }
 
@@ -81,6 +134,10 @@ impl<'a, D> HypercallCtx<'a, D> {
             domain,
             regs,
             pv,
+            regs_replaced: false,
+            return_cs: GuestCs::Long64,
+            in_multicall: false,
+            ram,
             mem: GuestVirt::new(ram, cr3),
         }
     }
@@ -88,6 +145,11 @@ impl<'a, D> HypercallCtx<'a, D> {
     /// Guest-virtual memory through the caller's current page tables.
     pub fn guest(&self) -> &GuestVirt<'a> {
         &self.mem
+    }
+
+    /// Guest RAM by physical address (shared_info and other frames kxen owns a view of).
+    pub fn ram(&self) -> &'a GuestRam {
+        self.ram
     }
 
     /// Copy from guest-virtual memory; `Err(-EFAULT)` on any failure.
@@ -108,6 +170,33 @@ impl<'a, D> HypercallCtx<'a, D> {
     /// Write a plain-data object; `Err(-EFAULT)` on any failure.
     pub fn write_obj<T: ByteValued>(&self, va: u64, v: &T) -> Result<(), i64> {
         self.mem.write_obj(va, v).map_err(fault)
+    }
+
+    /// Read a `xen_abi` layout; `Err(-EFAULT)` on any failure.
+    pub fn read_pod<T: Pod>(&self, va: u64) -> Result<T, i64> {
+        let mut v = T::zeroed();
+        self.copy_from_guest(va, v.as_bytes_mut())?;
+        Ok(v)
+    }
+
+    /// Write a `xen_abi` layout; `Err(-EFAULT)` on any failure.
+    pub fn write_pod<T: Pod>(&self, va: u64, v: &T) -> Result<(), i64> {
+        self.copy_to_guest(va, v.as_bytes())
+    }
+
+    /// Turn the current call into a continuation: the guest re-executes the `syscall`
+    /// (2 bytes before the return address) with `rax = nr` and the given argument registers
+    /// (`rdi, rsi, rdx, r10, r8`), as Xen's `hypercall_create_continuation` does for 64-bit PV.
+    pub fn continuation(&mut self, nr: u64, args: [u64; 5]) {
+        // xen: arch/x86/hypercall.c, hypercall_create_continuation (regs->rip -= 2)
+        self.regs.rip = self.regs.rip.wrapping_sub(2);
+        self.regs.rax = nr;
+        self.regs.rdi = args[0];
+        self.regs.rsi = args[1];
+        self.regs.rdx = args[2];
+        self.regs.r10 = args[3];
+        self.regs.r8 = args[4];
+        self.regs_replaced = true;
     }
 }
 
@@ -199,12 +288,49 @@ impl<D> HypercallTable<D> {
                     .and_then(|i| self.logged.get(i))
                     .unwrap_or(&self.logged_high);
                 if !flag.swap(true, Ordering::Relaxed) {
-                    warn!(nr = args.nr, vcpu = ctx.vcpu_id, "unimplemented hypercall");
+                    info!(nr = args.nr, vcpu = ctx.vcpu_id, "unimplemented hypercall");
                 }
                 -ENOSYS
             }
         }
     }
+}
+
+/// A fresh table with every PV handler kxen implements registered (for a table with
+/// [`HypercallTable::with_stats`]); [`pv_hypercalls`] is the shared one.
+pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
+    let mut t = HypercallTable::new();
+    let handlers: [(u64, HypercallFn<DomainShared>); 12] = [
+        (nr::SET_TRAP_TABLE, pv::set_trap_table),
+        (nr::STACK_SWITCH, pv::stack_switch),
+        (nr::SET_CALLBACKS, pv::set_callbacks),
+        (nr::SCHED_OP_COMPAT, sched::sched_op_compat),
+        (nr::MEMORY_OP, memory::memory_op),
+        (nr::MULTICALL, multicall::multicall),
+        (nr::XEN_VERSION, version::xen_version),
+        (nr::CONSOLE_IO, console::console_io),
+        (nr::VM_ASSIST, pv::vm_assist),
+        (nr::IRET, pv::iret),
+        (nr::SCHED_OP, sched::sched_op),
+        (nr::CALLBACK_OP, pv::callback_op),
+    ];
+    for (n, f) in handlers {
+        let name = nr::name(n).unwrap_or("?");
+        // Every number above is below NR_HYPERCALLS.
+        let _ = t.register(n, name, f);
+    }
+    t
+}
+
+/// The shared PV hypercall table (built once).
+pub fn pv_hypercalls() -> &'static HypercallTable<DomainShared> {
+    static TABLE: OnceLock<HypercallTable<DomainShared>> = OnceLock::new();
+    TABLE.get_or_init(pv_hypercall_table)
+}
+
+/// Truncate a hypercall argument to a C `unsigned int` parameter, as the C prototype does.
+pub(crate) const fn uint(v: u64) -> u32 {
+    v as u32
 }
 
 #[cfg(test)]
