@@ -7,6 +7,7 @@
 //! forward (`set_timer_op`, `VCPUOP_*` timer/area ops, `SCHEDOP_block`).
 
 pub mod clock;
+pub mod domain;
 pub mod pvclock;
 pub mod runstate;
 pub mod sink;
@@ -14,6 +15,7 @@ pub mod thread;
 pub mod timer;
 
 pub use clock::{DomainClock, VcpuClock, Wallclock};
+pub use domain::DomainTime;
 pub use pvclock::{scale_delta, TimeScale};
 pub use runstate::{RunState, Runstate, RunstateInfo, XEN_RUNSTATE_UPDATE};
 pub use sink::{AtomicArea, GpaSink, TimeInfoSink, VirtSink};

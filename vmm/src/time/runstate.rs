@@ -147,7 +147,18 @@ impl Runstate {
     /// (`vm_assist(runstate_update_flag)` on): store `state_entry_time | XEN_RUNSTATE_UPDATE`,
     /// fence, the whole record (flag still set), fence, `state_entry_time` without the flag.
     pub fn write_to(&self, sink: &impl TimeInfoSink, update_flag: bool) -> Result<(), TimeError> {
-        let mut r = self.info();
+        write_info(self.info(), sink, update_flag)
+    }
+}
+
+/// Write `r` to a runstate area with the `XEN_RUNSTATE_UPDATE` protocol when `update_flag`
+/// (see [`Runstate::write_to`]).
+pub fn write_info(
+    mut r: RunstateInfo,
+    sink: &impl TimeInfoSink,
+    update_flag: bool,
+) -> Result<(), TimeError> {
+    {
         if update_flag {
             r.state_entry_time |= XEN_RUNSTATE_UPDATE;
             sink.store_u64(STATE_ENTRY_TIME_OFFSET, r.state_entry_time)?;
