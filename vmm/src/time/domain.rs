@@ -8,6 +8,21 @@ use crate::memory::{GuestRam, GuestVirt};
 use std::sync::{Mutex, MutexGuard};
 use xen_abi::shared_info::{vcpu_info_offset, SharedInfo, TIME_OFFSET};
 
+/// One `vcpu_op(cmd, target, arg)` call as the handler decoded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuOpCall {
+    /// The calling vCPU.
+    pub caller: u32,
+    /// `VCPUOP_*`.
+    pub cmd: u32,
+    /// The vCPU operated on (`vcpuid`, already checked to fit `u32`).
+    pub target: u32,
+    /// Guest-virtual argument pointer.
+    pub arg: u64,
+    /// The domain's `vm_assist(VMASST_TYPE_runstate_update_flag)`.
+    pub runstate_update_flag: bool,
+}
+
 /// Time state of a whole domain.
 #[derive(Debug)]
 pub struct DomainTime {
@@ -142,16 +157,14 @@ impl DomainTime {
     /// The time-related `vcpu_op(cmd, target, arg)` sub-ops called by `caller` through page
     /// tables `virt`; `None` if `cmd` is not one of them (the handler deals with it).
     /// `runstate_update_flag` is the caller's `vm_assist(VMASST_TYPE_runstate_update_flag)`.
-    pub fn vcpu_op(
-        &self,
-        ram: &GuestRam,
-        virt: GuestVirt<'_>,
-        caller: u32,
-        cmd: u32,
-        target: u32,
-        arg: u64,
-        runstate_update_flag: bool,
-    ) -> Option<i64> {
+    pub fn vcpu_op(&self, ram: &GuestRam, virt: GuestVirt<'_>, op: VcpuOpCall) -> Option<i64> {
+        let VcpuOpCall {
+            caller,
+            cmd,
+            target,
+            arg,
+            runstate_update_flag,
+        } = op;
         let fault = Errno::EFAULT.as_i64();
         let ok = |r: Result<(), Errno>| r.map_or_else(|e| e.as_i64(), |()| 0);
         let is_time_op = matches!(
@@ -333,6 +346,16 @@ mod tests {
         ram
     }
 
+    fn call(caller: u32, cmd: u32, target: u32, arg: u64, flag: bool) -> VcpuOpCall {
+        VcpuOpCall {
+            caller,
+            cmd,
+            target,
+            arg,
+            runstate_update_flag: flag,
+        }
+    }
+
     fn dt() -> DomainTime {
         DomainTime::new(DomainClock::start(2_500_000, 0).unwrap(), 2, 6 * 4096)
     }
@@ -370,37 +393,41 @@ mod tests {
         let mut arg = [0u8; 16];
         arg[8] = 1;
         virt.copy_to_guest(VA, &arg).unwrap();
-        let r = d.vcpu_op(&ram, virt, 0, VCPUOP_SET_SINGLESHOT_TIMER, 0, VA, false);
+        let r = d.vcpu_op(
+            &ram,
+            virt,
+            call(0, VCPUOP_SET_SINGLESHOT_TIMER, 0, VA, false),
+        );
         if now > 0 {
             assert_eq!(r, Some(Errno::ETIME.as_i64()));
         }
         // on another vCPU → -EINVAL; unknown vCPU → -ENOENT; bad pointer → -EFAULT
-        let other = d.vcpu_op(&ram, virt, 0, VCPUOP_SET_SINGLESHOT_TIMER, 1, VA, false);
+        let other = d.vcpu_op(
+            &ram,
+            virt,
+            call(0, VCPUOP_SET_SINGLESHOT_TIMER, 1, VA, false),
+        );
         assert_eq!(other, Some(Errno::EINVAL.as_i64()));
-        let missing = d.vcpu_op(&ram, virt, 0, VCPUOP_STOP_PERIODIC_TIMER, 7, 0, false);
+        let missing = d.vcpu_op(&ram, virt, call(0, VCPUOP_STOP_PERIODIC_TIMER, 7, 0, false));
         assert_eq!(missing, Some(Errno::ENOENT.as_i64()));
         let bad = d.vcpu_op(
             &ram,
             virt,
-            0,
-            VCPUOP_SET_PERIODIC_TIMER,
-            0,
-            0xdead_0000,
-            false,
+            call(0, VCPUOP_SET_PERIODIC_TIMER, 0, 0xdead_0000, false),
         );
         assert_eq!(bad, Some(Errno::EFAULT.as_i64()));
         // period 1 ns → -EINVAL; 10 ms → armed
         virt.copy_to_guest(VA, &1u64.to_le_bytes()).unwrap();
-        let r = d.vcpu_op(&ram, virt, 0, VCPUOP_SET_PERIODIC_TIMER, 0, VA, false);
+        let r = d.vcpu_op(&ram, virt, call(0, VCPUOP_SET_PERIODIC_TIMER, 0, VA, false));
         assert_eq!(r, Some(Errno::EINVAL.as_i64()));
         virt.copy_to_guest(VA, &10_000_000u64.to_le_bytes())
             .unwrap();
-        let r = d.vcpu_op(&ram, virt, 0, VCPUOP_SET_PERIODIC_TIMER, 0, VA, false);
+        let r = d.vcpu_op(&ram, virt, call(0, VCPUOP_SET_PERIODIC_TIMER, 0, VA, false));
         assert_eq!(r, Some(0));
         let wait = d.block(0).unwrap();
         assert!(wait <= std::time::Duration::from_millis(10));
         // not a time op
-        assert_eq!(d.vcpu_op(&ram, virt, 0, 1, 0, 0, false), None);
+        assert_eq!(d.vcpu_op(&ram, virt, call(0, 1, 0, 0, false)), None);
         assert_eq!(d.set_timer_op(0, 0), 0);
         assert_eq!(d.set_timer_op(9, 0), Errno::EINVAL.as_i64());
     }
@@ -415,11 +442,7 @@ mod tests {
         let r = d.vcpu_op(
             &ram,
             virt,
-            0,
-            VCPUOP_REGISTER_VCPU_TIME_MEMORY_AREA,
-            0,
-            VA,
-            false,
+            call(0, VCPUOP_REGISTER_VCPU_TIME_MEMORY_AREA, 0, VA, false),
         );
         assert_eq!(r, Some(0));
         let t: [u8; 32] = {
@@ -435,11 +458,7 @@ mod tests {
         let r = d.vcpu_op(
             &ram,
             virt,
-            0,
-            VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA,
-            0,
-            VA,
-            true,
+            call(0, VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA, 0, VA, true),
         );
         assert_eq!(r, Some(0));
         let mut b = [0u8; 48];
@@ -452,11 +471,7 @@ mod tests {
         let r = d.vcpu_op(
             &ram,
             virt,
-            0,
-            VCPUOP_GET_RUNSTATE_INFO,
-            1,
-            VA + 0x300,
-            false,
+            call(0, VCPUOP_GET_RUNSTATE_INFO, 1, VA + 0x300, false),
         );
         assert_eq!(r, Some(0));
         virt.copy_from_guest(VA + 0x300, &mut b).unwrap();
@@ -471,11 +486,7 @@ mod tests {
         let r = d.vcpu_op(
             &ram,
             virt,
-            0,
-            VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA,
-            0,
-            VA,
-            true,
+            call(0, VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA, 0, VA, true),
         );
         assert_eq!(r, Some(0));
         d.set_runstate(&ram, Some(virt), 0, RunState::Blocked, true);

@@ -15,7 +15,7 @@ pub mod thread;
 pub mod timer;
 
 pub use clock::{DomainClock, VcpuClock, Wallclock};
-pub use domain::DomainTime;
+pub use domain::{DomainTime, VcpuOpCall};
 pub use pvclock::{scale_delta, TimeScale};
 pub use runstate::{RunState, Runstate, RunstateInfo, XEN_RUNSTATE_UPDATE};
 pub use sink::{AtomicArea, GpaSink, TimeInfoSink, VirtSink};
