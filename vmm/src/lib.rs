@@ -7,6 +7,7 @@ pub mod builder;
 pub mod config;
 pub mod demo_image;
 pub mod domain;
+pub mod emulate;
 pub mod hypercall;
 pub mod image;
 pub mod inspect;
