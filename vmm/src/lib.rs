@@ -15,5 +15,6 @@ pub mod launch;
 pub mod memory;
 pub mod privop;
 pub mod ring0;
+pub mod time;
 pub mod trap;
 pub mod vcpu;
