@@ -511,6 +511,17 @@ impl DomainShared {
         }
     }
 
+    /// Raise `virq` for `vcpu` (per-vCPU VIRQs) or its global binding, and act on it (the
+    /// target vCPU is woken / kicked). For the timer: `raise_virq(ram, v, VIRQ_TIMER, None)`
+    /// from the timer thread.
+    pub fn raise_virq(&self, ram: &GuestRam, vcpu: u32, virq: u32, from: Option<u32>) {
+        let Some(ev) = self.events() else { return };
+        let fx = ev
+            .table()
+            .raise_virq(vcpu, virq, &self.shared_info_view(ram));
+        ev.apply(&fx, from);
+    }
+
     /// `VCPUOP_register_vcpu_info`: move `vcpu`'s `vcpu_info` to `offset` in guest frame
     /// `mfn`, with current Xen's checks: `-EINVAL` for an offset of a page or more or a frame
     /// outside guest RAM, `-ENXIO` for an area crossing a page or not 8-byte aligned,
@@ -996,6 +1007,24 @@ mod tests {
             Err(Errno::EINVAL)
         );
         assert!(!dom.events().unwrap().table().is_polling(0));
+    }
+
+    #[test]
+    fn raise_virq_reaches_the_bound_port_and_wakes_the_vcpu() {
+        let g = guest();
+        let ev = g.dom.events().unwrap();
+        let port = ev
+            .table_mut()
+            .bind_virq(xen_abi::event_channel::VIRQ_TIMER, 0)
+            .unwrap();
+        let view = g.dom.shared_info_view(&g.ram);
+        g.dom
+            .raise_virq(&g.ram, 0, xen_abi::event_channel::VIRQ_DEBUG, None);
+        assert!(!view.is_pending(port), "unbound VIRQ dropped");
+        g.dom
+            .raise_virq(&g.ram, 0, xen_abi::event_channel::VIRQ_TIMER, None);
+        assert!(view.is_pending(port));
+        assert!(*lock(&ev.wakers[0].token), "vCPU 0 woken");
     }
 
     #[test]
