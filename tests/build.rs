@@ -70,6 +70,10 @@ const GUESTS: &[GuestSpec] = &[
         name: "events_masked",
         source: "tests/events.rs",
     },
+    GuestSpec {
+        name: "events_spin",
+        source: "tests/events.rs",
+    },
 ];
 
 fn main() {

@@ -215,3 +215,28 @@ fn stop_handle_wakes_a_vcpu_blocked_forever() {
         run.elapsed
     );
 }
+
+#[test]
+fn events_reach_a_guest_spinning_without_hypercalls() {
+    if !kvm() {
+        return;
+    }
+    let run = boot("events_spin", |_, shared, out| {
+        if !wait_for(&out, "VALUE spin_console") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        shared.push_console_input(b"x");
+        if !wait_for(&out, "VALUE spin_virq") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        shared.raise_virq(0, xen_abi::event_channel::VIRQ_DEBUG, None);
+    });
+    assert!(
+        run.report.all_passed(),
+        "guest reported failures or did not finish:\n{}",
+        run.console
+    );
+    assert_eq!(run.outcome.reason, ShutdownReason::Poweroff);
+}

@@ -512,13 +512,13 @@ impl DomainShared {
     }
 
     /// Raise `virq` for `vcpu` (per-vCPU VIRQs) or its global binding, and act on it (the
-    /// target vCPU is woken / kicked). For the timer: `raise_virq(ram, v, VIRQ_TIMER, None)`
-    /// from the timer thread.
-    pub fn raise_virq(&self, ram: &GuestRam, vcpu: u32, virq: u32, from: Option<u32>) {
+    /// target vCPU is woken / kicked). For the timer: `raise_virq(v, VIRQ_TIMER, None)`
+    /// from the timer thread (any thread).
+    pub fn raise_virq(&self, vcpu: u32, virq: u32, from: Option<u32>) {
         let Some(ev) = self.events() else { return };
         let fx = ev
             .table()
-            .raise_virq(vcpu, virq, &self.shared_info_view(ram));
+            .raise_virq(vcpu, virq, &self.shared_info_view(&ev.ram));
         ev.apply(&fx, from);
     }
 
@@ -1019,10 +1019,10 @@ mod tests {
             .unwrap();
         let view = g.dom.shared_info_view(&g.ram);
         g.dom
-            .raise_virq(&g.ram, 0, xen_abi::event_channel::VIRQ_DEBUG, None);
+            .raise_virq(0, xen_abi::event_channel::VIRQ_DEBUG, None);
         assert!(!view.is_pending(port), "unbound VIRQ dropped");
         g.dom
-            .raise_virq(&g.ram, 0, xen_abi::event_channel::VIRQ_TIMER, None);
+            .raise_virq(0, xen_abi::event_channel::VIRQ_TIMER, None);
         assert!(view.is_pending(port));
         assert!(*lock(&ev.wakers[0].token), "vCPU 0 woken");
     }

@@ -455,6 +455,7 @@ impl Domain {
             let exit = self.vcpu.run()?;
             // Where (and how) the guest resumes, unless the run ends.
             let mut resume: Option<(GuestRegs, GuestCs)> = None;
+            let mut interrupted = false;
             let crash = match exit {
                 VcpuExit::Syscall { mut regs, compat } => {
                     // xen: a syscall from guest kernel mode is a hypercall
@@ -502,14 +503,9 @@ impl Domain {
                 }
                 VcpuExit::Shutdown => Some("triple fault".to_string()),
                 VcpuExit::Interrupted => {
-                    // A kick: typically an event for this vCPU. Redirect the guest only if
-                    // it stopped in guest code and an upcall is deliverable.
-                    if self
-                        .shared
-                        .events_need_delivery(self.vm.ram(), self.vcpu.id())
-                    {
-                        resume = self.vcpu.interrupted_guest_state()?;
-                    }
+                    // A kick: typically an event for this vCPU (checked below, after the
+                    // backends, which may raise one themselves).
+                    interrupted = true;
                     None
                 }
                 VcpuExit::Sysenter { regs } => Some(format!(
@@ -531,6 +527,15 @@ impl Domain {
             }
             if self.shared.shutdown_reason().is_some() {
                 break self.shared.crash_message();
+            }
+            if interrupted
+                && self
+                    .shared
+                    .events_need_delivery(self.vm.ram(), self.vcpu.id())
+            {
+                // Redirect the guest only if it stopped in guest code (not in a ring-0 stub,
+                // which exits again at once anyway).
+                resume = self.vcpu.interrupted_guest_state()?;
             }
             if let Some((mut regs, mut cs)) = resume {
                 if let Err(msg) = self.deliver_events(&mut regs, &mut cs) {

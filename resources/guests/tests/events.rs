@@ -2,6 +2,7 @@
 //! with Xen's frame and mask semantics, IPIs and loopback interdomain channels, the console
 //! and xenstore rings with kxen's in-process backends, SCHEDOP_block/poll, hostile ops.
 //!
+//! Variant `events_spin`: upcalls reach a guest spinning without hypercalls.
 //! Variant `events_masked`: a guest that never unmasks events yet raises many, and writes a
 //! lot through the console ring; it must run to the end (the VMM never stalls on it).
 //!
@@ -11,8 +12,8 @@
 
 #![no_std]
 #![no_main]
-// The `events_masked` variant uses only a few of the helpers.
-#![cfg_attr(kxen_guest = "events_masked", allow(dead_code))]
+// The other variants use only a few of the helpers.
+#![cfg_attr(not(kxen_guest = "events"), allow(dead_code))]
 
 #[macro_use]
 #[path = "../kit/mod.rs"]
@@ -405,6 +406,38 @@ fn polite_shutdown(si: &StartInfo) {
         ev::xs_drain_watch_events(si);
     }
     check!("control_shutdown", false, "no shutdown request came");
+}
+
+/// Spin without hypercalls until an upcall arrives (or give up after a few seconds).
+fn spin_for_upcall(name: &str, before: u32) {
+    let mut i = 0u64;
+    while UPCALLS.get() == before && i < 3_000_000_000 {
+        core::hint::spin_loop();
+        i += 1;
+    }
+    check!(name, UPCALLS.get() > before, "no upcall after {} spins", i);
+}
+
+/// Variant `events_spin`: events reach a guest busy in a loop that makes no hypercall (the
+/// raiser kicks the vCPU out of KVM_RUN). The host types into the console after
+/// `VALUE spin_console`, and raises VIRQ_DEBUG after `VALUE spin_virq`.
+#[cfg(kxen_guest = "events_spin")]
+fn kmain(_si: &'static StartInfo) {
+    check_eq!("register_vcpu_info", register_vcpu_info(), 0);
+    check_eq!("register_event_callback", register_event_callback(), 0);
+    set_upcall_mask(false);
+    force_callback();
+    let n = UPCALLS.get();
+    check_eq!("spurious_upcall_consumed", n, 1u32);
+    value!("spin_console", "1");
+    kit::console::flush();
+    spin_for_upcall("console_input_interrupts_a_spinning_guest", n);
+    let port = bind_virq(VIRQ_DEBUG, 0);
+    check!("bind_virq_debug", port.is_ok(), "{:?}", port);
+    let n = UPCALLS.get();
+    value!("spin_virq", "1");
+    kit::console::flush();
+    spin_for_upcall("virq_from_another_thread_interrupts_a_spinning_guest", n);
 }
 
 #[cfg(kxen_guest = "events_masked")]
