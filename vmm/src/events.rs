@@ -1010,6 +1010,28 @@ mod tests {
     }
 
     #[test]
+    fn vcpu_op_checks_the_vcpu_first_then_registers_vcpu_info() {
+        let mut g = guest();
+        let enoent = -i64::from(xen_abi::errno::ENOENT);
+        let enosys = -(xen_abi::errno::ENOSYS as i64);
+        assert_eq!(g.call(24, [10, 1, 0x1000, 0, 0]), enoent, "no vCPU 1");
+        assert_eq!(g.call(24, [99, 7, 0, 0, 0]), enoent);
+        assert_eq!(g.call(24, [99, 0, 0, 0, 0]), enosys);
+        assert_eq!(
+            g.call(24, [10, 0, 0x1000, 0, 0]),
+            -i64::from(EFAULT),
+            "unmapped argument"
+        );
+        g.put(VA, &[21u64, 128]);
+        assert_eq!(g.call(24, [10, 0, VA, 0, 0]), 0);
+        assert_eq!(g.dom.vcpu_info_base(0), Some(21 * PAGE_SIZE + 128));
+        assert_eq!(
+            g.call(24, [10, 0, VA, 0, 0]),
+            -i64::from(xen_abi::errno::EBUSY)
+        );
+    }
+
+    #[test]
     fn raise_virq_reaches_the_bound_port_and_wakes_the_vcpu() {
         let g = guest();
         let ev = g.dom.events().unwrap();

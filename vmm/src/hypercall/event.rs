@@ -122,10 +122,17 @@ struct RegisterVcpuInfo {
 // SAFETY: plain integers, no padding (16 bytes), any bit pattern is valid.
 unsafe impl vm_memory::ByteValued for RegisterVcpuInfo {}
 
-/// `HYPERVISOR_vcpu_op(cmd, vcpuid, arg)`: `VCPUOP_register_vcpu_info`; other commands
-/// `-ENOSYS` (timers and vCPU bring-up are not here yet).
+/// `HYPERVISOR_vcpu_op(cmd, vcpuid, arg)`: `-ENOENT` for a vCPU that does not exist (checked
+/// first, as Xen does), then `VCPUOP_register_vcpu_info`; other commands `-ENOSYS` (the
+/// timer/runstate ops belong to `crate::time`, whose `DomainTime::vcpu_op` returns `None`
+/// for commands it does not handle: chain it in front of the `-ENOSYS` when it is wired).
+// xen: common/domain.c, do_vcpu_op / common_vcpu_op
 pub fn vcpu_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> i64 {
     let (cmd, vcpu) = (uint(a.a[0]), uint(a.a[1]));
+    let nr = ctx.domain.events().map_or(1, |e| e.nr_vcpus());
+    if vcpu >= nr {
+        return errno(Errno::ENOENT);
+    }
     match cmd {
         VCPUOP_REGISTER_VCPU_INFO => {
             let r: RegisterVcpuInfo = match ctx.read_obj(a.a[2]) {
