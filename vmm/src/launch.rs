@@ -29,8 +29,9 @@ use crate::hypercall::HypercallArgs;
 use crate::image::{load_kernel_image, ImageError};
 use crate::memory::{GuestRam, MAX_GUEST_PAGES};
 use crate::vcpu::{
-    ExitStats, GuestCs, PvEntry, Vcpu, VcpuError, VcpuExit, VcpuKicker, Vm, VmError,
+    ExitStats, GuestCs, GuestRegs, PvEntry, Vcpu, VcpuError, VcpuExit, VcpuKicker, Vm, VmError,
 };
+use xen_abi::pv_vcpu::GuestMode;
 
 /// Event channel the builder announces for the xenstore ring.
 pub const STORE_EVTCHN: u32 = 1;
@@ -86,6 +87,18 @@ pub enum LaunchError {
     /// The domain builder failed.
     #[error("{0}")]
     Build(#[from] BuildError),
+    /// Applying the PV CPU model to the vCPU failed.
+    #[error("{0}")]
+    PvMode(#[from] crate::pvmode::PvModeError),
+}
+
+/// The code segment to resume an interrupted context with.
+fn guest_cs(frame: &crate::trap::CpuFrame) -> GuestCs {
+    if (frame.cs as u16) | 3 == xen_abi::arch::FLAT_RING3_CS32 {
+        GuestCs::Compat32
+    } else {
+        GuestCs::Long64
+    }
 }
 
 impl LaunchError {
@@ -370,7 +383,26 @@ impl Domain {
         let table = crate::hypercall::pv_hypercall_table().with_stats(self.vm.stats().clone());
         let crash = loop {
             let exit = self.vcpu.run()?;
+            crate::pvmode::capture(&mut self.vcpu);
             let crash = match exit {
+                VcpuExit::Syscall { mut regs, compat }
+                    if self.vcpu.pv().guest_mode() == GuestMode::User =>
+                {
+                    // xen: a syscall from guest user mode goes to the guest kernel's callback
+                    let shared = self.shared.clone();
+                    match crate::pvmode::syscall_from_user(
+                        &mut self.vcpu,
+                        &shared,
+                        &mut regs,
+                        compat,
+                    ) {
+                        Ok(cs) => {
+                            self.resume(&regs, cs)?;
+                            None
+                        }
+                        Err(e) => Some(e.to_string()),
+                    }
+                }
                 VcpuExit::Syscall { mut regs, compat } => {
                     // xen: a syscall from guest kernel mode is a hypercall
                     // Run-loop contract: see crate::hypercall (regs_replaced, return_cs).
@@ -388,8 +420,17 @@ impl Domain {
                         }
                     }
                     if self.shared.shutdown_reason().is_none() {
-                        self.vcpu.return_to_guest(&regs, cs)?;
+                        self.resume(&regs, cs)?;
                     }
+                    None
+                }
+                VcpuExit::Exception {
+                    vector,
+                    frame,
+                    regs,
+                    ..
+                } if crate::pvmode::before_exception(&mut self.vcpu, vector)? => {
+                    self.resume(&regs, guest_cs(&frame))?;
                     None
                 }
                 VcpuExit::Exception {
@@ -410,7 +451,7 @@ impl Domain {
                         &mut regs,
                     ) {
                         Ok(cs) => {
-                            self.vcpu.return_to_guest(&regs, cs)?;
+                            self.resume(&regs, cs)?;
                             None
                         }
                         // The domain was crashed (shutdown reason set, message recorded).
@@ -457,6 +498,13 @@ impl Domain {
             self.stats_line()
         );
         Ok(outcome)
+    }
+
+    /// Return to the guest: the PV CPU model (mode, page table, segment bases, CR0.TS, GDT,
+    /// debug registers) first, then the registers.
+    fn resume(&mut self, regs: &GuestRegs, cs: GuestCs) -> Result<(), LaunchError> {
+        crate::pvmode::apply(&mut self.vcpu)?;
+        Ok(self.vcpu.return_to_guest(regs, cs)?)
     }
 
     /// Exits by kind, hypercalls by number and traps by vector, on one line.

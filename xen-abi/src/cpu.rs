@@ -260,10 +260,17 @@ mod tests {
         let ok = check_descriptor(gate(0xe033, 3, 0)).unwrap();
         assert_eq!((ok >> 45) & 3, 0, "stored with DPL 0");
         assert_eq!((ok >> 16) & 0xffff, 0xe033, "original DPL in the RPL");
-        assert_eq!(check_descriptor(gate(0xe008, 3, 0)), None, "Xen's ring-0 CS");
+        assert_eq!(
+            check_descriptor(gate(0xe008, 3, 0)),
+            None,
+            "Xen's ring-0 CS"
+        );
         assert_eq!(check_descriptor(gate(0, 3, 0)), None, "null");
         assert_eq!(check_descriptor(gate(0x10, 3, 1)), None, "reserved bits");
-        assert!(check_descriptor(gate(0x10, 0, 0)).is_some(), "guest GDT seg");
+        assert!(
+            check_descriptor(gate(0x10, 0, 0)).is_some(),
+            "guest GDT seg"
+        );
         assert!(check_descriptor(gate(0xe00c, 3, 0)).is_some(), "LDT seg");
     }
 
@@ -307,8 +314,17 @@ mod tests {
         assert_eq!(check_set_debugreg(4, u64::MAX), Ok((6, 0xffff_efff)));
         assert_eq!(check_set_debugreg(7, 0), Ok((7, 0x400)));
         assert_eq!(check_set_debugreg(5, 0x1), Ok((7, 0x401)));
-        assert_eq!(check_set_debugreg(7, u64::MAX & !DR7_GD & !0x2_0000).unwrap().1 & DR7_ZEROS, 0);
-        assert_eq!(check_set_debugreg(7, DR7_GD), Err(DebugRegError::NotPermitted));
+        assert_eq!(
+            check_set_debugreg(7, u64::MAX & !DR7_GD & !0x2_0000)
+                .unwrap()
+                .1
+                & DR7_ZEROS,
+            0
+        );
+        assert_eq!(
+            check_set_debugreg(7, DR7_GD),
+            Err(DebugRegError::NotPermitted)
+        );
         // I/O breakpoint (R/W0 = 2) enabled: refused without CR4.DE.
         assert_eq!(
             check_set_debugreg(7, 1 | (2 << 16)),

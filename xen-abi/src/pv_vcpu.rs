@@ -139,9 +139,8 @@ pub struct PvVcpuState {
     /// Machine frames of the guest GDT.
     pub gdt_frames: [u64; 14],
 }
-const _: () = assert!(
-    core::mem::size_of::<PvVcpuState>() == 4096 + 128 + 8 * 8 + 28 + 4 + 64 + 8 + 14 * 8
-);
+const _: () =
+    assert!(core::mem::size_of::<PvVcpuState>() == 4096 + 128 + 8 * 8 + 28 + 4 + 64 + 8 + 14 * 8);
 
 /// `PvVcpuState::pending`: debug registers changed.
 pub const PENDING_DEBUGREGS: u32 = 1 << 0;

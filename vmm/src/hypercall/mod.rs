@@ -37,6 +37,7 @@
 //! They touch guest memory only through the context (`-EFAULT` on any failure).
 
 pub mod console;
+pub mod cpu;
 pub mod memory;
 pub mod multicall;
 pub mod pv;
@@ -300,7 +301,7 @@ impl<D> HypercallTable<D> {
 /// [`HypercallTable::with_stats`]); [`pv_hypercalls`] is the shared one.
 pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
     let mut t = HypercallTable::new();
-    let handlers: [(u64, HypercallFn<DomainShared>); 12] = [
+    let handlers: [(u64, HypercallFn<DomainShared>); 20] = [
         (nr::SET_TRAP_TABLE, pv::set_trap_table),
         (nr::STACK_SWITCH, pv::stack_switch),
         (nr::SET_CALLBACKS, pv::set_callbacks),
@@ -313,6 +314,14 @@ pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
         (nr::IRET, pv::iret),
         (nr::SCHED_OP, sched::sched_op),
         (nr::CALLBACK_OP, pv::callback_op),
+        (nr::SET_GDT, cpu::set_gdt),
+        (nr::FPU_TASKSWITCH, cpu::fpu_taskswitch),
+        (nr::SET_DEBUGREG, cpu::set_debugreg),
+        (nr::GET_DEBUGREG, cpu::get_debugreg),
+        (nr::UPDATE_DESCRIPTOR, cpu::update_descriptor),
+        (nr::PHYSDEV_OP_COMPAT, cpu::physdev_op_compat),
+        (nr::SET_SEGMENT_BASE, cpu::set_segment_base),
+        (nr::PHYSDEV_OP, cpu::physdev_op),
     ];
     for (n, f) in handlers {
         let name = nr::name(n).unwrap_or("?");
