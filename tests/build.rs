@@ -39,6 +39,14 @@ const GUESTS: &[GuestSpec] = &[
         source: "tests/traps.rs",
     },
     GuestSpec {
+        name: "cpu",
+        source: "tests/cpu.rs",
+    },
+    GuestSpec {
+        name: "cpu_nouser",
+        source: "tests/cpu.rs",
+    },
+    GuestSpec {
         name: "shutdown_poweroff",
         source: "tests/shutdown.rs",
     },
