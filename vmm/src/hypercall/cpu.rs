@@ -139,16 +139,31 @@ pub fn set_gdt(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> i
             Err(e) => return e,
         }
     }
-    for &mfn in &frames[..nr] {
+    let mut fixed = [[0u8; 4096]; MAX_GDT_FRAMES];
+    for (i, &mfn) in frames[..nr].iter().enumerate() {
         let Some(page) = read_frame(ctx, mfn) else {
             return err(EINVAL);
         };
-        for e in page.chunks_exact(8) {
+        for (e, out) in page.chunks_exact(8).zip(fixed[i].chunks_exact_mut(8)) {
             let mut w = [0u8; 8];
             w.copy_from_slice(e);
-            if check_descriptor(u64::from_le_bytes(w)).is_none() {
-                return err(EINVAL);
+            match check_descriptor(u64::from_le_bytes(w)) {
+                Some(d) => out.copy_from_slice(&d.to_le_bytes()),
+                None => return err(EINVAL),
             }
+        }
+    }
+    // Xen validates the frames in place: the fixed-up descriptors (DPL 3, call gates with
+    // DPL 0) are what the guest's frames hold afterwards.
+    // xen: arch/x86/mm.c, alloc_segdesc_page
+    for (i, &mfn) in frames[..nr].iter().enumerate() {
+        if ctx
+            .ram()
+            .mem()
+            .write_slice(&fixed[i], GuestAddress(mfn * PAGE_SIZE))
+            .is_err()
+        {
+            return err(EINVAL);
         }
     }
     ctx.pv.gdt_frames = frames;
