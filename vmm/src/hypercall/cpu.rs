@@ -205,3 +205,7 @@ pub fn io_permitted(pv: &xen_abi::pv_vcpu::PvVcpuState) -> bool {
         pv.guest_mode() == xen_abi::pv_vcpu::GuestMode::Kernel,
     )
 }
+
+#[cfg(test)]
+#[path = "cpu_tests.rs"]
+mod tests;
