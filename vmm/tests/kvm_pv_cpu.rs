@@ -100,3 +100,243 @@ fn tf_single_steps_with_db_at_cpl3() {
     assert_eq!(vector, 1);
     assert_eq!(regs.rip, CODE_VA + 1, "after the nop");
 }
+
+mod user_mode {
+    use super::*;
+    use kvm_support::DATA_PFN;
+    use kxen::domain::DomainShared;
+    use kxen::memory::GuestVirt;
+    use kxen::pvmode;
+    use vm_memory::{Bytes, GuestAddress};
+    use xen_abi::negotiate::LaunchMode;
+    use xen_abi::pv_vcpu::{callback_index, CallbackEntry, GuestMode, TrapEntry};
+
+    const PAGE: u64 = 4096;
+    const USER_L4: u64 = 40;
+    const USER_DATA: u64 = 44;
+    const KSTACK_TOP: u64 = kvm_support::STACK_TOP - 0x108;
+
+    /// A user page table: the kernel's, except DATA_VA maps another frame (pfns 40-44).
+    fn user_tables(g: &TestGuest) -> u64 {
+        let mem = g.vm.ram().mem();
+        let rd =
+            |pfn: u64, i: u64| -> u64 { mem.read_obj(GuestAddress(pfn * PAGE + i * 8)).unwrap() };
+        let wr =
+            |pfn: u64, i: u64, v: u64| mem.write_obj(v, GuestAddress(pfn * PAGE + i * 8)).unwrap();
+        // Kernel: L4 1 -> L3 2 -> L2 3 -> L1 4 (kvm_support).
+        for (src, dst) in [(1u64, 40u64), (2, 41), (3, 42), (4, 43)] {
+            for i in 0..512 {
+                wr(dst, i, rd(src, i));
+            }
+        }
+        let flags = |e: u64| e & !0x000f_ffff_ffff_f000;
+        wr(40, 511, (41 * PAGE) | flags(rd(1, 511)));
+        wr(41, 510, (42 * PAGE) | flags(rd(2, 510)));
+        wr(42, 0, (43 * PAGE) | flags(rd(3, 0)));
+        wr(43, 0x11, (USER_DATA * PAGE) | flags(rd(4, 0x11)));
+        USER_L4 * PAGE
+    }
+
+    fn put(g: &TestGuest, pfn: u64, off: u64, v: u64) {
+        g.vm.ram()
+            .mem()
+            .write_obj(v, GuestAddress(pfn * PAGE + off))
+            .unwrap();
+    }
+
+    fn domain() -> DomainShared {
+        DomainShared::new(
+            "t".into(),
+            LaunchMode::Unprivileged,
+            0,
+            String::new(),
+            kvm_support::GUEST_PAGES,
+            u64::MAX / PAGE, // no shared_info: saved mask reads as 0
+            Box::new(std::io::sink()),
+        )
+    }
+
+    // mov %gs:0, %<reg> for rdi (7) / rbp (5)
+    fn gs_load(reg: u8) -> [u8; 9] {
+        [0x65, 0x48, 0x8b, 0x04 | (reg << 3), 0x25, 0, 0, 0, 0]
+    }
+
+    fn setup(g: &mut TestGuest, callback: u64) -> u64 {
+        let ucr3 = user_tables(g);
+        put(g, DATA_PFN, 0, 0x4b4b); // kernel's DATA_VA
+        put(g, USER_DATA, 0, 0x5555); // user's DATA_VA
+        put(g, DATA_PFN, 0x200, 0x6b6b); // kernel GS target
+        put(g, USER_DATA, 0x100, 0x7575); // user GS target
+        let cr3 = g.cr3;
+        let pv = g.vcpu.pv_mut();
+        pv.kernel_cr3 = cr3;
+        pv.user_cr3 = ucr3;
+        pv.kernel_sp = KSTACK_TOP;
+        pv.gs_base_kernel = DATA_VA + 0x200;
+        pv.gs_base_user = DATA_VA + 0x100;
+        pv.callbacks[callback_index::SYSCALL] = CallbackEntry {
+            address: callback,
+            flags: 0,
+            pad: [0; 6],
+        };
+        pv.set_guest_mode(GuestMode::User);
+        ucr3
+    }
+
+    fn enter(g: &mut TestGuest, rip: u64) {
+        pvmode::apply(&mut g.vcpu).unwrap();
+        let r = GuestRegs {
+            rip,
+            rsp: kvm_support::STACK_TOP - 0x800,
+            rflags: 0x202,
+            ..Default::default()
+        };
+        g.vcpu.return_to_guest(&r, GuestCs::Long64).unwrap();
+    }
+
+    #[test]
+    fn user_syscall_enters_the_callback_on_the_kernel_stack_with_kernel_tables_and_gs() {
+        require_kvm!();
+        let mut a = Asm::new();
+        // user: rsi = [DATA_VA], rdi = %gs:0, syscall
+        a.load_rax(DATA_VA)
+            .mov_rr(R::Rsi, R::Rax)
+            .bytes(&gs_load(7))
+            .mov_imm(R::Rax, 0x77);
+        let user_syscall = a.here();
+        a.syscall().ud2();
+        // callback: rbx = [DATA_VA], rbp = %gs:0, hypercall 2
+        let callback = a.here();
+        a.load_rax(DATA_VA)
+            .mov_rr(R::Rbx, R::Rax)
+            .bytes(&gs_load(5))
+            .mov_imm(R::Rax, 2)
+            .syscall()
+            .ud2();
+        let mut g = TestGuest::new(&a.code);
+        let ucr3 = setup(&mut g, callback);
+        let dom = domain();
+        enter(&mut g, CODE_VA);
+        assert_eq!(g.vcpu.cr3(), ucr3, "user page table applied");
+        let exit = g.vcpu.run().unwrap();
+        pvmode::capture(&mut g.vcpu);
+        let VcpuExit::Syscall { mut regs, compat } = exit else {
+            panic!("expected the user syscall, got {exit:?}");
+        };
+        assert_eq!(
+            (regs.rsi, regs.rdi),
+            (0x5555, 0x7575),
+            "user tables and user GS"
+        );
+        assert_eq!(regs.rip, user_syscall + 2);
+        let cs = pvmode::syscall_from_user(&mut g.vcpu, &dom, &mut regs, compat).unwrap();
+        assert_eq!(g.vcpu.pv().guest_mode(), GuestMode::Kernel);
+        pvmode::apply(&mut g.vcpu).unwrap();
+        g.vcpu.return_to_guest(&regs, cs).unwrap();
+        let exit = g.vcpu.run().unwrap();
+        let VcpuExit::Syscall { regs: k, .. } = exit else {
+            panic!("expected the callback's hypercall, got {exit:?}");
+        };
+        assert_eq!(k.rax, 2);
+        assert_eq!(
+            (k.rbx, k.rbp),
+            (0x4b4b, 0x6b6b),
+            "kernel tables and kernel GS"
+        );
+        let frame_va = (KSTACK_TOP & !15) - 56;
+        assert_eq!(k.rsp, frame_va);
+        let mut b = [0u8; 56];
+        GuestVirt::new(g.vm.ram(), g.vcpu.cr3())
+            .copy_from_guest(frame_va, &mut b)
+            .unwrap();
+        let f: Vec<u64> = b
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(f[0], user_syscall + 2, "rcx");
+        assert_eq!(f[2], user_syscall + 2, "rip");
+        assert_eq!(f[3], 0xe033, "user cs, saved mask 0");
+        assert_eq!(f[4] & 0x200, 0x200, "IF = !saved mask");
+        assert_eq!(f[5], kvm_support::STACK_TOP - 0x800, "user rsp");
+        assert_eq!(f[6], 0xe02b);
+        assert_eq!(dom.shutdown_reason(), None);
+    }
+
+    #[test]
+    fn user_syscall_without_callback_is_ud_and_exceptions_switch_to_kernel_mode() {
+        require_kvm!();
+        let mut a = Asm::new();
+        let user_syscall = a.here();
+        a.syscall().ud2();
+        let handler = a.here();
+        a.bytes(&gs_load(5)).mov_imm(R::Rax, 2).syscall().ud2();
+        let mut g = TestGuest::new(&a.code);
+        setup(&mut g, 0);
+        g.vcpu.pv_mut().traps[6] = TrapEntry {
+            address: handler,
+            cs: 0xe033,
+            flags: 0,
+            pad: [0; 5],
+        };
+        let dom = domain();
+        enter(&mut g, CODE_VA);
+        let exit = g.vcpu.run().unwrap();
+        pvmode::capture(&mut g.vcpu);
+        let VcpuExit::Syscall { mut regs, compat } = exit else {
+            panic!("{exit:?}");
+        };
+        let cs = pvmode::syscall_from_user(&mut g.vcpu, &dom, &mut regs, compat).unwrap();
+        pvmode::apply(&mut g.vcpu).unwrap();
+        g.vcpu.return_to_guest(&regs, cs).unwrap();
+        let exit = g.vcpu.run().unwrap();
+        let VcpuExit::Syscall { regs: k, .. } = exit else {
+            panic!("{exit:?}");
+        };
+        assert_eq!(k.rbp, 0x6b6b, "kernel GS in the #UD handler");
+        let mut b = [0u8; 24];
+        GuestVirt::new(g.vm.ram(), g.vcpu.cr3())
+            .copy_from_guest(k.rsp, &mut b)
+            .unwrap();
+        let rip = u64::from_le_bytes(b[16..24].try_into().unwrap());
+        assert_eq!(rip, user_syscall, "#UD at the syscall instruction");
+
+        // Back to user mode at the ud2 after it: a real exception from user mode.
+        let mut g2 = TestGuest::new(&a.code);
+        setup(&mut g2, 0);
+        g2.vcpu.pv_mut().traps[6] = g.vcpu.pv().traps[6];
+        enter(&mut g2, user_syscall + 2);
+        let exit = g2.vcpu.run().unwrap();
+        pvmode::capture(&mut g2.vcpu);
+        let VcpuExit::Exception {
+            vector,
+            error_code,
+            cr2,
+            frame,
+            mut regs,
+        } = exit
+        else {
+            panic!("{exit:?}");
+        };
+        assert_eq!(vector, 6);
+        let cs = kxen::trap::handle_exception(
+            &mut g2.vcpu,
+            &dom,
+            vector,
+            error_code,
+            cr2,
+            &frame,
+            &mut regs,
+        )
+        .unwrap();
+        assert_eq!(g2.vcpu.pv().guest_mode(), GuestMode::Kernel);
+        pvmode::apply(&mut g2.vcpu).unwrap();
+        assert_eq!(g2.vcpu.cr3(), g2.cr3, "kernel page table");
+        g2.vcpu.return_to_guest(&regs, cs).unwrap();
+        let exit = g2.vcpu.run().unwrap();
+        let VcpuExit::Syscall { regs: k, .. } = exit else {
+            panic!("{exit:?}");
+        };
+        assert_eq!(k.rbp, 0x6b6b);
+        assert_eq!(k.rsp, (KSTACK_TOP & !15) - 56, "kernel stack");
+    }
+}
