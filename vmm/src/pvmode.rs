@@ -258,7 +258,7 @@ fn copy_gdt(vcpu: &mut Vcpu) -> Result<(), PvModeError> {
             .get(page as usize)
             .filter(|_| (page as usize) < nr_frames)
         {
-            let gpa = frame.checked_mul(PAGE_SIZE).unwrap_or(u64::MAX);
+            let gpa = frame.saturating_mul(PAGE_SIZE);
             if vcpu
                 .ram()
                 .mem()

@@ -315,10 +315,7 @@ mod tests {
         assert_eq!(check_set_debugreg(7, 0), Ok((7, 0x400)));
         assert_eq!(check_set_debugreg(5, 0x1), Ok((7, 0x401)));
         assert_eq!(
-            check_set_debugreg(7, u64::MAX & !DR7_GD & !0x2_0000)
-                .unwrap()
-                .1
-                & DR7_ZEROS,
+            check_set_debugreg(7, !DR7_GD & !0x2_0000).unwrap().1 & DR7_ZEROS,
             0
         );
         assert_eq!(
