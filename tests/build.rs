@@ -31,6 +31,14 @@ const GUESTS: &[GuestSpec] = &[
         source: "tests/features.rs",
     },
     GuestSpec {
+        name: "echo",
+        source: "tests/echo.rs",
+    },
+    GuestSpec {
+        name: "privop",
+        source: "tests/privop.rs",
+    },
+    GuestSpec {
         name: "hostile",
         source: "tests/hostile.rs",
     },

@@ -41,10 +41,16 @@ pub struct PhysdevOpCompat {
 crate::arch::impl_pod!(PhysdevOpCompat { u32, [u32; 4] });
 
 /// Whether guest port I/O is permitted with virtual IOPL `iopl` (0..=3) in the given mode:
-/// the guest kernel counts as ring 1, guest user as ring 3.
+/// the guest kernel counts as ring 1 (ring 0 with `VMASST_TYPE_architectural_iopl`), guest
+/// user as ring 3.
 // xen: arch/x86/pv/emul-priv-op.c, iopl_ok
-pub const fn iopl_permits(iopl: u32, kernel_mode: bool) -> bool {
-    iopl >= if kernel_mode { 1 } else { 3 }
+pub const fn iopl_permits(iopl: u32, kernel_mode: bool, architectural_iopl: bool) -> bool {
+    let cpl = match (kernel_mode, architectural_iopl) {
+        (false, _) => 3,
+        (true, true) => 0,
+        (true, false) => 1,
+    };
+    iopl >= cpl
 }
 
 /// DR6 bits that always read as 1 (reserved) on a CPU without RTM/bus-lock detection.
@@ -334,9 +340,10 @@ mod tests {
 
     #[test]
     fn iopl_levels() {
-        assert!(!iopl_permits(0, true));
-        assert!(iopl_permits(1, true));
-        assert!(!iopl_permits(2, false));
-        assert!(iopl_permits(3, false));
+        assert!(!iopl_permits(0, true, false));
+        assert!(iopl_permits(0, true, true));
+        assert!(iopl_permits(1, true, false));
+        assert!(!iopl_permits(2, false, true));
+        assert!(iopl_permits(3, false, false));
     }
 }

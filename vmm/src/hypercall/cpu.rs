@@ -203,6 +203,7 @@ pub fn io_permitted(pv: &xen_abi::pv_vcpu::PvVcpuState) -> bool {
     xen_abi::cpu::iopl_permits(
         pv.iopl,
         pv.guest_mode() == xen_abi::pv_vcpu::GuestMode::Kernel,
+        pv.vm_assist(xen_abi::mmu::VMASST_TYPE_ARCHITECTURAL_IOPL),
     )
 }
 
