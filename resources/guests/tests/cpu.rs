@@ -69,6 +69,13 @@ fn read_gs0() -> u64 {
     v
 }
 
+fn read_cr0() -> u64 {
+    let v: u64;
+    // SAFETY: mov from %cr0 is emulated for the guest kernel (Xen's view of CR0).
+    unsafe { asm!("mov %cr0, {}", out(reg) v, options(att_syntax, nostack)) };
+    v
+}
+
 fn ud2_trap() {
     traps::expect(6, ANY_RIP, 2);
     // SAFETY: ud2 traps to the kit's #UD stub, which skips it.
@@ -273,6 +280,11 @@ fn fpu() {
     }
     check_eq!("no_nm_once_ts_cleared", traps::hits(), before);
     check_eq!("fpu_taskswitch_set_again", hc(FPU_TASKSWITCH, 1, 0), 0);
+    check_eq!("cr0_ts_visible_after_fpu_taskswitch", read_cr0() & 8, 8);
+    // SAFETY: clts is emulated for the guest kernel (clears the virtual TS).
+    unsafe { asm!("clts", options(nostack)) };
+    check_eq!("clts_clears_virtual_ts", read_cr0() & 8, 0);
+    check_eq!("fpu_taskswitch_set_third", hc(FPU_TASKSWITCH, 1, 0), 0);
     check_eq!("fpu_taskswitch_clear", hc(FPU_TASKSWITCH, 0, 0), 0);
     // SAFETY: as above.
     unsafe {
@@ -355,6 +367,12 @@ fn iopl() {
             check!("port_io_without_iopl_gp", false, "no #GP");
         }
     }
+    let iopl1: u32 = 1;
+    check_eq!("set_iopl_1", hc(PHYSDEV_OP, PHYSDEVOP_SET_IOPL, (&raw const iopl1) as u64), 0);
+    let before = traps::hits();
+    // SAFETY: with virtual IOPL 1 the guest kernel may do port I/O: emulated, no trap.
+    unsafe { asm!("in $0x80, %al", out("al") _, options(att_syntax, nostack)) };
+    check_eq!("port_io_with_iopl1_in_kernel_mode", traps::hits(), before);
     let iopl4: u32 = 4;
     check_eq!("set_iopl_4_einval", hc(PHYSDEV_OP, PHYSDEVOP_SET_IOPL, (&raw const iopl4) as u64), -EINVAL);
     check_eq!("physdev_unknown_enosys", hc(PHYSDEV_OP, 99, 0), -ENOSYS);
