@@ -340,3 +340,45 @@ mod user_mode {
         assert_eq!(k.rsp, (KSTACK_TOP & !15) - 56, "kernel stack");
     }
 }
+
+#[test]
+fn gs_user_sel_loads_the_descriptor_or_null_and_keeps_the_kernel_base() {
+    require_kvm!();
+    use xen_abi::pv_vcpu::PENDING_GS_USER_SEL;
+    let mut a = Asm::new();
+    a.mov_imm(R::Rax, 1).syscall().ud2();
+    let mut g = TestGuest::new(&a.code);
+    // (selector, loads?) — Xen's flat ring-3 data, a ring-0 selector (DPL 0: refused),
+    // an LDT selector (no LDT: null), the null selector.
+    for (sel, loads) in [
+        (0xe02bu16, true),
+        (0xe010, false),
+        (0xe02f, false),
+        (0, false),
+    ] {
+        {
+            let pv = g.vcpu.pv_mut();
+            pv.gs_base_kernel = 0x1234_5000;
+            pv.gs_base_user = 0x9999;
+            pv.gs_user_sel = u32::from(sel);
+            pv.pending |= PENDING_GS_USER_SEL;
+        }
+        kxen::pvmode::apply(&mut g.vcpu).unwrap();
+        let gs = g.vcpu.sregs().gs;
+        assert_eq!(gs.base, 0x1234_5000, "kernel base stays active ({sel:#x})");
+        assert_eq!(
+            g.vcpu.pv().gs_base_user,
+            0,
+            "user base from the descriptor ({sel:#x})"
+        );
+        if loads {
+            assert_eq!((gs.selector, gs.dpl, gs.present), (sel, 3, 1));
+        } else {
+            assert_eq!(gs.unusable, 1, "{sel:#x} loads as null");
+        }
+        assert_eq!(g.vcpu.pv().pending, 0);
+    }
+    // The guest still runs with what apply produced.
+    g.vcpu.return_to_guest(&entry(), GuestCs::Long64).unwrap();
+    assert!(matches!(g.vcpu.run().unwrap(), VcpuExit::Syscall { .. }));
+}
