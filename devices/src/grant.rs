@@ -441,6 +441,45 @@ impl GrantTable {
         self.acquire(mem, gref, domid, write, true)
     }
 
+    /// Like [`GrantTable::access`] with `GNTTABOP_copy`'s rule: a v1 entry's `GTF_sub_page`
+    /// bit does not matter for a copy. Release with [`GrantTable::release`].
+    pub fn access_for_copy<M: GrantMemory>(
+        &self,
+        mem: &M,
+        gref: GrantRef,
+        domid: DomId,
+        write: bool,
+    ) -> Result<GrantMapping, GrantError> {
+        self.acquire(mem, gref, domid, write, false)
+    }
+
+    /// `GNTTABOP_swap_grant_ref`: swap two entries of the guest's own table; a status.
+    // xen: common/grant_table.c, swap_grant_ref (bad_gntref, same ref is a no-op, eagain
+    // while either is in use)
+    pub fn swap<M: GrantMemory>(&self, mem: &M, a: GrantRef, b: GrantRef) -> i16 {
+        let (Ok(ga), Ok(gb)) = (self.entry_gpa(a), self.entry_gpa(b)) else {
+            return GNTST_BAD_GNTREF;
+        };
+        if a == b {
+            return GNTST_OKAY;
+        }
+        let active = self.lock();
+        if active.contains_key(&a) || active.contains_key(&b) {
+            return GNTST_EAGAIN;
+        }
+        let mut ea = [0u8; ENTRY_SIZE as usize];
+        let mut eb = [0u8; ENTRY_SIZE as usize];
+        let r = mem
+            .read(ga, &mut ea)
+            .and_then(|()| mem.read(gb, &mut eb))
+            .and_then(|()| mem.write(ga, &eb))
+            .and_then(|()| mem.write(gb, &ea));
+        match r {
+            Ok(()) => GNTST_OKAY,
+            Err(_) => GNTST_GENERAL_ERROR,
+        }
+    }
+
     fn acquire<M: GrantMemory>(
         &self,
         mem: &M,

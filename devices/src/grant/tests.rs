@@ -462,3 +462,25 @@ fn memory_failures_are_general_errors_not_panics() {
     assert!(matches!(e, GrantError::Memory(_)), "{e}");
     assert_eq!(e.status(), GNTST_GENERAL_ERROR);
 }
+
+#[test]
+fn swap_exchanges_entries_and_refuses_bad_or_busy_refs() {
+    let (mem, t) = table();
+    grant(&mem, &t, 1, BACKEND, 2, GTF_PERMIT_ACCESS);
+    grant(&mem, &t, 2, 7, 3, GTF_PERMIT_ACCESS | GTF_READONLY);
+    assert_eq!(t.swap(&mem, 1, 2), GNTST_OKAY);
+    assert_eq!(
+        t.read_entry(&mem, 1).unwrap(),
+        (GTF_PERMIT_ACCESS | GTF_READONLY, 7, 3)
+    );
+    assert_eq!(
+        t.read_entry(&mem, 2).unwrap(),
+        (GTF_PERMIT_ACCESS, BACKEND, 2)
+    );
+    assert_eq!(t.swap(&mem, 2, 2), GNTST_OKAY);
+    assert_eq!(t.swap(&mem, 1, 512), GNTST_BAD_GNTREF);
+    assert_eq!(t.swap(&mem, u32::MAX, 1), GNTST_BAD_GNTREF);
+    let m = t.access(&mem, 2, BACKEND, false).unwrap();
+    assert_eq!(t.swap(&mem, 1, 2), GNTST_EAGAIN);
+    t.release(&mem, &m).unwrap();
+}

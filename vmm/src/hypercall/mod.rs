@@ -37,6 +37,7 @@
 //! They touch guest memory only through the context (`-EFAULT` on any failure).
 
 pub mod console;
+pub mod grant;
 pub mod memory;
 pub mod multicall;
 pub mod pv;
@@ -300,7 +301,7 @@ impl<D> HypercallTable<D> {
 /// [`HypercallTable::with_stats`]); [`pv_hypercalls`] is the shared one.
 pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
     let mut t = HypercallTable::new();
-    let handlers: [(u64, HypercallFn<DomainShared>); 12] = [
+    let handlers: [(u64, HypercallFn<DomainShared>); 13] = [
         (nr::SET_TRAP_TABLE, pv::set_trap_table),
         (nr::STACK_SWITCH, pv::stack_switch),
         (nr::SET_CALLBACKS, pv::set_callbacks),
@@ -313,6 +314,7 @@ pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
         (nr::IRET, pv::iret),
         (nr::SCHED_OP, sched::sched_op),
         (nr::CALLBACK_OP, pv::callback_op),
+        (nr::GRANT_TABLE_OP, grant::grant_table_op),
     ];
     for (n, f) in handlers {
         let name = nr::name(n).unwrap_or("?");
