@@ -28,7 +28,7 @@ impl TestMem {
         }
     }
     fn word(&self, gpa: u64) -> Result<&AtomicU32, BadAddr> {
-        if gpa % 4 != 0 {
+        if !gpa.is_multiple_of(4) {
             return Err(BadAddr(gpa));
         }
         self.words.get((gpa / 4) as usize).ok_or(BadAddr(gpa))
@@ -383,7 +383,7 @@ fn concurrent_guest_revocation_and_backend_access_never_both_win() {
             let mut i = 0u32;
             while done.load(Ordering::SeqCst) == 0 {
                 i = i.wrapping_add(1);
-                if let Ok(m) = t.access(&*mem, 11, BACKEND, i % 2 == 0) {
+                if let Ok(m) = t.access(&*mem, 11, BACKEND, i.is_multiple_of(2)) {
                     wins += 1;
                     in_use.store(1, Ordering::SeqCst);
                     // While held, the entry must still be a live grant.
