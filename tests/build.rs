@@ -35,6 +35,14 @@ const GUESTS: &[GuestSpec] = &[
         source: "tests/grant.rs",
     },
     GuestSpec {
+        name: "echo",
+        source: "tests/echo.rs",
+    },
+    GuestSpec {
+        name: "privop",
+        source: "tests/privop.rs",
+    },
+    GuestSpec {
         name: "hostile",
         source: "tests/hostile.rs",
     },

@@ -2,15 +2,19 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the layers and how a trap flows through them.
 
+pub mod bench;
 pub mod builder;
 pub mod config;
 pub mod demo_image;
 pub mod domain;
+pub mod emulate;
 pub mod hypercall;
 pub mod image;
 pub mod inspect;
 pub mod launch;
 pub mod memory;
+pub mod privop;
 pub mod ring0;
+pub mod time;
 pub mod trap;
 pub mod vcpu;

@@ -60,6 +60,10 @@ enum Command {
     Create(CreateArgs),
     /// Boot the built-in demo guest.
     Demo(DemoArgs),
+    /// Measure the round-trip cost of a hypercall, a bounced exception, a bare KVM exit
+    /// (the floor) and an in-VM syscall, each in ns per operation and as a ratio to the
+    /// floor. Needs /dev/kvm. Prints numbers only; see docs/performance.md.
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -115,6 +119,16 @@ struct RunOptions {
     /// At the end, print run time, exits by kind, hypercalls by number and traps by vector.
     #[arg(long)]
     stats: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Operations per measurement.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    iterations: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -176,6 +190,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Run(args) => cmd_run(args),
         Command::Create(args) => cmd_create(args),
         Command::Demo(args) => cmd_demo(args),
+        Command::Bench(args) => cmd_bench(args),
     }
 }
 
@@ -324,4 +339,26 @@ fn cmd_inspect(args: InspectArgs) -> Result<ExitCode> {
         )));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_bench(args: BenchArgs) -> Result<ExitCode> {
+    if args.iterations == 0 {
+        return Err(refused("--iterations must be at least 1"));
+    }
+    let report = kxen::bench::run(args.iterations).context("kxen bench")?;
+    let text = if args.json {
+        let mut json = serde_json::to_string_pretty(&report).context("serialising the report")?;
+        json.push('\n');
+        json
+    } else {
+        report.to_string()
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // `kxen bench | head` is fine.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing the report")
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }

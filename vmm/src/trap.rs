@@ -368,10 +368,27 @@ pub fn handle_exception(
     let ram = vcpu.ram().clone();
     let cr3 = vcpu.cr3();
     let id = vcpu.id();
-    let ev = {
+    let mut ev = {
         let guest = GuestVirt::new(&ram, cr3);
         event_for_exit(&guest, vcpu.pv(), vector, error_code, cr2, frame, regs)
     };
+    // xen: a #GP(0) or #UD that is not a software interrupt may be a privileged operation
+    // Xen emulates for PV guests (emul-priv-op.c, emul-inv-op.c).
+    if !ev.software && ev.vector == vector {
+        match crate::privop::try_emulate(vcpu, domain, vector, error_code, regs) {
+            crate::privop::Next::Resume => return Ok(GuestCs::Long64),
+            crate::privop::Next::Inject {
+                vector,
+                error_code,
+                cr2,
+            } => {
+                ev.vector = vector;
+                ev.error_code = error_code;
+                ev.cr2 = cr2;
+            }
+            crate::privop::Next::Bounce => {}
+        }
+    }
     match bounce(&ram, cr3, vcpu.pv_mut(), domain, id, &ev, regs) {
         Ok(new_cr3) => {
             if let Some(c) = new_cr3 {

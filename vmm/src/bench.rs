@@ -1,0 +1,1153 @@
+//! `kxen bench`: the round-trip cost of kxen's guest-visible operations, next to floors
+//! measured in the same run.
+//!
+//! | name | what one operation is | how |
+//! |---|---|---|
+//! | `hypercall` | `xen_version(XENVER_version)` from the bench guest through kxen's full hypercall path | bench guest, rdtsc around the loop |
+//! | `exception` | `int3` in the bench guest, bounced by kxen to its trap handler, `iret` hypercall back | bench guest, rdtsc around the loop |
+//! | `exit` (floor) | a bare KVM userspace exit: `out` to an unused port from ring-0 code, `KVM_RUN` again | ring-0 code, rdtsc around the loop |
+//! | `syscall` | `syscall` from ring 0 to an LSTAR handler in the VM and back by `jmp *%rcx`, no exit to the VMM (a `sysretq` loop cannot run on PVM hosts: [`sysret_probe`]) | ring-0 code, rdtsc around the loop |
+//!
+//! Breakdown phases (same run, see docs/performance.md) time the pieces: `syscall` from
+//! CPL3, kxen's syscall and `int3` round trips without a handler, MMIO exits from ring 0
+//! and CPL3, with and without `return_to_guest`, and in-kernel `cpuid` exits.
+//!
+//! Every loop is timed by the guest's own TSC (`rdtsc` before and after N operations);
+//! cycles are converted to ns with KVM's TSC frequency (`KVM_GET_TSC_KHZ`). Ring-0 phases
+//! run [`ROUNDS`] interleaved rounds (median kept, ratio = median of per-round ratios);
+//! their host wall time is in the JSON as a cross-check. Ratios are to the `exit` floor.
+//! Numbers are printed, never asserted.
+//!
+//! The ring-0 phases use a tiny VM of their own (hand-assembled code, page tables built
+//! here); the guest phases boot the embedded bench guest ([`BENCH_GUEST`]) like any PV
+//! kernel.
+
+use std::fmt;
+use std::io::Write;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::Kvm;
+use serde::Serialize;
+use thiserror::Error;
+use tracing::debug;
+use vm_memory::{Bytes, GuestAddress};
+use xen_abi::sched::ShutdownReason;
+
+use crate::launch::{Domain, LaunchSpec};
+use crate::memory::PAGE_SIZE;
+use crate::vcpu::{PvEntry, VcpuError, VcpuExit, Vm, VmError};
+
+/// The bench guest's ELF image (resources/guests/bench.rs, built by vmm/build.rs).
+pub static BENCH_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bench.elf"));
+
+/// Errors running the benchmark.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    /// Creating the VM failed.
+    #[error("VM: {0}")]
+    Vm(#[from] VmError),
+    /// A vCPU operation failed.
+    #[error("vCPU: {0}")]
+    Vcpu(#[from] VcpuError),
+    /// Guest memory could not be written.
+    #[error("guest memory: {0}")]
+    Memory(String),
+    /// KVM's TSC frequency could not be read.
+    #[error("KVM_GET_TSC_KHZ: {0}")]
+    TscKhz(kvm_ioctls::Error),
+    /// The benchmark code did not exit as expected.
+    #[error("{phase}: unexpected exit {exit}")]
+    UnexpectedExit {
+        /// The phase.
+        phase: &'static str,
+        /// The exit, formatted.
+        exit: String,
+    },
+    /// `/dev/kvm` cannot be opened.
+    #[error("/dev/kvm is not available: kxen bench measures KVM exits")]
+    NoKvm,
+    /// Zero iterations asked for.
+    #[error("iterations must be at least 1")]
+    NoIterations,
+}
+
+/// One measured operation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    /// Short name (`hypercall`, `exception`, `exit`, `syscall`).
+    pub name: &'static str,
+    /// What one operation is.
+    pub what: String,
+    /// Operations timed.
+    pub iterations: u64,
+    /// Guest TSC cycles per operation.
+    pub cycles_per_op: f64,
+    /// Nanoseconds per operation (cycles / TSC kHz).
+    pub ns_per_op: f64,
+    /// `ns_per_op` divided by the floor's (the `exit` measurement).
+    pub ratio_to_floor: f64,
+    /// Host wall time of the whole phase divided by the iterations (includes setup);
+    /// `None` for the guest phases, which share one boot.
+    pub wall_ns_per_op: Option<f64>,
+    /// VMM exits seen during the phase, when known.
+    pub exits: Option<u64>,
+    /// ns per operation of each round, in run order, when the phase ran several rounds
+    /// (`ns_per_op` is the median).
+    pub rounds_ns_per_op: Vec<f64>,
+    /// Not one of the four headline figures (hypercall, exception, exit, syscall) but a
+    /// part of the breakdown that explains them.
+    pub breakdown: bool,
+}
+
+/// The headline measurements, in the order printed.
+pub const HEADLINE: [&str; 4] = ["hypercall", "exception", "exit", "syscall"];
+
+/// An operation that could not be measured in this run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Missing {
+    /// Short name.
+    pub name: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// Everything one `kxen bench` run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Iterations asked for (per operation).
+    pub iterations: u64,
+    /// KVM's TSC frequency for the vCPUs, kHz.
+    pub tsc_khz: u32,
+    /// Measurements, floor included.
+    pub results: Vec<Measurement>,
+    /// Operations that could not be measured.
+    pub missing: Vec<Missing>,
+    /// Observations about this host (e.g. the CPL after `syscall`).
+    pub notes: Vec<String>,
+}
+
+impl BenchReport {
+    /// The measurement called `name`.
+    pub fn get(&self, name: &str) -> Option<&Measurement> {
+        self.results.iter().find(|m| m.name == name)
+    }
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "kxen bench: {} iterations per operation, guest rdtsc around each loop, \
+             TSC {} kHz (KVM_GET_TSC_KHZ); ring-0 phases: median of {ROUNDS} interleaved \
+             rounds; ratio = ns / floor (exit)",
+            self.iterations, self.tsc_khz
+        )?;
+        let line = |f: &mut fmt::Formatter<'_>, m: &Measurement| {
+            writeln!(
+                f,
+                "{:<17} {:>10.1} ns/op {:>8.3}x floor  {:>7.0} cycles/op  [{}]  {}",
+                format!("{}:", m.name),
+                m.ns_per_op,
+                m.ratio_to_floor,
+                m.cycles_per_op,
+                if m.rounds_ns_per_op.is_empty() {
+                    "one run".to_string()
+                } else {
+                    let r: Vec<String> = m
+                        .rounds_ns_per_op
+                        .iter()
+                        .map(|n| format!("{n:.0}"))
+                        .collect();
+                    format!("rounds {} ns", r.join("/"))
+                },
+                m.what
+            )
+        };
+        for m in self.results.iter().filter(|m| !m.breakdown) {
+            line(f, m)?;
+        }
+        for m in &self.missing {
+            writeln!(
+                f,
+                "{:<17} not measured: {}",
+                format!("{}:", m.name),
+                m.reason
+            )?;
+        }
+        writeln!(f, "breakdown (same run):")?;
+        for m in self.results.iter().filter(|m| m.breakdown) {
+            line(f, m)?;
+        }
+        for n in &self.notes {
+            writeln!(f, "note: {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// KVM's TSC frequency for a fresh vCPU (the rate the guests' `rdtsc` counts at).
+pub fn tsc_khz() -> Result<u32, BenchError> {
+    let kvm = Kvm::new().map_err(BenchError::TscKhz)?;
+    let vm = kvm.create_vm().map_err(BenchError::TscKhz)?;
+    let vcpu = vm.create_vcpu(0).map_err(BenchError::TscKhz)?;
+    vcpu.get_tsc_khz().map_err(BenchError::TscKhz)
+}
+
+/// Run every phase with `iterations` operations each.
+pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
+    if iterations == 0 {
+        return Err(BenchError::NoIterations);
+    }
+    if !crate::vcpu::kvm_available() {
+        return Err(BenchError::NoKvm);
+    }
+    let khz = tsc_khz()?;
+    let mut report = BenchReport {
+        iterations,
+        tsc_khz: khz,
+        results: Vec::new(),
+        missing: Vec::new(),
+        notes: Vec::new(),
+    };
+    // Every ring-0 phase ROUNDS times, interleaved (load on a shared host changes over
+    // seconds; interleaving spreads it over all phases), the median round kept. The guest
+    // phases run once, last: a guest that kxen cannot serve spins until the timeout and
+    // its thread stays behind, busy, which would disturb anything measured after it.
+    let (sysret_works, sysret_note) = sysret_probe()?;
+    report.notes.push(sysret_note);
+    let mut ring_phases: Vec<fn(u64) -> Result<Phase, BenchError>> = vec![
+        bare_exit,
+        |n| in_vm_syscall(n, false),
+        |n| in_vm_syscall(n, true),
+        vmm_syscall,
+        |n| mmio_exit(n, false),
+        |n| mmio_exit(n, true),
+        mmio_exit_resume,
+        int3_exit,
+        |n| kernel_exit(n, false),
+        |n| kernel_exit(n, true),
+    ];
+    if sysret_works {
+        ring_phases.push(in_vm_sysret);
+    }
+    let mut rounds: Vec<Vec<Phase>> = vec![Vec::new(); ring_phases.len()];
+    for _ in 0..ROUNDS {
+        for (f, runs) in ring_phases.iter().zip(rounds.iter_mut()) {
+            runs.push(f(iterations)?);
+        }
+    }
+    let mut ring: Vec<Phase> = rounds.into_iter().filter_map(median_round).collect();
+    let floor_ns = ring.first().map_or(0.0, |p| p.ns(khz));
+    let floor_rounds = ring
+        .first()
+        .map(|p| p.round_cycles.clone())
+        .unwrap_or_default();
+    for p in ring.drain(..) {
+        report.results.push(p.finish(khz, floor_ns, &floor_rounds));
+    }
+    match guest_phases(iterations) {
+        Ok(phases) => {
+            for p in phases {
+                report.results.push(p.finish(khz, floor_ns, &[]));
+            }
+        }
+        Err(reason) => {
+            for name in ["hypercall", "exception"] {
+                report.missing.push(Missing {
+                    name,
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+    // Headline figures first, in the issue's order; the breakdown as measured.
+    report.results.sort_by_key(|m| {
+        HEADLINE
+            .iter()
+            .position(|&h| h == m.name)
+            .unwrap_or(HEADLINE.len())
+    });
+    Ok(report)
+}
+
+/// Rounds of each ring-0 phase per run (the median is reported).
+pub const ROUNDS: usize = 3;
+
+/// A phase's raw result.
+#[derive(Debug, Clone)]
+struct Phase {
+    name: &'static str,
+    what: String,
+    iterations: u64,
+    cycles: u64,
+    wall_ns: Option<f64>,
+    exits: Option<u64>,
+    /// Cycles of every round, when the phase ran several.
+    round_cycles: Vec<u64>,
+}
+
+/// The round with the median cycle count, carrying all rounds' counts.
+fn median_round(mut runs: Vec<Phase>) -> Option<Phase> {
+    let all: Vec<u64> = runs.iter().map(|p| p.cycles).collect();
+    runs.sort_by_key(|p| p.cycles);
+    let mid = runs.len() / 2;
+    let mut p = runs.into_iter().nth(mid)?;
+    p.round_cycles = all;
+    Some(p)
+}
+
+impl Phase {
+    fn ns(&self, khz: u32) -> f64 {
+        cycles_to_ns(self.cycles, khz) / self.iterations as f64
+    }
+    /// The measurement, with its ratio to the floor: the median of the per-round ratios
+    /// when both ran the same rounds (a load spike then hits both sides of a ratio), else
+    /// `ns / floor_ns` (the floor's median).
+    fn finish(self, khz: u32, floor_ns: f64, floor_rounds: &[u64]) -> Measurement {
+        let ns = self.ns(khz);
+        let ratio =
+            if !self.round_cycles.is_empty() && self.round_cycles.len() == floor_rounds.len() {
+                let mut r: Vec<f64> = self
+                    .round_cycles
+                    .iter()
+                    .zip(floor_rounds)
+                    .map(|(&c, &f)| if f > 0 { c as f64 / f as f64 } else { 0.0 })
+                    .collect();
+                r.sort_by(f64::total_cmp);
+                r[r.len() / 2]
+            } else if floor_ns > 0.0 {
+                ns / floor_ns
+            } else {
+                0.0
+            };
+        Measurement {
+            breakdown: !HEADLINE.contains(&self.name),
+            name: self.name,
+            what: self.what,
+            iterations: self.iterations,
+            cycles_per_op: self.cycles as f64 / self.iterations as f64,
+            ns_per_op: ns,
+            ratio_to_floor: ratio,
+            wall_ns_per_op: self.wall_ns.map(|w| w / self.iterations as f64),
+            exits: self.exits,
+            rounds_ns_per_op: self
+                .round_cycles
+                .iter()
+                .map(|&c| cycles_to_ns(c, khz) / self.iterations as f64)
+                .collect(),
+        }
+    }
+}
+
+/// TSC cycles to nanoseconds at `khz` kHz.
+pub fn cycles_to_ns(cycles: u64, khz: u32) -> f64 {
+    if khz == 0 {
+        return 0.0;
+    }
+    cycles as f64 * 1e6 / f64::from(khz)
+}
+
+// ---------------------------------------------------------------------------------------
+// Ring-0 phases: a minimal VM (four-level page tables, one code page, one stack page).
+
+/// Where the ring-0 code runs (L4 slot 511, like a Linux kernel).
+const CODE_VA: u64 = 0xffff_ffff_8000_0000;
+const L4_PFN: u64 = 1;
+const L3_PFN: u64 = 2;
+const L2_PFN: u64 = 3;
+const L1_PFN: u64 = 4;
+const CODE_PFN: u64 = 16;
+const VM_PAGES: u64 = 32;
+const PORT_LOOP: u8 = 0xf0;
+/// In r13 at the store that ends a phase ("kxendone").
+const DONE: u64 = 0x6b78_656e_646f_6e65;
+
+struct Ring0Vm {
+    vm: Vm,
+    vcpu: crate::vcpu::Vcpu,
+}
+
+impl Ring0Vm {
+    /// A VM whose `code` sits at [`CODE_VA`] (read-only, user-accessible as the host
+    /// requires for ring-0 code); the vCPU is left at CPL3 at the start of `code`.
+    fn new(code: &[u8]) -> Result<Self, BenchError> {
+        let vm = Vm::new(VM_PAGES, 1)?;
+        let mem = vm.ram().mem();
+        let w = |pfn: u64, idx: u64, v: u64| {
+            mem.write_obj(v, GuestAddress(pfn * PAGE_SIZE + idx * 8))
+                .map_err(|e| BenchError::Memory(e.to_string()))
+        };
+        const P: u64 = 1;
+        const RW: u64 = 2;
+        const US: u64 = 4;
+        let table = P | RW | US;
+        w(L4_PFN, 511, (L3_PFN * PAGE_SIZE) | table)?;
+        for &(slot, e) in vm.ring0().private_l4_entries() {
+            w(L4_PFN, slot as u64, e)?;
+        }
+        w(L3_PFN, 510, (L2_PFN * PAGE_SIZE) | table)?;
+        w(L2_PFN, 0, (L1_PFN * PAGE_SIZE) | table)?;
+        w(L1_PFN, 0, (CODE_PFN * PAGE_SIZE) | P | US)?;
+        if code.len() as u64 > PAGE_SIZE {
+            return Err(BenchError::Memory("bench code larger than a page".into()));
+        }
+        mem.write_slice(code, GuestAddress(CODE_PFN * PAGE_SIZE))
+            .map_err(|e| BenchError::Memory(e.to_string()))?;
+        let mut vcpu = vm.create_vcpu(0)?;
+        let rsp = vcpu.ring0().rsp0_top;
+        vcpu.set_pv_entry(PvEntry {
+            rip: CODE_VA,
+            rsp,
+            rsi: 0,
+            cr3: L4_PFN * PAGE_SIZE,
+            rflags: 0x202,
+        })?;
+        Ok(Self { vm, vcpu })
+    }
+
+    /// Switch the vCPU to ring 0 at the start of the code, on kxen's ring-0 stack (so an
+    /// exception there is readable).
+    fn enter_ring0(&mut self) -> Result<(), BenchError> {
+        let rsp = self.vcpu.ring0().rsp0_top;
+        self.vcpu
+            .enter_ring0_for_test(CODE_VA, rsp, L4_PFN * PAGE_SIZE)?;
+        Ok(())
+    }
+}
+
+/// A few hand-assembled x86-64 instructions.
+#[derive(Default)]
+struct Asm {
+    code: Vec<u8>,
+}
+
+impl Asm {
+    fn here(&self) -> u64 {
+        CODE_VA + self.code.len() as u64
+    }
+    fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.code.extend_from_slice(b);
+        self
+    }
+    /// mov $imm64, %r15 (the loop counter)
+    fn mov_counter(&mut self, imm: u64) -> &mut Self {
+        self.bytes(&[0x49, 0xbf]).bytes(&imm.to_le_bytes())
+    }
+    /// mov $imm64, %r13 (the end-of-phase marker)
+    fn mark_done(&mut self) -> &mut Self {
+        self.bytes(&[0x49, 0xbd]).bytes(&DONE.to_le_bytes())
+    }
+    /// rdtsc; shl $32, %rdx; or %rdx, %rax  (rax = full TSC; rdx clobbered)
+    fn rdtsc64(&mut self) -> &mut Self {
+        self.bytes(&[0x0f, 0x31, 0x48, 0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0])
+    }
+    /// mov %rax, %r12
+    fn save_start(&mut self) -> &mut Self {
+        self.bytes(&[0x49, 0x89, 0xc4])
+    }
+    /// sub %r12, %rax
+    fn sub_start(&mut self) -> &mut Self {
+        self.bytes(&[0x4c, 0x29, 0xe0])
+    }
+    /// dec %r15; jnz target (rel32)
+    fn loop_to(&mut self, target: u64) -> &mut Self {
+        self.bytes(&[0x49, 0xff, 0xcf]);
+        let next = self.here() + 6;
+        let rel = target.wrapping_sub(next) as i64 as i32;
+        self.bytes(&[0x0f, 0x85]).bytes(&rel.to_le_bytes())
+    }
+    /// wrmsr MSR_LSTAR = target (clobbers ecx, eax, edx)
+    fn wrmsr_lstar(&mut self, target: u64) -> &mut Self {
+        self.bytes(&[0xb9]).bytes(&0xc000_0082u32.to_le_bytes());
+        self.bytes(&[0xb8]).bytes(&(target as u32).to_le_bytes());
+        self.bytes(&[0xba])
+            .bytes(&((target >> 32) as u32).to_le_bytes());
+        self.bytes(&[0x0f, 0x30])
+    }
+    /// `jmp` over `body` (< 128 bytes), then `body`; returns the body's address.
+    fn skipped(&mut self, body: &[u8]) -> u64 {
+        let len = u8::try_from(body.len())
+            .ok()
+            .filter(|&l| l < 128)
+            .unwrap_or(0);
+        self.bytes(&[0xeb, len]);
+        let at = self.here();
+        self.bytes(&body[..usize::from(len)]);
+        at
+    }
+    /// mov %rax, (abs64): a store to the syscall exit page ends a phase with a
+    /// [`VcpuExit::Syscall`] carrying rax, from any CPL.
+    fn store_rax(&mut self, addr: u64) -> &mut Self {
+        self.bytes(&[0x48, 0xa3]).bytes(&addr.to_le_bytes())
+    }
+}
+
+fn unexpected(phase: &'static str, exit: &VcpuExit) -> BenchError {
+    BenchError::UnexpectedExit {
+        phase,
+        exit: short_exit(exit),
+    }
+}
+
+/// Which exit a ring-0 loop body causes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LoopExit {
+    /// `out` to [`PORT_LOOP`].
+    Port,
+    /// A store to the exit page (an MMIO exit; [`VcpuExit::Syscall`] without the marker).
+    Mmio,
+    /// Like `Mmio`, from CPL3, resumed with [`crate::vcpu::Vcpu::return_to_guest`] at rcx
+    /// (registers and special registers set, as after every hypercall).
+    MmioResume,
+    /// `int3` from CPL3 through kxen's IDT stub (ring 0, `out`), resumed after it with
+    /// `return_to_guest`: kxen's exception entry and exit without the bounce.
+    Int3Resume,
+    /// None: handled inside the host kernel.
+    None,
+}
+
+/// Time `iterations` runs of `body`, in ring 0 or (`ring3`) at CPL3 like a guest kernel;
+/// `KVM_RUN` again after each expected exit.
+fn timed_loop(
+    name: &'static str,
+    what: &str,
+    body: &[u8],
+    kind: LoopExit,
+    ring3: bool,
+    iterations: u64,
+) -> Result<Phase, BenchError> {
+    // The exit page's address is the same in every VM with one vCPU.
+    let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
+    let mut a = Asm::default();
+    a.mov_counter(iterations).rdtsc64().save_start();
+    let top = a.here();
+    a.bytes(body).loop_to(top);
+    a.rdtsc64().sub_start().mark_done().store_rax(exit_va);
+    let mut g = Ring0Vm::new(&a.code)?;
+    if !ring3 {
+        g.enter_ring0()?;
+    }
+    let start = Instant::now();
+    let mut exits = 0u64;
+    let cycles = loop {
+        match g.vcpu.run()? {
+            VcpuExit::Syscall { regs, .. } if regs.r13 == DONE => break regs.rax,
+            VcpuExit::Syscall { .. } if kind == LoopExit::Mmio => exits += 1,
+            VcpuExit::Exception {
+                vector: 3, regs, ..
+            } if kind == LoopExit::Int3Resume => {
+                exits += 1;
+                g.vcpu
+                    .return_to_guest(&regs, crate::vcpu::GuestCs::Long64)?;
+            }
+            VcpuExit::Syscall { regs, .. } if kind == LoopExit::MmioResume => {
+                exits += 1;
+                g.vcpu
+                    .return_to_guest(&regs, crate::vcpu::GuestCs::Long64)?;
+            }
+            VcpuExit::Io { port, size: 1, .. }
+                if kind == LoopExit::Port && port == u16::from(PORT_LOOP) =>
+            {
+                exits += 1
+            }
+            other => return Err(unexpected(name, &other)),
+        }
+    };
+    let wall_ns = start.elapsed().as_secs_f64() * 1e9;
+    let want = if kind == LoopExit::None {
+        0
+    } else {
+        iterations
+    };
+    if exits != want {
+        return Err(BenchError::UnexpectedExit {
+            phase: name,
+            exit: format!("{exits} exits for {iterations} iterations"),
+        });
+    }
+    Ok(Phase {
+        name,
+        what: what.into(),
+        iterations,
+        cycles,
+        wall_ns: Some(wall_ns),
+        round_cycles: Vec::new(),
+        exits: Some(total_exits(&g.vm)),
+    })
+}
+
+/// The floor: `out %al, $0xf0` from ring 0, each one a userspace exit; `KVM_RUN` again.
+fn bare_exit(iterations: u64) -> Result<Phase, BenchError> {
+    timed_loop(
+        "exit",
+        "bare KVM userspace exit (ring-0 `out` to an unused port) [floor]",
+        &[0xe6, PORT_LOOP],
+        LoopExit::Port,
+        false,
+        iterations,
+    )
+}
+
+/// A userspace exit through an MMIO write (how kxen's LSTAR stub leaves the VM), from ring
+/// 0 or from CPL3; `KVM_RUN` again at once (KVM has retired the store; no register is set).
+fn mmio_exit(iterations: u64, ring3: bool) -> Result<Phase, BenchError> {
+    let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
+    let mut body = Asm::default();
+    body.store_rax(exit_va);
+    let (name, what) = if ring3 {
+        (
+            "exit_mmio_cpl3",
+            "KVM userspace exit through an MMIO write from CPL3 (store to kxen's exit page), \
+             no state set",
+        )
+    } else {
+        (
+            "exit_mmio",
+            "KVM userspace exit through an MMIO write from ring 0 (store to kxen's exit page)",
+        )
+    };
+    timed_loop(name, what, &body.code, LoopExit::Mmio, ring3, iterations)
+}
+
+/// An MMIO exit from CPL3 resumed the way kxen resumes a guest after a hypercall
+/// ([`crate::vcpu::Vcpu::return_to_guest`]: registers and special registers set).
+fn mmio_exit_resume(iterations: u64) -> Result<Phase, BenchError> {
+    let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
+    let mut body = Asm::default();
+    // lea next(%rip), %rcx (the exit reports rip = rcx, as for a syscall); store; next:
+    body.bytes(&[0x48, 0x8d, 0x0d]).bytes(&10i32.to_le_bytes());
+    body.store_rax(exit_va);
+    timed_loop(
+        "exit_resume",
+        "MMIO exit from CPL3, resumed with return_to_guest (regs + sregs set), as kxen does",
+        &body.code,
+        LoopExit::MmioResume,
+        true,
+        iterations,
+    )
+}
+
+/// `int3` from CPL3 to kxen's #BP stub, out to the VMM and back after the `int3`.
+fn int3_exit(iterations: u64) -> Result<Phase, BenchError> {
+    timed_loop(
+        "int3_vmm",
+        "int3 (CPL3) -> kxen IDT stub -> VMM -> back to CPL3 (no bounce to a guest handler)",
+        &[0xcc],
+        LoopExit::Int3Resume,
+        true,
+        iterations,
+    )
+}
+
+/// An exit KVM handles in the host kernel: `cpuid`, from ring 0 or from CPL3.
+fn kernel_exit(iterations: u64, ring3: bool) -> Result<Phase, BenchError> {
+    let (name, what) = if ring3 {
+        (
+            "exit_kernel_cpl3",
+            "in-kernel KVM exit (`cpuid` from CPL3, no userspace exit)",
+        )
+    } else {
+        (
+            "exit_kernel",
+            "in-kernel KVM exit (`cpuid` from ring 0, no userspace exit)",
+        )
+    };
+    timed_loop(
+        name,
+        what,
+        &[0x31, 0xc0, 0x0f, 0xa2], // xor %eax, %eax; cpuid
+        LoopExit::None,
+        ring3,
+        iterations,
+    )
+}
+
+/// In-VM `syscall` round trips, no VMM exit: LSTAR (set with `wrmsr` from ring 0) points
+/// at a handler in the VM that returns with `jmp *%rcx`.
+///
+/// With `from_ring3 == false` the loop runs in ring 0 (`syscall` from CPL0 enters the
+/// handler at CPL0). With `from_ring3 == true` ring 0 first drops to CPL3 with one
+/// `syscall`/`sysretq` and the loop runs there; on this host the handler then runs at CPL3
+/// (the quirk), which is why it cannot end in `sysretq` (see [`sysret_probe`]) and why a
+/// plain `jmp` back works at all.
+fn in_vm_syscall(iterations: u64, from_ring3: bool) -> Result<Phase, BenchError> {
+    let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
+    let mut a = Asm::default();
+    let handler = a.skipped(&[0xff, 0xe1]); // jmp *%rcx
+    if from_ring3 {
+        // A one-shot handler, entered from ring 0: LSTAR = handler, sysretq to rcx (CPL3).
+        let mut b = Asm::default();
+        b.bytes(&[0x49, 0x89, 0xce]); // mov %rcx, %r14
+        b.wrmsr_lstar(handler);
+        b.bytes(&[0x4c, 0x89, 0xf1]); // mov %r14, %rcx
+        b.bytes(&[0x48, 0x0f, 0x07]); // sysretq
+        let drop_to_ring3 = a.skipped(&b.code);
+        a.wrmsr_lstar(drop_to_ring3);
+        a.bytes(&[0x0f, 0x05]); // syscall: continue below at CPL3
+    } else {
+        a.wrmsr_lstar(handler);
+    }
+    a.mov_counter(iterations).rdtsc64().save_start();
+    let top = a.here();
+    a.bytes(&[0x0f, 0x05]).loop_to(top); // syscall
+    a.rdtsc64().sub_start().store_rax(exit_va);
+    let mut g = Ring0Vm::new(&a.code)?;
+    g.enter_ring0()?;
+    let start = Instant::now();
+    let exit = g.vcpu.run()?;
+    let wall_ns = start.elapsed().as_secs_f64() * 1e9;
+    let name = if from_ring3 {
+        "syscall_cpl3"
+    } else {
+        "syscall"
+    };
+    let VcpuExit::Syscall { regs, .. } = exit else {
+        return Err(unexpected(name, &exit));
+    };
+    let what = if from_ring3 {
+        format!(
+            "in-VM syscall from CPL3 to an LSTAR handler (still CPL3 on this host, cs {:#x}) \
+             and back by jmp, no VMM exit",
+            g.vcpu.sregs().cs.selector
+        )
+    } else {
+        "in-VM syscall from ring 0 to an LSTAR handler and back by jmp, no VMM exit".into()
+    };
+    Ok(Phase {
+        name,
+        what,
+        iterations,
+        cycles: regs.rax,
+        wall_ns: Some(wall_ns),
+        round_cycles: Vec::new(),
+        exits: Some(total_exits(&g.vm)),
+    })
+}
+
+/// `syscall`/`sysretq` round trips in the VM, for hosts where [`sysret_probe`] says they
+/// work (not this PVM host): ring 0 points LSTAR at a `sysretq`, the first `syscall` comes
+/// from ring 0, every later one from CPL3.
+fn in_vm_sysret(iterations: u64) -> Result<Phase, BenchError> {
+    let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
+    let mut a = Asm::default();
+    let handler = a.skipped(&[0x48, 0x0f, 0x07]); // sysretq
+    a.wrmsr_lstar(handler);
+    a.mov_counter(iterations).rdtsc64().save_start();
+    let top = a.here();
+    a.bytes(&[0x0f, 0x05]).loop_to(top); // syscall
+    a.rdtsc64().sub_start().store_rax(exit_va);
+    let mut g = Ring0Vm::new(&a.code)?;
+    g.enter_ring0()?;
+    let start = Instant::now();
+    let exit = g.vcpu.run()?;
+    let wall_ns = start.elapsed().as_secs_f64() * 1e9;
+    let VcpuExit::Syscall { regs, .. } = exit else {
+        return Err(unexpected("syscall_sysret", &exit));
+    };
+    Ok(Phase {
+        name: "syscall_sysret",
+        what: "in-VM syscall (CPL3) + sysretq, handler at LSTAR in ring 0, no VMM exit".into(),
+        iterations,
+        cycles: regs.rax,
+        wall_ns: Some(wall_ns),
+        round_cycles: Vec::new(),
+        exits: Some(total_exits(&g.vm)),
+    })
+}
+
+/// What the KVM helper's kvm_bench.rs timed as a "syscall round trip": a CPL3 `syscall`
+/// to kxen's LSTAR stub (an MMIO write to the exit page), out to the VMM, and back to CPL3
+/// with [`crate::vcpu::Vcpu::return_to_guest`]: kxen's hypercall entry and exit, no
+/// dispatch.
+fn vmm_syscall(iterations: u64) -> Result<Phase, BenchError> {
+    let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
+    let mut a = Asm::default();
+    a.mov_counter(iterations).rdtsc64().save_start();
+    let top = a.here();
+    a.bytes(&[0x0f, 0x05]).loop_to(top);
+    a.rdtsc64().sub_start();
+    a.mark_done();
+    a.store_rax(exit_va);
+    let mut g = Ring0Vm::new(&a.code)?;
+    let start = Instant::now();
+    let mut calls = 0u64;
+    let cycles = loop {
+        match g.vcpu.run()? {
+            VcpuExit::Syscall { regs, .. } if regs.r13 == DONE => break regs.rax,
+            VcpuExit::Syscall { regs, .. } => {
+                calls += 1;
+                g.vcpu
+                    .return_to_guest(&regs, crate::vcpu::GuestCs::Long64)?;
+            }
+            other => return Err(unexpected("syscall_vmm", &other)),
+        }
+    };
+    let wall_ns = start.elapsed().as_secs_f64() * 1e9;
+    if calls != iterations {
+        return Err(BenchError::UnexpectedExit {
+            phase: "syscall_vmm",
+            exit: format!("{calls} syscall exits for {iterations} iterations"),
+        });
+    }
+    Ok(Phase {
+        name: "syscall_vmm",
+        what: "guest syscall (CPL3) -> kxen LSTAR stub -> VMM -> back to CPL3 \
+               (kvm_bench.rs's \"syscall round trip\")"
+            .into(),
+        iterations,
+        cycles,
+        wall_ns: Some(wall_ns),
+        round_cycles: Vec::new(),
+        exits: Some(calls + 1),
+    })
+}
+
+/// Whether a `syscall`/`sysretq` loop can run in the VM: ring 0 does `syscall` twice to a
+/// `sysretq` handler. Returns whether it can and a sentence for the report.
+pub fn sysret_probe() -> Result<(bool, String), BenchError> {
+    let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
+    let mut a = Asm::default();
+    let handler = a.skipped(&[0x48, 0x0f, 0x07]); // sysretq
+    a.wrmsr_lstar(handler);
+    a.bytes(&[0x0f, 0x05]); // syscall from CPL0: handler at CPL0, sysretq to CPL3
+    a.bytes(&[0x0f, 0x05]); // syscall from CPL3
+    a.store_rax(exit_va);
+    let mut g = Ring0Vm::new(&a.code)?;
+    g.enter_ring0()?;
+    Ok(match g.vcpu.run()? {
+        VcpuExit::Syscall { .. } => (
+            true,
+            "syscall/sysretq: two round trips from ring 0 and ring 3 completed in the VM \
+             (the host keeps syscall semantics; see syscall_sysret)"
+                .into(),
+        ),
+        VcpuExit::Exception {
+            vector: 13, frame, ..
+        } if frame.rip == handler => (
+            false,
+            format!(
+                "syscall/sysretq: the first syscall (from ring 0) and sysretq work; the \
+                 second syscall, from ring 3, reaches LSTAR still at CPL3 (frame cs {:#x}) \
+                 and its sysretq raises #GP: on this host a syscall/sysretq loop cannot \
+                 run, so the in-VM figures return from the handler with jmp *%rcx",
+                frame.cs
+            ),
+        ),
+        other => (
+            false,
+            format!("syscall/sysretq probe: unexpected {}", short_exit(&other)),
+        ),
+    })
+}
+
+fn short_exit(e: &VcpuExit) -> String {
+    match e {
+        VcpuExit::Exception {
+            vector,
+            error_code,
+            frame,
+            ..
+        } => format!(
+            "exception {vector} (error {error_code:?}) at rip {:#x} cs {:#x}",
+            frame.rip, frame.cs
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+fn total_exits(vm: &Vm) -> u64 {
+    crate::vcpu::ExitKind::ALL
+        .iter()
+        .map(|&k| vm.stats().exits(k))
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------
+// Guest phases: boot the bench guest and read its KXEN-TEST VALUE lines.
+
+/// Console output collected from the bench guest.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        let b = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&b).into_owned()
+    }
+}
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How long the bench guest may take: generous (a few exits per iteration at tens of µs
+/// each, on a loaded host), but bounded, since a guest kxen cannot serve yet spins forever.
+fn guest_timeout(iterations: u64) -> Duration {
+    Duration::from_secs(20).saturating_add(Duration::from_millis(iterations.saturating_mul(2)))
+}
+
+/// Boot the bench guest with `iterations=N`; `Err` says why (a)/(b) could not be measured.
+/// The domain runs on its own thread so that a guest that never shuts down only costs the
+/// timeout (the thread is then left behind; the process exits after the report).
+fn guest_phases(iterations: u64) -> Result<Vec<Phase>, String> {
+    let spec = LaunchSpec {
+        name: "kxen-bench".into(),
+        kernel: BENCH_GUEST.to_vec(),
+        initrd: Vec::new(),
+        cmdline: format!("iterations={iterations}"),
+        memory_mib: 32,
+        vcpus: 1,
+        privileged: false,
+    };
+    let console = Captured::default();
+    let out = console.clone();
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("kxen-bench-guest".into())
+        .spawn(move || {
+            let r = Domain::create(&spec, Box::new(out)).and_then(|mut d| {
+                let outcome = d.run()?;
+                let s = d.stats();
+                // xen: public/xen.h __HYPERVISOR_xen_version = 17; #BP = vector 3
+                let counts = (s.hypercalls(17), s.vector(3), s.hypercalls(23));
+                Ok((outcome, d.stats_line(), counts))
+            });
+            let _ = tx.send(r.map_err(|e| e.to_string()));
+        });
+    if let Err(e) = spawned {
+        return Err(format!("cannot start the bench guest thread: {e}"));
+    }
+    let timeout = guest_timeout(iterations);
+    let (outcome, stats, (versions, bps, irets)) = match rx.recv_timeout(timeout) {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(format!("bench guest: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "bench guest did not finish within {} s (console: {:?})",
+                timeout.as_secs(),
+                tail(&console.text())
+            ))
+        }
+    };
+    let text = console.text();
+    if outcome.reason != ShutdownReason::Poweroff {
+        return Err(format!(
+            "bench guest: {} (console: {:?})",
+            outcome.describe(),
+            tail(&text)
+        ));
+    }
+    debug!("bench guest: {stats}");
+    let mut phases = phases_from_console(&text, iterations)?;
+    for p in &mut phases {
+        // Exits the VMM saw for the whole guest run (a few come from outside the loops).
+        p.exits = Some(match p.name {
+            "hypercall" => versions,
+            _ => bps.saturating_add(irets),
+        });
+    }
+    Ok(phases)
+}
+
+/// The last line or so of a console transcript, for error messages.
+fn tail(text: &str) -> &str {
+    let t = text.trim_end();
+    let start = t.char_indices().rev().nth(160).map_or(0, |(i, _)| i);
+    &t[start..]
+}
+
+/// The hypercall and exception phases from the bench guest's console transcript.
+/// `Err` names the first problem: a failed check, a panic, a missing or bad value.
+fn phases_from_console(console: &str, iterations: u64) -> Result<Vec<Phase>, String> {
+    for l in console.lines() {
+        let l = l.trim();
+        if l.starts_with("KXEN-TEST: FAIL") || l.starts_with("KXEN-TEST: PANIC") {
+            return Err(format!("bench guest: {l}"));
+        }
+    }
+    let values = parse_values(console);
+    let get = |name: &str| -> Result<u64, String> {
+        let v = values
+            .iter()
+            .find(|(k, _)| k == name)
+            .ok_or_else(|| format!("bench guest printed no {name} value"))?;
+        v.1.parse()
+            .map_err(|_| format!("bench guest: {name}={} is not a number", v.1))
+    };
+    let n = get("iterations")?;
+    if n != iterations {
+        return Err(format!(
+            "bench guest ran {n} iterations, {iterations} were asked for"
+        ));
+    }
+    let phase = |name, what: &str, cycles| Phase {
+        name,
+        what: what.into(),
+        iterations,
+        cycles,
+        wall_ns: None,
+        exits: None,
+        round_cycles: Vec::new(),
+    };
+    Ok(vec![
+        phase(
+            "hypercall",
+            "xen_version(XENVER_version) from the bench guest through kxen's hypercall path",
+            get("hypercall_cycles")?,
+        ),
+        phase(
+            "exception",
+            "int3 in the bench guest -> kxen -> guest #BP handler -> iret hypercall back",
+            get("exception_cycles")?,
+        ),
+    ])
+}
+
+/// `KXEN-TEST: VALUE name=value` pairs from a console transcript.
+pub fn parse_values(console: &str) -> Vec<(String, String)> {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("KXEN-TEST: VALUE "))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycles_convert_to_ns_at_the_tsc_rate() {
+        assert_eq!(cycles_to_ns(3_000_000, 3_000_000), 1_000_000.0);
+        assert_eq!(cycles_to_ns(2_500, 2_500_000), 1_000.0);
+        assert_eq!(cycles_to_ns(5, 0), 0.0);
+    }
+
+    #[test]
+    fn values_are_parsed_from_console_lines() {
+        let c = "hello\nKXEN-TEST: VALUE hypercall_cycles=1234\r\nKXEN-TEST: PASS x\n\
+                 KXEN-TEST: VALUE bad\nKXEN-TEST: VALUE n = 7\n";
+        assert_eq!(
+            parse_values(c),
+            vec![
+                ("hypercall_cycles".to_string(), "1234".to_string()),
+                ("n".to_string(), "7".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn sysret_loop_runs_exactly_when_the_probe_says_it_can() {
+        if !crate::vcpu::kvm_available() {
+            eprintln!("skipped: /dev/kvm not available");
+            return;
+        }
+        let (works, note) = sysret_probe().unwrap();
+        let phase = in_vm_sysret(10);
+        assert_eq!(phase.is_ok(), works, "{note}; phase: {phase:?}");
+        if let Err(e) = phase {
+            assert!(e.to_string().contains("exception 13"), "{e}");
+        }
+    }
+
+    #[test]
+    fn ring0_phases_count_the_exits_they_cause() {
+        if !crate::vcpu::kvm_available() {
+            eprintln!("skipped: /dev/kvm not available");
+            return;
+        }
+        // One exit per iteration plus the final store; none for in-VM loops but the store.
+        assert_eq!(bare_exit(50).unwrap().exits, Some(51));
+        assert_eq!(mmio_exit(50, true).unwrap().exits, Some(51));
+        assert_eq!(int3_exit(50).unwrap().exits, Some(51));
+        assert_eq!(in_vm_syscall(50, false).unwrap().exits, Some(1));
+        assert_eq!(kernel_exit(50, true).unwrap().exits, Some(1));
+        let p = vmm_syscall(50).unwrap();
+        assert_eq!((p.exits, p.iterations), (Some(51), 50));
+        assert!(p.cycles > 0);
+    }
+
+    #[test]
+    fn bench_guest_is_a_pv_kernel_kxen_would_launch() {
+        use xen_abi::negotiate::LaunchMode;
+        let r = crate::inspect::inspect(BENCH_GUEST, LaunchMode::Unprivileged, 16).unwrap();
+        assert_eq!(r.verdict(LaunchMode::Unprivileged).refusal, None);
+        assert_eq!(r.layout.error, None);
+    }
+
+    #[test]
+    fn guest_console_gives_both_phases() {
+        let c = "KXEN-TEST: VALUE iterations=100\nKXEN-TEST: PASS hypercall_results_consistent\n\
+                 KXEN-TEST: VALUE hypercall_cycles=5000\nKXEN-TEST: VALUE exception_cycles=9000\n\
+                 KXEN-TEST: DONE pass=3 fail=0\n";
+        let p = phases_from_console(c, 100).unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].name, p[0].cycles), ("hypercall", 5000));
+        assert_eq!((p[1].name, p[1].cycles), ("exception", 9000));
+        let m = p[0].clone().finish(1_000_000, 10.0, &[]);
+        assert_eq!(m.ns_per_op, 50.0);
+        assert_eq!(m.ratio_to_floor, 5.0);
+        assert_eq!(m.wall_ns_per_op, None);
+    }
+
+    #[test]
+    fn ratio_is_the_median_of_per_round_ratios() {
+        let p = Phase {
+            name: "x",
+            what: String::new(),
+            iterations: 1,
+            cycles: 30,
+            wall_ns: None,
+            exits: None,
+            // ratios 3.0, 2.0, 10.0 against the floor rounds below
+            round_cycles: vec![30, 40, 50],
+        };
+        let m = p.finish(1_000_000, 1.0, &[10, 20, 5]);
+        assert_eq!(m.ratio_to_floor, 3.0);
+        assert_eq!(m.rounds_ns_per_op, vec![30.0, 40.0, 50.0]);
+    }
+
+    #[test]
+    fn guest_console_problems_are_reported_not_measured() {
+        let ok = "KXEN-TEST: VALUE iterations=100\nKXEN-TEST: VALUE hypercall_cycles=1\n\
+                  KXEN-TEST: VALUE exception_cycles=2\n";
+        assert!(phases_from_console(ok, 99)
+            .unwrap_err()
+            .contains("100 iterations"));
+        let failed = format!("{ok}KXEN-TEST: FAIL set_trap_table: got -38\n");
+        assert!(phases_from_console(&failed, 100)
+            .unwrap_err()
+            .contains("FAIL set_trap_table"));
+        let missing = "KXEN-TEST: VALUE iterations=100\nKXEN-TEST: VALUE hypercall_cycles=1\n";
+        assert!(phases_from_console(missing, 100)
+            .unwrap_err()
+            .contains("exception_cycles"));
+        let bad = "KXEN-TEST: VALUE iterations=x\n";
+        assert!(phases_from_console(bad, 100)
+            .unwrap_err()
+            .contains("not a number"));
+    }
+
+    #[test]
+    fn loop_jump_lands_on_its_target() {
+        let mut a = Asm::default();
+        a.bytes(&[0x90; 5]);
+        let top = a.here();
+        a.bytes(&[0x90]).loop_to(top);
+        // dec r15 (3) + jnz rel32 (6) after one nop at `top`.
+        let rel = i32::from_le_bytes(a.code[a.code.len() - 4..].try_into().unwrap());
+        assert_eq!(i64::from(rel), top as i64 - a.here() as i64);
+        assert_eq!(rel, -10);
+    }
+}

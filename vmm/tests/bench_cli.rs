@@ -1,0 +1,79 @@
+//! `kxen bench` end to end: one run prints the four measurements (hypercall, bounced
+//! exception, the bare-exit floor, in-VM syscall) with numeric ns/op and ratio values.
+//! Only the shape is checked, never the size of the numbers (no timing assertions).
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const FOUR: [&str; 4] = ["hypercall", "exception", "exit", "syscall"];
+
+fn kxen_bench(extra: &[&str]) -> Option<Output> {
+    if !kxen::vcpu::kvm_available() {
+        eprintln!("skipped: /dev/kvm not available");
+        return None;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kxen"))
+        .args(["bench", "--iterations", "100"])
+        .args(extra)
+        .output()
+        .expect("run kxen");
+    assert!(
+        out.status.success(),
+        "kxen bench failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Some(out)
+}
+
+/// The number right before `unit` on `line` (`... 1234.5 ns/op ...`).
+fn number_before(line: &str, unit: &str) -> Option<f64> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == unit)?;
+    words
+        .get(i.checked_sub(1)?)?
+        .trim_end_matches('x')
+        .parse()
+        .ok()
+}
+
+#[test]
+fn bench_prints_the_four_measurements_with_numeric_values() {
+    let Some(out) = kxen_bench(&[]) else { return };
+    let text = String::from_utf8(out.stdout).expect("utf-8 output");
+    for name in FOUR {
+        let prefix = format!("{name}:");
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{text}"));
+        let ns =
+            number_before(line, "ns/op").unwrap_or_else(|| panic!("no numeric ns/op on `{line}`"));
+        let ratio =
+            number_before(line, "floor").unwrap_or_else(|| panic!("no numeric ratio on `{line}`"));
+        assert!(ns.is_finite() && ratio.is_finite(), "{line}");
+    }
+}
+
+#[test]
+fn bench_json_has_the_four_results_as_numbers() {
+    let Some(out) = kxen_bench(&["--json"]) else {
+        return;
+    };
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(v["iterations"], 100);
+    assert!(v["tsc_khz"].as_u64().is_some_and(|k| k > 0), "{v}");
+    let results = v["results"].as_array().expect("results array");
+    for name in FOUR {
+        let r = results
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no `{name}` result in {v}"));
+        for field in ["ns_per_op", "ratio_to_floor", "cycles_per_op"] {
+            assert!(r[field].is_f64(), "{name}.{field} not a number: {r}");
+        }
+    }
+    let floor = results.iter().find(|r| r["name"] == "exit").unwrap();
+    assert_eq!(floor["ratio_to_floor"].as_f64(), Some(1.0));
+}
