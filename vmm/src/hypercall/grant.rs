@@ -279,7 +279,8 @@ pub fn grant_table_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArg
 type OneFn = fn(&HypercallCtx<'_, DomainShared>, u64) -> Result<(), i64>;
 
 /// Run `one` over `count` elements of `size` bytes at `uop`, `BATCH` at a time with a
-/// continuation in between, as Xen's preemptible loops do.
+/// continuation in between, as Xen's preemptible loops do (inside a multicall, where kxen
+/// makes no continuations, all of them; every element must be readable guest memory).
 fn batch(
     ctx: &mut HypercallCtx<'_, DomainShared>,
     cmd: u32,
@@ -288,7 +289,11 @@ fn batch(
     size: u64,
     one: OneFn,
 ) -> i64 {
-    let n = count.min(BATCH);
+    let n = if ctx.in_multicall {
+        count
+    } else {
+        count.min(BATCH)
+    };
     for i in 0..n {
         let va = uop.wrapping_add(u64::from(i) * size);
         if let Err(e) = one(ctx, va) {

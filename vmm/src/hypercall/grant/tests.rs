@@ -195,6 +195,18 @@ fn long_batches_continue_like_xens_preemption() {
     assert_eq!(g.regs.rdx, 44);
     assert_eq!(i16at(&g, VA + 255 * 24 + 20), GNTST_BAD_HANDLE);
     assert_eq!(i16at(&g, VA + 256 * 24 + 20), 0, "not yet done");
+    // Inside a multicall the whole batch runs.
+    let mut ctx = HypercallCtx::new(0, &g.ram, PAGE_SIZE, &mut g.regs, &mut g.pv, &g.dom);
+    ctx.in_multicall = true;
+    let r = grant_table_op(
+        &mut ctx,
+        &HypercallArgs {
+            nr: GNT,
+            a: [1, VA, 300, 0, 0],
+        },
+    );
+    assert_eq!((r, ctx.regs_replaced), (0, false));
+    assert_eq!(i16at(&g, VA + 299 * 24 + 20), GNTST_BAD_HANDLE);
 }
 
 #[test]
