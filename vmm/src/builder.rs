@@ -31,10 +31,11 @@ pub const HYPERCALL_ENTRIES: usize = 128;
 /// The iret hypercall's number (its entry differs).
 const HYPERVISOR_IRET: usize = 23;
 
-/// Most grant-table frames a domain may have: libxl's default `max_grant_frames` for a
-/// guest (32 frames = 16384 v1 entries).
-// xen: tools/include/libxl.h, LIBXL_MAX_GRANT_FRAMES_DEFAULT
-pub const MAX_GRANT_FRAMES: u32 = 32;
+/// Most grant-table frames a domain may have: Xen's default (64 frames = 32768 v1 entries),
+/// which xl gives every domain unless configured otherwise.
+// xen: common/grant_table.c, opt_max_grant_frames ("gnttab_max_frames", 64);
+// docs/man/xl.conf.5.pod.in, max_grant_frames defaults to it
+pub const MAX_GRANT_FRAMES: u32 = 64;
 
 /// Frames Xen owns and shares with the guest, placed right after the guest's RAM: shared_info,
 /// then the grant-table frames (all [`MAX_GRANT_FRAMES`] are reserved up front, zeroed; the

@@ -208,12 +208,12 @@ fn write_entry(table0: u64, gref: u32, flags: u16, domid: u16, frame: u32) -> i1
 }
 
 fn kmain(si: &'static StartInfo) {
-    // ---- query_size: one frame in use at start, libxl's default maximum of 32.
+    // ---- query_size: one frame in use at start, Xen's default maximum of 64.
     let (rc, q) = query(DOMID_SELF);
     check_eq!("query_size_rc", rc, 0);
     check_eq!("query_size_status", q.status, GNTST_OKAY);
     check_eq!("query_size_nr_frames", q.nr_frames, 1);
-    check_eq!("query_size_max_nr_frames", q.max_nr_frames, 32);
+    check_eq!("query_size_max_nr_frames", q.max_nr_frames, 64);
     check_eq!("query_size_own_domid", query(ME).1.status, GNTST_OKAY);
     check_eq!("query_size_missing_domain", query(77).1.status, GNTST_BAD_DOMAIN);
     check_eq!(
@@ -251,7 +251,7 @@ fn kmain(si: &'static StartInfo) {
     // Hostile setup_table.
     check_eq!(
         "setup_table_too_many_frames",
-        setup(DOMID_SELF, 33, addr(&frames)),
+        setup(DOMID_SELF, 65, addr(&frames)),
         (0, GNTST_GENERAL_ERROR)
     );
     check_eq!("query_size_unchanged", query(DOMID_SELF).1.nr_frames, 4);
