@@ -321,7 +321,7 @@ fn map_one(ctx: &HypercallCtx<'_, DomainShared>, va: u64) -> Result<(), i64> {
             // The backend domain grants nothing to guests: every ref is unusable.
             Some(Dom::Backend) => GNTST_GENERAL_ERROR,
             Some(_) => {
-                tracing::info!("grant map of the caller's own grant: not supported by kxen");
+                tracing::debug!("grant map of the caller's own grant: not supported by kxen");
                 GNTST_GENERAL_ERROR
             }
             None => GNTST_BAD_DOMAIN,
