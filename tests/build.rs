@@ -31,6 +31,10 @@ const GUESTS: &[GuestSpec] = &[
         source: "tests/features.rs",
     },
     GuestSpec {
+        name: "grant",
+        source: "tests/grant.rs",
+    },
+    GuestSpec {
         name: "echo",
         source: "tests/echo.rs",
     },

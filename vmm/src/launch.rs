@@ -335,6 +335,12 @@ impl Domain {
         &self.shared
     }
 
+    /// The guest's RAM (with the frames shared with it), e.g. for a backend reaching granted
+    /// pages through [`DomainShared::grant_table`] after the guest signalled readiness.
+    pub fn ram(&self) -> &GuestRam {
+        self.vm.ram()
+    }
+
     /// Where things were put at start of day.
     pub fn boot_state(&self) -> &BootState {
         &self.boot

@@ -38,6 +38,7 @@
 
 pub mod console;
 pub mod cpu;
+pub mod grant;
 pub mod memory;
 pub mod multicall;
 pub mod pv;
@@ -301,7 +302,7 @@ impl<D> HypercallTable<D> {
 /// [`HypercallTable::with_stats`]); [`pv_hypercalls`] is the shared one.
 pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
     let mut t = HypercallTable::new();
-    let handlers: [(u64, HypercallFn<DomainShared>); 20] = [
+    let handlers: [(u64, HypercallFn<DomainShared>); 21] = [
         (nr::SET_TRAP_TABLE, pv::set_trap_table),
         (nr::STACK_SWITCH, pv::stack_switch),
         (nr::SET_CALLBACKS, pv::set_callbacks),
@@ -322,6 +323,7 @@ pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
         (nr::PHYSDEV_OP_COMPAT, cpu::physdev_op_compat),
         (nr::SET_SEGMENT_BASE, cpu::set_segment_base),
         (nr::PHYSDEV_OP, cpu::physdev_op),
+        (nr::GRANT_TABLE_OP, grant::grant_table_op),
     ];
     for (n, f) in handlers {
         let name = nr::name(n).unwrap_or("?");
