@@ -238,6 +238,24 @@ fn fpu() {
              out("rcx") _, out("r11") _, out("xmm6") _, out("xmm15") _, options(att_syntax));
     }
     check!("xmm_preserved_across_hypercall", out6 == [pat[0], pat[1]] && out15 == out6);
+    // MXCSR and the x87 control word across a hypercall and a trap.
+    let (mx_in, cw_in): (u32, u16) = (0x7f80, 0x027f);
+    let (mut mx_out, mut cw_out): (u32, u16) = (0, 0);
+    traps::expect(6, ANY_RIP, 2);
+    // SAFETY: loads MXCSR/FCW from locals, calls xen_version(0) through the hypercall page,
+    // takes a ud2 trap (skipped by the kit), stores both back, then restores the defaults.
+    unsafe {
+        asm!("ldmxcsr ({mi})", "fldcw ({ci})", "xor %edi, %edi", "xor %esi, %esi",
+             "call *{t}", "ud2", "stmxcsr ({mo})", "fnstcw ({co})",
+             "movl $0x1f80, -8(%rsp)", "ldmxcsr -8(%rsp)", "fninit",
+             mi = in(reg) &mx_in, ci = in(reg) &cw_in, mo = in(reg) &mut mx_out,
+             co = in(reg) &mut cw_out, t = in(reg) target,
+             out("rax") _, out("rdi") _, out("rsi") _, out("rdx") _, out("r10") _, out("r8") _,
+             out("rcx") _, out("r11") _, options(att_syntax));
+    }
+    let _ = traps::take_last();
+    check_eq!("mxcsr_preserved_across_hypercall_and_trap", mx_out, mx_in);
+    check_eq!("x87_control_word_preserved_across_hypercall_and_trap", cw_out, cw_in);
     if has_avx() {
         let mut outy = [0u64; 4];
         traps::expect(6, ANY_RIP, 2);
