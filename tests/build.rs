@@ -31,6 +31,10 @@ const GUESTS: &[GuestSpec] = &[
         source: "tests/features.rs",
     },
     GuestSpec {
+        name: "grant",
+        source: "tests/grant.rs",
+    },
+    GuestSpec {
         name: "echo",
         source: "tests/echo.rs",
     },
@@ -45,6 +49,14 @@ const GUESTS: &[GuestSpec] = &[
     GuestSpec {
         name: "traps",
         source: "tests/traps.rs",
+    },
+    GuestSpec {
+        name: "cpu",
+        source: "tests/cpu.rs",
+    },
+    GuestSpec {
+        name: "cpu_nouser",
+        source: "tests/cpu.rs",
     },
     GuestSpec {
         name: "shutdown_poweroff",

@@ -15,6 +15,7 @@ pub mod inspect;
 pub mod launch;
 pub mod memory;
 pub mod privop;
+pub mod pvmode;
 pub mod ring0;
 pub mod time;
 pub mod trap;

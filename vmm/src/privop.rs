@@ -275,8 +275,8 @@ fn apply_effect(
             gp0
         }
         EmuEffect::FpuTaskSwitch { ts } => {
-            // TODO(issue: PV CPU model): mirror virtual CR0.TS into the VM so #NM reaches the guest.
-            tracing::debug!(ts, "clts / CR0.TS not enforced yet");
+            // clts / mov to %cr0: the virtual TS; crate::pvmode::apply mirrors it into the VM.
+            vcpu.pv_mut().cr0_ts = u32::from(ts);
             None
         }
         EmuEffect::Cr4(v) => {

@@ -19,7 +19,7 @@
 
 use thiserror::Error;
 use tracing::debug;
-use xen_abi::arch::{FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_SS64};
+use xen_abi::arch::{FLAT_RING3_CS32, FLAT_RING3_CS64};
 use xen_abi::pv_vcpu::{GuestMode, PvVcpuState};
 use xen_abi::trap::{bounce_cs_word, X86_EXC_GP, X86_EXC_PF, X86_EXC_UD};
 
@@ -210,6 +210,40 @@ pub fn bounce(
     regs: &mut GuestRegs,
 ) -> Result<Option<u64>, BounceError> {
     let entry = pv.traps[usize::from(ev.vector)];
+    if !entry.is_set() {
+        return Err(BounceError::NoHandler {
+            vector: ev.vector,
+            name: vector_name(ev.vector),
+            error_code: ev.error_code.filter(|_| !ev.software).unwrap_or(0),
+            rip: regs.rip,
+        });
+    }
+    bounce_to(
+        ram,
+        cr3,
+        pv,
+        domain,
+        vcpu_id,
+        ev,
+        (entry.address, entry.masks_events()),
+        regs,
+    )
+}
+
+/// [`bounce`] to an explicit `(handler address, mask events)` instead of the trap table's
+/// entry for `ev.vector` (the syscall callbacks use it with `ev.software` set, so no error
+/// code is pushed).
+#[allow(clippy::too_many_arguments)]
+pub fn bounce_to(
+    ram: &GuestRam,
+    cr3: u64,
+    pv: &mut PvVcpuState,
+    domain: &DomainShared,
+    vcpu_id: u32,
+    ev: &GuestEvent,
+    (handler, masks_events): (u64, bool),
+    regs: &mut GuestRegs,
+) -> Result<Option<u64>, BounceError> {
     let user = pv.guest_mode() == GuestMode::User;
     let mut error_code = ev.error_code.filter(|_| !ev.software);
     if ev.vector == X86_EXC_PF && !ev.software {
@@ -218,29 +252,70 @@ pub fn bounce(
         error_code =
             error_code.map(|e| (e & !pf_error::USER) | if user { pf_error::USER } else { 0 });
     }
-    if !entry.is_set() {
-        return Err(BounceError::NoHandler {
-            vector: ev.vector,
-            name: vector_name(ev.vector),
-            error_code: error_code.unwrap_or(0),
-            rip: regs.rip,
-        });
-    }
-    let ev = GuestEvent { error_code, ..*ev };
-    let target = BounceTarget {
-        address: entry.address,
-        mask_events: entry.masks_events(),
+    let saved_mask = domain.upcall_mask(ram, vcpu_id).unwrap_or(0);
+    // User mode: switch to kernel mode and its stack; kernel mode: the current stack, and
+    // the RPL of cs cleared to tell the guest it interrupted its kernel.
+    let (sp, cs, new_cr3) = if user {
+        pv.set_guest_mode(GuestMode::Kernel);
+        (pv.kernel_sp, ev.cs, Some(pv.kernel_cr3))
+    } else {
+        (regs.rsp, ev.cs & !3, None)
     };
-    bounce_to(ram, cr3, pv, domain, vcpu_id, &ev, target, regs)
-}
-
-/// Where a bounce enters the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct BounceTarget {
-    /// Handler address.
-    address: u64,
-    /// Set the vCPU's upcall mask on entry.
-    mask_events: bool,
+    let sp = sp & !0xf;
+    let mut rflags_word = regs.rflags & !(rflags::IF | rflags::IOPL);
+    if saved_mask == 0 {
+        rflags_word |= rflags::IF;
+    }
+    if pv.vm_assist(xen_abi::mmu::VMASST_TYPE_ARCHITECTURAL_IOPL) {
+        // xen: create_bounce_frame folds the virtual IOPL into the frame's rflags.
+        rflags_word |= u64::from(pv.iopl & 3) << 12;
+    }
+    let mut words = [0u64; 8];
+    let mut n = 0;
+    let mut push = |w: u64| {
+        words[n] = w;
+        n += 1;
+    };
+    push(regs.rcx);
+    push(regs.r11);
+    if let Some(e) = error_code {
+        push(e);
+    }
+    push(regs.rip);
+    push(bounce_cs_word(cs, saved_mask));
+    push(rflags_word);
+    push(regs.rsp);
+    push(u64::from(ev.ss));
+    let len = n as u64 * 8;
+    let frame = sp.wrapping_sub(len);
+    let fault = BounceError::FrameFault {
+        vector: ev.vector,
+        frame,
+        rsp: sp,
+    };
+    if frame > sp {
+        return Err(fault);
+    }
+    let mut bytes = [0u8; 64];
+    for (i, w) in words[..n].iter().enumerate() {
+        bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    let guest = GuestVirt::new(ram, new_cr3.unwrap_or(cr3));
+    guest
+        .copy_to_guest(frame, &bytes[..n * 8])
+        .map_err(|_| fault)?;
+    if masks_events {
+        domain.set_upcall_mask(ram, vcpu_id, 1);
+    }
+    if ev.vector == X86_EXC_PF && !ev.software {
+        domain.set_cr2(ram, vcpu_id, ev.cr2);
+    }
+    // xen: create_bounce_frame clears TF, VM, RF, NT and AC on entry to the handler.
+    regs.rflags &= !(rflags::TF | rflags::VM | rflags::RF | rflags::NT | rflags::AC);
+    regs.rsp = frame;
+    regs.rip = handler;
+    debug!(vector = ev.vector, handler, frame, "bounced to guest");
+    Ok(new_cr3)
 }
 
 /// Pseudo-vector naming the event upcall in logs and [`BounceError`]s.
@@ -278,95 +353,11 @@ pub fn bounce_event_callback(
             GuestCs::Long64 => FLAT_RING3_CS64,
             GuestCs::Compat32 => FLAT_RING3_CS32,
         },
-        ss: FLAT_RING3_SS64,
+        ss: xen_abi::arch::FLAT_RING3_SS64,
+        // No error code is pushed.
         software: true,
     };
-    let target = BounceTarget {
-        address: cb.address,
-        mask_events: true,
-    };
-    bounce_to(ram, cr3, pv, domain, vcpu_id, &ev, target, regs)
-}
-
-/// The common part of every bounce: Xen's `create_bounce_frame` (`ev.error_code` final).
-#[allow(clippy::too_many_arguments)]
-fn bounce_to(
-    ram: &GuestRam,
-    cr3: u64,
-    pv: &mut PvVcpuState,
-    domain: &DomainShared,
-    vcpu_id: u32,
-    ev: &GuestEvent,
-    target: BounceTarget,
-    regs: &mut GuestRegs,
-) -> Result<Option<u64>, BounceError> {
-    let user = pv.guest_mode() == GuestMode::User;
-    let error_code = ev.error_code;
-    let saved_mask = domain.upcall_mask(ram, vcpu_id).unwrap_or(0);
-    // User mode: switch to kernel mode and its stack; kernel mode: the current stack, and
-    // the RPL of cs cleared to tell the guest it interrupted its kernel.
-    let (sp, cs, new_cr3) = if user {
-        pv.set_guest_mode(GuestMode::Kernel);
-        (pv.kernel_sp, ev.cs, Some(pv.kernel_cr3))
-    } else {
-        (regs.rsp, ev.cs & !3, None)
-    };
-    let sp = sp & !0xf;
-    let mut rflags_word = regs.rflags & !(rflags::IF | rflags::IOPL);
-    if saved_mask == 0 {
-        rflags_word |= rflags::IF;
-    }
-    let mut words = [0u64; 8];
-    let mut n = 0;
-    let mut push = |w: u64| {
-        words[n] = w;
-        n += 1;
-    };
-    push(regs.rcx);
-    push(regs.r11);
-    if let Some(e) = error_code {
-        push(e);
-    }
-    push(regs.rip);
-    push(bounce_cs_word(cs, saved_mask));
-    push(rflags_word);
-    push(regs.rsp);
-    push(u64::from(ev.ss));
-    let len = n as u64 * 8;
-    let frame = sp.wrapping_sub(len);
-    let fault = BounceError::FrameFault {
-        vector: ev.vector,
-        frame,
-        rsp: sp,
-    };
-    if frame > sp {
-        return Err(fault);
-    }
-    let mut bytes = [0u8; 64];
-    for (i, w) in words[..n].iter().enumerate() {
-        bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
-    }
-    let guest = GuestVirt::new(ram, new_cr3.unwrap_or(cr3));
-    guest
-        .copy_to_guest(frame, &bytes[..n * 8])
-        .map_err(|_| fault)?;
-    if target.mask_events {
-        domain.set_upcall_mask(ram, vcpu_id, 1);
-    }
-    if ev.vector == X86_EXC_PF && !ev.software {
-        domain.set_cr2(ram, vcpu_id, ev.cr2);
-    }
-    // xen: create_bounce_frame clears TF, VM, RF, NT and AC on entry to the handler.
-    regs.rflags &= !(rflags::TF | rflags::VM | rflags::RF | rflags::NT | rflags::AC);
-    regs.rsp = frame;
-    regs.rip = target.address;
-    debug!(
-        vector = ev.vector,
-        handler = target.address,
-        frame,
-        "bounced to guest"
-    );
-    Ok(new_cr3)
+    bounce_to(ram, cr3, pv, domain, vcpu_id, &ev, (cb.address, true), regs)
 }
 
 /// Whether a software `int $n` may reach the guest handler directly (its trap-table DPL):

@@ -214,6 +214,8 @@ impl EmuState {
             fs_base: pv.fs_base,
             gs_base_kernel: pv.gs_base_kernel,
             gs_base_user: pv.gs_base_user,
+            cr0_ts: pv.cr0_ts != 0,
+            iopl: (pv.iopl & 3) as u8,
             gp_handler_set: pv
                 .traps
                 .get(usize::from(VEC_GP))

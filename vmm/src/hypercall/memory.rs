@@ -79,6 +79,7 @@ pub fn memory_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) ->
                 Err(e) => e,
             }
         }
+        XENMEM_ADD_TO_PHYSMAP => super::grant::add_to_physmap(ctx, arg),
         _ => -ENOSYS,
     }
 }

@@ -37,7 +37,9 @@
 //! They touch guest memory only through the context (`-EFAULT` on any failure).
 
 pub mod console;
+pub mod cpu;
 pub mod event;
+pub mod grant;
 pub mod memory;
 pub mod multicall;
 pub mod pv;
@@ -301,7 +303,7 @@ impl<D> HypercallTable<D> {
 /// [`HypercallTable::with_stats`]); [`pv_hypercalls`] is the shared one.
 pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
     let mut t = HypercallTable::new();
-    let handlers: [(u64, HypercallFn<DomainShared>); 15] = [
+    let handlers: [(u64, HypercallFn<DomainShared>); 24] = [
         (nr::SET_TRAP_TABLE, pv::set_trap_table),
         (nr::STACK_SWITCH, pv::stack_switch),
         (nr::SET_CALLBACKS, pv::set_callbacks),
@@ -317,6 +319,15 @@ pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
         (nr::EVENT_CHANNEL_OP, event::event_channel_op),
         (nr::EVENT_CHANNEL_OP_COMPAT, event::event_channel_op_compat),
         (nr::VCPU_OP, event::vcpu_op),
+        (nr::SET_GDT, cpu::set_gdt),
+        (nr::FPU_TASKSWITCH, cpu::fpu_taskswitch),
+        (nr::SET_DEBUGREG, cpu::set_debugreg),
+        (nr::GET_DEBUGREG, cpu::get_debugreg),
+        (nr::UPDATE_DESCRIPTOR, cpu::update_descriptor),
+        (nr::PHYSDEV_OP_COMPAT, cpu::physdev_op_compat),
+        (nr::SET_SEGMENT_BASE, cpu::set_segment_base),
+        (nr::PHYSDEV_OP, cpu::physdev_op),
+        (nr::GRANT_TABLE_OP, grant::grant_table_op),
     ];
     for (n, f) in handlers {
         let name = nr::name(n).unwrap_or("?");
