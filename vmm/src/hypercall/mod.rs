@@ -14,8 +14,9 @@
 //!     (ret, ctx.regs_replaced, ctx.return_cs)
 //! };
 //! if !replaced { regs.rax = ret as u64; }
+//! service backends; if shared.shutdown_reason().is_some() { stop }
+//! deliver a pending, unmasked event upcall (trap::bounce_event_callback), then
 //! vcpu.return_to_guest(&regs, cs)?;
-//! if shared.shutdown_reason().is_some() { stop }
 //! ```
 //!
 //! * `regs_replaced == false` (nearly every hypercall): the handler's return value goes in
@@ -32,6 +33,9 @@
 //! * Exceptions: [`crate::trap::handle_exception`] (its own contract is in `trap`).
 //! * A handler that crashes the domain (`DomainShared::crash`) sets the shutdown reason; the
 //!   loop must check [`DomainShared::shutdown_reason`] after every hypercall and exception.
+//! * Events: handlers raising events for their own vCPU (`DomainEvents::apply` with
+//!   `from = Some(caller)`) do not kick it: the loop checks for a deliverable upcall before
+//!   every return to the guest, as Xen does.
 //!
 //! Handlers return Xen's convention: `>= 0` success, `-errno` (Xen errno values) on failure.
 //! They touch guest memory only through the context (`-EFAULT` on any failure).
