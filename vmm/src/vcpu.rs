@@ -854,6 +854,19 @@ impl Vcpu {
             RING3_CS32 => GuestCs::Compat32,
             _ => return Ok(None),
         };
+        // An exception or interrupt KVM is about to inject belongs to the current rip: do
+        // not move the guest under it (the exception exits at once; events go after it).
+        let ev = self
+            .fd
+            .get_vcpu_events()
+            .map_err(kvm_err("get vcpu events"))?;
+        if ev.exception.injected != 0
+            || ev.exception.pending != 0
+            || ev.interrupt.injected != 0
+            || ev.nmi.injected != 0
+        {
+            return Ok(None);
+        }
         Ok(Some((GuestRegs::from(&kregs), cs)))
     }
 
