@@ -86,6 +86,10 @@ const GUESTS: &[GuestSpec] = &[
         name: "events_spin",
         source: "tests/events.rs",
     },
+    GuestSpec {
+        name: "timer",
+        source: "tests/timer.rs",
+    },
 ];
 
 fn main() {

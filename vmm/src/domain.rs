@@ -55,6 +55,8 @@ pub struct DomainShared {
     pub(crate) vcpu_info_at: Box<[AtomicU64]>,
     /// Event channels, backends and vCPU wake-ups, once attached ([`crate::events`]).
     pub(crate) events: OnceLock<crate::events::DomainEvents>,
+    /// The domain's time (clock, timers, runstate), once attached ([`crate::time::wire`]).
+    pub(crate) time: OnceLock<crate::time::wire::TimeWiring>,
 }
 
 /// vCPUs whose `vcpu_info` may be moved with `VCPUOP_register_vcpu_info`.
@@ -106,6 +108,7 @@ impl DomainShared {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             events: OnceLock::new(),
+            time: OnceLock::new(),
         }
     }
 

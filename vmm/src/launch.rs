@@ -93,9 +93,37 @@ pub enum LaunchError {
     /// Event channels or the xenstore could not be set up.
     #[error("{0}")]
     Events(#[from] EventsError),
+    /// The domain's time could not be started.
+    #[error("{0}")]
+    Time(#[from] crate::time::TimeError),
     /// Applying the PV CPU model to the vCPU failed.
     #[error("{0}")]
     PvMode(#[from] crate::pvmode::PvModeError),
+}
+
+/// The domain's time: the TSC rate KVM runs vCPU 0 at (else a calibration), the guest TSC
+/// offset measured on it, wallclock and time records written, the timer thread started.
+fn attach_time(
+    shared: &Arc<DomainShared>,
+    vm: &Vm,
+    vcpu0: &Vcpu,
+    vcpus: u32,
+) -> Result<(), LaunchError> {
+    let khz = match vcpu0.tsc_khz() {
+        Some(k) => k,
+        None => crate::time::clock::calibrate_tsc_khz(Duration::from_millis(20))?,
+    };
+    let offset = vcpu0.measure_tsc_offset().unwrap_or(0);
+    tracing::debug!(tsc_khz = khz, tsc_offset = offset as i64, "domain time");
+    shared.attach_time(vm.ram(), vcpus, khz, offset)?;
+    Ok(())
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        // The timer thread holds only a weak reference; stop it before the domain goes.
+        self.shared.stop_time();
+    }
 }
 
 /// The code segment to resume an interrupted context with.
@@ -332,6 +360,7 @@ impl Domain {
         )?;
         events.register_kicker(0, vcpu.kicker());
         shared.attach_events(events)?;
+        attach_time(&shared, &vm, &vcpu, vcpus)?;
         Ok(Domain {
             stop: StopHandle {
                 why: Arc::default(),
@@ -589,9 +618,12 @@ impl Domain {
                     self.shared.crash(&msg);
                     break Some(msg);
                 }
+                self.shared
+                    .time_before_resume(self.vm.ram(), self.vcpu.cr3(), self.vcpu.id());
                 self.resume(&regs, cs)?;
             }
         };
+        self.shared.stop_time();
         self.service_console();
         let reason = self
             .shared

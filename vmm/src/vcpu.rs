@@ -697,6 +697,31 @@ impl Vcpu {
         Ok(())
     }
 
+    /// The guest TSC frequency KVM runs this vCPU at (`KVM_GET_TSC_KHZ`), if it tells.
+    pub fn tsc_khz(&self) -> Option<u32> {
+        self.fd.get_tsc_khz().ok().filter(|&k| k > 0)
+    }
+
+    /// Guest TSC minus host TSC, measured by reading `IA32_TSC` through KVM between two host
+    /// `rdtsc`s (the midpoint is taken); `None` if KVM does not report the MSR.
+    pub fn measure_tsc_offset(&self) -> Option<u64> {
+        const MSR_IA32_TSC: u32 = 0x10;
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_IA32_TSC,
+            ..Default::default()
+        }])
+        .ok()?;
+        let before = crate::time::clock::rdtsc();
+        let n = self.fd.get_msrs(&mut msrs).ok()?;
+        let after = crate::time::clock::rdtsc();
+        if n != 1 {
+            return None;
+        }
+        let guest = msrs.as_slice().first()?.data;
+        let mid = before.wrapping_add(after.wrapping_sub(before) / 2);
+        Some(guest.wrapping_sub(mid))
+    }
+
     /// The vCPU id.
     pub fn id(&self) -> u32 {
         self.id

@@ -1,5 +1,5 @@
-//! `event_channel_op` (32), `event_channel_op_compat` (16) and `vcpu_op` (24, only
-//! `VCPUOP_register_vcpu_info` so far).
+//! `event_channel_op` (32), `event_channel_op_compat` (16) and `vcpu_op` (24:
+//! `VCPUOP_register_vcpu_info` and the time ops of `crate::time`).
 // xen: common/event_channel.c, do_event_channel_op; common/compat.c,
 // do_event_channel_op_compat; common/domain.c, do_vcpu_op.
 
@@ -123,9 +123,8 @@ struct RegisterVcpuInfo {
 unsafe impl vm_memory::ByteValued for RegisterVcpuInfo {}
 
 /// `HYPERVISOR_vcpu_op(cmd, vcpuid, arg)`: `-ENOENT` for a vCPU that does not exist (checked
-/// first, as Xen does), then `VCPUOP_register_vcpu_info`; other commands `-ENOSYS` (the
-/// timer/runstate ops belong to `crate::time`, whose `DomainTime::vcpu_op` returns `None`
-/// for commands it does not handle: chain it in front of the `-ENOSYS` when it is wired).
+/// first, as Xen does), then `VCPUOP_register_vcpu_info`, then the timer/runstate/time-area
+/// ops of `crate::time`; other commands `-ENOSYS`.
 // xen: common/domain.c, do_vcpu_op / common_vcpu_op
 pub fn vcpu_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> i64 {
     let (cmd, vcpu) = (uint(a.a[0]), uint(a.a[1]));
@@ -147,6 +146,33 @@ pub fn vcpu_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> i
                 Err(e) => errno(e),
             }
         }
-        _ => -ENOSYS,
+        _ => time_vcpu_op(ctx, cmd, vcpu, a.a[2]).unwrap_or(-ENOSYS),
     }
+}
+
+/// The timer, runstate and time-area sub-ops of `vcpu_op`, through the domain's time
+/// ([`crate::time::DomainTime::vcpu_op`]); `None` for any other command.
+fn time_vcpu_op(
+    ctx: &mut HypercallCtx<'_, DomainShared>,
+    cmd: u32,
+    target: u32,
+    arg: u64,
+) -> Option<i64> {
+    let time = ctx.domain.time()?;
+    let call = crate::time::VcpuOpCall {
+        caller: ctx.vcpu_id,
+        cmd,
+        target,
+        arg,
+        runstate_update_flag: ctx
+            .pv
+            .vm_assist(xen_abi::mmu::VMASST_TYPE_RUNSTATE_UPDATE_FLAG),
+    };
+    let virt = *ctx.guest();
+    let r = time.vcpu_op(ctx.ram(), virt, call)?;
+    if r == 0 && cmd == crate::time::VCPUOP_REGISTER_VCPU_TIME_MEMORY_AREA {
+        // DomainTime filled the legacy slot; the vcpu_info may have moved.
+        ctx.domain.publish_vcpu_time(ctx.ram(), Some(virt), target);
+    }
+    Some(r)
 }

@@ -307,7 +307,7 @@ impl<D> HypercallTable<D> {
 /// [`HypercallTable::with_stats`]); [`pv_hypercalls`] is the shared one.
 pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
     let mut t = HypercallTable::new();
-    let handlers: [(u64, HypercallFn<DomainShared>); 24] = [
+    let handlers: [(u64, HypercallFn<DomainShared>); 25] = [
         (nr::SET_TRAP_TABLE, pv::set_trap_table),
         (nr::STACK_SWITCH, pv::stack_switch),
         (nr::SET_CALLBACKS, pv::set_callbacks),
@@ -319,6 +319,7 @@ pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
         (nr::VM_ASSIST, pv::vm_assist),
         (nr::IRET, pv::iret),
         (nr::SCHED_OP, sched::sched_op),
+        (nr::SET_TIMER_OP, sched::set_timer_op),
         (nr::CALLBACK_OP, pv::callback_op),
         (nr::EVENT_CHANNEL_OP, event::event_channel_op),
         (nr::EVENT_CHANNEL_OP_COMPAT, event::event_channel_op_compat),

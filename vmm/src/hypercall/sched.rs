@@ -75,6 +75,16 @@ pub fn sched_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> 
     }
 }
 
+/// `HYPERVISOR_set_timer_op(timeout)`: the vCPU's single-shot timer at absolute system time
+/// `timeout` ns, 0 cancels; always 0.
+// xen: common/sched/core.c, do_set_timer_op
+pub fn set_timer_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> i64 {
+    match ctx.domain.time() {
+        Some(t) => t.set_timer_op(ctx.vcpu_id, a.a[0]),
+        None => -ENOSYS,
+    }
+}
+
 /// `HYPERVISOR_sched_op_compat(cmd, arg)`: yield, block, shutdown with the reason in `arg`.
 pub fn sched_op_compat(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> i64 {
     match uint(a.a[0]) {
@@ -100,7 +110,24 @@ fn block(ctx: &mut HypercallCtx<'_, DomainShared>) -> i64 {
         std::thread::sleep(BLOCK_NAP);
         return 0;
     }
-    match ctx.domain.block_vcpu(ctx.ram(), ctx.vcpu_id, None, None) {
+    let id = ctx.vcpu_id;
+    // At most until the vCPU's own timer is due (its VIRQ_TIMER is an event).
+    let deadline = ctx
+        .domain
+        .time()
+        .and_then(|t| t.block(id))
+        .and_then(|d| std::time::Instant::now().checked_add(d));
+    let r = ctx.domain.block_vcpu(ctx.ram(), id, None, deadline);
+    if let Some(t) = ctx.domain.time() {
+        if t.wake(id) {
+            ctx.domain
+                .raise_virq(id, xen_abi::event_channel::VIRQ_TIMER, Some(id));
+        }
+        // xen: the time record is refreshed when a vCPU is scheduled in.
+        let virt = *ctx.guest();
+        ctx.domain.publish_vcpu_time(ctx.ram(), Some(virt), id);
+    }
+    match r {
         Ok(()) => 0,
         Err(e) => err(u32::from(e)),
     }
@@ -127,10 +154,16 @@ fn poll(ctx: &mut HypercallCtx<'_, DomainShared>, p: &SchedPoll) -> i64 {
     for (d, c) in ports.iter_mut().zip(bytes.chunks_exact(4)) {
         *d = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
     }
-    // TODO(time): Xen's timeout is an absolute system time in ns; until kxen has a system
-    // time it is taken as a wait relative to now (0 = none).
+    // xen: do_poll, the timeout is an absolute system time in ns (0 = none); one already
+    // past ends the poll at once. Without a domain clock it is taken as relative.
     let deadline = (p.timeout != 0)
-        .then(|| std::time::Instant::now().checked_add(Duration::from_nanos(p.timeout)))
+        .then(|| {
+            let left = match ctx.domain.time() {
+                Some(t) => p.timeout.saturating_sub(t.now()),
+                None => p.timeout,
+            };
+            std::time::Instant::now().checked_add(Duration::from_nanos(left))
+        })
         .flatten();
     match ctx
         .domain

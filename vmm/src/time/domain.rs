@@ -29,7 +29,7 @@ pub struct DomainTime {
     clock: Mutex<DomainClock>,
     vcpus: Vec<Mutex<VcpuTime>>,
     shared_info_gpa: u64,
-    timers: Option<TimerThread>,
+    timers: Mutex<Option<TimerThread>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -55,18 +55,32 @@ impl DomainTime {
             clock: Mutex::new(clock),
             vcpus,
             shared_info_gpa,
-            timers: None,
+            timers: Mutex::new(None),
         }
     }
 
     /// Start the host timer thread; `kick(vcpu)` must make that vCPU's run loop call
     /// [`Self::service_timers`] soon (e.g. `Vcpu` kick / immediate exit).
     pub fn start_timer_thread(
-        &mut self,
+        &self,
         kick: impl Fn(usize) + Send + 'static,
     ) -> Result<(), TimeError> {
-        self.timers = Some(TimerThread::spawn(self.vcpus.len(), kick)?);
+        *lock(&self.timers) = Some(TimerThread::spawn(self.vcpus.len(), kick)?);
         Ok(())
+    }
+
+    /// Stop the host timer thread and wait for it (no callback runs after this returns).
+    /// Must not be called from the timer callback itself.
+    pub fn stop_timer_thread(&self) {
+        let t = lock(&self.timers).take();
+        if let Some(t) = t {
+            t.stop();
+        }
+    }
+
+    /// The earliest armed deadline of `vcpu` (system time, ns), if any.
+    pub fn next_deadline(&self, vcpu: u32) -> Option<u64> {
+        self.vcpu(vcpu)?.timers.next_deadline()
     }
 
     /// System time now.
@@ -116,8 +130,34 @@ impl DomainTime {
         virt: Option<GuestVirt<'_>>,
         vcpu: u32,
     ) -> Result<(), TimeError> {
-        let clock = self.clock();
         let sink = self.time_sink(ram, vcpu)?;
+        self.publish_to(ram, virt, vcpu, sink)
+    }
+
+    /// [`Self::update_vcpu_time`] with `vcpu_info` at guest-physical `vcpu_info_gpa` (where
+    /// `VCPUOP_register_vcpu_info` moved it).
+    pub fn update_vcpu_time_at(
+        &self,
+        ram: &GuestRam,
+        virt: Option<GuestVirt<'_>>,
+        vcpu: u32,
+        vcpu_info_gpa: u64,
+    ) -> Result<(), TimeError> {
+        let gpa = vcpu_info_gpa
+            .checked_add(TIME_OFFSET as u64)
+            .ok_or(TimeError::BadGpa(vcpu_info_gpa))?;
+        let sink = GpaSink::new(ram, gpa, TIME_INFO_SIZE)?;
+        self.publish_to(ram, virt, vcpu, sink)
+    }
+
+    fn publish_to(
+        &self,
+        ram: &GuestRam,
+        virt: Option<GuestVirt<'_>>,
+        vcpu: u32,
+        sink: GpaSink<'_>,
+    ) -> Result<(), TimeError> {
+        let clock = self.clock();
         let Some(mut v) = self.vcpu(vcpu) else {
             return Err(TimeError::BadGpa(u64::MAX));
         };
@@ -132,7 +172,7 @@ impl DomainTime {
     }
 
     fn rearm(&self, vcpu: u32, v: &VcpuTime) {
-        if let Some(t) = &self.timers {
+        if let Some(t) = lock(&self.timers).as_ref() {
             let clock = self.clock();
             t.arm(
                 vcpu as usize,
@@ -498,7 +538,7 @@ mod tests {
         // The real TSC rate, so host deadlines and system time agree.
         let khz =
             super::super::clock::calibrate_tsc_khz(std::time::Duration::from_millis(30)).unwrap();
-        let mut d = DomainTime::new(DomainClock::start(khz, 0).unwrap(), 2, 6 * 4096);
+        let d = DomainTime::new(DomainClock::start(khz, 0).unwrap(), 2, 6 * 4096);
         d.start_timer_thread(move |v| {
             let _ = tx.send(v);
         })

@@ -13,6 +13,7 @@ pub mod runstate;
 pub mod sink;
 pub mod thread;
 pub mod timer;
+pub mod wire;
 
 pub use clock::{DomainClock, VcpuClock, Wallclock};
 pub use domain::{DomainTime, VcpuOpCall};

@@ -1,0 +1,224 @@
+//! timer: Xen's PV time end to end — the pvclock in vcpu_info (monotonic over many reads),
+//! VCPUOP_set_singleshot_timer + SCHEDOP_block (VIRQ_TIMER upcall; lateness printed as a
+//! VALUE), VCPU_SSHOTTMR_future in the past (-ETIME), set_timer_op(0) cancelling, SCHEDOP_poll
+//! with an absolute timeout, the wallclock.
+
+#![no_std]
+#![no_main]
+
+#[macro_use]
+#[path = "../kit/mod.rs"]
+mod kit;
+
+use core::sync::atomic::{fence, Ordering};
+use kit::abi::*;
+use kit::events::*;
+use kit::hypercall::{hypercall1, hypercall3};
+
+xen_notes!(features = "writable_page_tables");
+
+// xen: public/xen.h, public/vcpu.h, public/errno.h
+const HYPERVISOR_SET_TIMER_OP: u32 = 15;
+const VCPUOP_SET_SINGLESHOT_TIMER: u64 = 8;
+const VCPUOP_STOP_SINGLESHOT_TIMER: u64 = 9;
+const VCPU_SSHOTTMR_FUTURE: u32 = 1;
+const ETIME: i64 = 62;
+const MS: u64 = 1_000_000;
+
+fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: rdtsc only reads the time-stamp counter.
+    unsafe { core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// System time (ns) from vcpu_info.time (words 4..8 of the registered vcpu_info), with the
+/// pvclock version protocol; also returns the version read.
+fn system_time() -> (u64, u32) {
+    loop {
+        let v = VCPU_INFO.0[4].load(Ordering::Acquire) as u32;
+        if v & 1 != 0 {
+            continue;
+        }
+        fence(Ordering::Acquire);
+        let tsc_ts = VCPU_INFO.0[5].load(Ordering::Relaxed);
+        let st = VCPU_INFO.0[6].load(Ordering::Relaxed);
+        let w7 = VCPU_INFO.0[7].load(Ordering::Relaxed);
+        let tsc = rdtsc();
+        fence(Ordering::Acquire);
+        if VCPU_INFO.0[4].load(Ordering::Acquire) as u32 != v {
+            continue;
+        }
+        let mul = w7 as u32;
+        let shift = (w7 >> 32) as u8 as i8;
+        let mut delta = tsc.wrapping_sub(tsc_ts);
+        if (delta as i64) < 0 {
+            delta = 0;
+        }
+        if shift >= 0 {
+            delta <<= shift;
+        } else {
+            delta >>= -shift;
+        }
+        let ns = ((u128::from(delta) * u128::from(mul)) >> 32) as u64;
+        return (st + ns, v);
+    }
+}
+
+fn now() -> u64 {
+    system_time().0
+}
+
+fn singleshot(timeout: u64, flags: u32) -> i64 {
+    let arg: [u64; 2] = [timeout, u64::from(flags)];
+    // SAFETY: `arg` is a readable struct vcpu_set_singleshot_timer.
+    unsafe {
+        hypercall3(
+            HYPERVISOR_VCPU_OP,
+            VCPUOP_SET_SINGLESHOT_TIMER,
+            0,
+            &arg as *const _ as u64,
+        )
+    }
+}
+
+fn set_timer_op(timeout: u64) -> i64 {
+    // SAFETY: set_timer_op takes a plain value.
+    unsafe { hypercall1(HYPERVISOR_SET_TIMER_OP, timeout) }
+}
+
+/// Block until an upcall arrived after `before` or `limit` blocks returned.
+fn block_until_upcall(before: u32, limit: u32) -> bool {
+    for _ in 0..limit {
+        if UPCALLS.get() > before {
+            return true;
+        }
+        block();
+    }
+    UPCALLS.get() > before
+}
+
+/// A fresh VIRQ_TIMER port: without shared_info mapped the kit's upcall cannot clear the
+/// port's pending bit, so the old port is closed (which clears it) and the VIRQ bound again.
+fn rebind(port: u32) -> u32 {
+    close(port);
+    match bind_virq(VIRQ_TIMER, 0) {
+        Ok(p) => p,
+        Err(e) => {
+            check!("rebind_virq_timer", false, "rc {}", e);
+            0
+        }
+    }
+}
+
+fn kmain(si: &'static StartInfo) {
+    check_eq!("register_vcpu_info", register_vcpu_info(), 0);
+    check_eq!("register_event_callback", register_event_callback(), 0);
+    set_upcall_mask(false);
+    force_callback();
+
+    let (t0, v0) = system_time();
+    check!("pvclock_published", v0 != 0 && v0 % 2 == 0, "version {}", v0);
+    check!("pvclock_mul_nonzero", VCPU_INFO.0[7].load(Ordering::Relaxed) as u32 != 0);
+    value!("system_time_at_start_ns", "{}", t0);
+
+    // Monotonic over many reads (and across hypercalls, which may republish it).
+    let mut prev = now();
+    let mut backwards = 0u32;
+    for i in 0..200_000u32 {
+        if i % 10_000 == 0 {
+            force_callback();
+        }
+        let t = now();
+        if t < prev {
+            backwards += 1;
+        }
+        prev = t;
+    }
+    check_eq!("pvclock_monotonic", backwards, 0u32);
+
+    let port = match bind_virq(VIRQ_TIMER, 0) {
+        Ok(p) => p,
+        Err(e) => {
+            check!("bind_virq_timer", false, "rc {}", e);
+            0
+        }
+    };
+    value!("timer_port", "{}", port);
+
+    // A single-shot timer 10 ms ahead, then block: the VIRQ_TIMER upcall arrives.
+    let before = UPCALLS.get();
+    let start = now();
+    let deadline = start + 10 * MS;
+    check_eq!("singleshot_10ms", singleshot(deadline, 0), 0);
+    let arrived = block_until_upcall(before, 1000);
+    let end = now();
+    check!("singleshot_upcall_arrived", arrived);
+    check!(
+        "singleshot_not_early",
+        end >= deadline,
+        "woke {} ns after arming",
+        end - start
+    );
+    value!(
+        "singleshot_lateness_us",
+        "{}",
+        end.saturating_sub(deadline) / 1000
+    );
+
+    // In the past with VCPU_SSHOTTMR_future: -ETIME; without the flag it fires at once.
+    check_eq!("singleshot_past_future_flag", singleshot(1, VCPU_SSHOTTMR_FUTURE), -ETIME);
+    let port = rebind(port);
+    let before = UPCALLS.get();
+    check_eq!("singleshot_past_no_flag", singleshot(1, 0), 0);
+    check!("singleshot_past_fires", block_until_upcall(before, 1000));
+
+    // set_timer_op(0) cancels; poll's timeout is absolute system time.
+    // First let system time pass 500 ms, so a timeout taken as relative would show.
+    let port = rebind(port);
+    let before = UPCALLS.get();
+    if now() < 500 * MS {
+        check_eq!("set_timer_op_500ms", set_timer_op(500 * MS), 0);
+        check!("set_timer_op_fires", block_until_upcall(before, 1000));
+    }
+    let port = rebind(port);
+    let before = UPCALLS.get();
+    check_eq!("set_timer_op_arm", set_timer_op(now() + 5 * MS), 0);
+    check_eq!("set_timer_op_cancel", set_timer_op(0), 0);
+    let p0 = now();
+    let rc = poll(&[port], p0 + 30 * MS);
+    let p1 = now();
+    check_eq!("poll_rc", rc, 0);
+    check!(
+        "poll_absolute_timeout",
+        p1 >= p0 + 30 * MS && p1 < p0 + 300 * MS,
+        "poll took {} us",
+        (p1 - p0) / 1000
+    );
+    value!("poll_took_us", "{}", (p1 - p0) / 1000);
+    check_eq!("cancelled_timer_silent", UPCALLS.get(), before);
+
+    // VCPUOP_stop_singleshot_timer cancels too.
+    let before = UPCALLS.get();
+    check_eq!("singleshot_again", singleshot(now() + 5 * MS, 0), 0);
+    // SAFETY: stop_singleshot_timer takes no argument.
+    let rc = unsafe { hypercall3(HYPERVISOR_VCPU_OP, VCPUOP_STOP_SINGLESHOT_TIMER, 0, 0) };
+    check_eq!("stop_singleshot", rc, 0);
+    let p0 = now();
+    poll(&[port], p0 + 20 * MS);
+    check_eq!("stopped_timer_silent", UPCALLS.get(), before);
+
+    // The time record stays fresh: after a block, its version moved on.
+    let (_, v1) = system_time();
+    check!("pvclock_republished", v1 > v0, "version {} -> {}", v0, v1);
+
+    // The wallclock, when the guest can map shared_info.
+    if map_shared_info(si) == 0 {
+        let w = SHINFO.0[3072 / 8].load(Ordering::Acquire);
+        let (ver, sec) = (w as u32, (w >> 32) as u32);
+        check!("wallclock_set", ver != 0 && ver % 2 == 0 && sec != 0, "wc {:#x}", w);
+        value!("wallclock_sec", "{}", sec);
+    } else {
+        value!("wallclock", "checked by the host (no update_va_mapping)");
+    }
+}
