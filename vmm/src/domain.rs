@@ -57,6 +57,8 @@ pub struct DomainShared {
     pub(crate) events: OnceLock<crate::events::DomainEvents>,
     /// The domain's time (clock, timers, runstate), once attached ([`crate::time::wire`]).
     pub(crate) time: OnceLock<crate::time::wire::TimeWiring>,
+    /// Up/down state of the vCPUs ([`crate::smp`]), once attached.
+    pub(crate) smp: OnceLock<crate::smp::Smp>,
 }
 
 /// vCPUs whose `vcpu_info` may be moved with `VCPUOP_register_vcpu_info`.
@@ -109,7 +111,13 @@ impl DomainShared {
                 .collect(),
             events: OnceLock::new(),
             time: OnceLock::new(),
+            smp: OnceLock::new(),
         }
+    }
+
+    /// The vCPUs' up/down state, once attached.
+    pub fn smp(&self) -> Option<&crate::smp::Smp> {
+        self.smp.get()
     }
 
     /// Whether this is a privileged domain.

@@ -233,10 +233,21 @@ impl StopHandle {
 pub struct Domain {
     stop: StopHandle,
     vm: Vm,
-    vcpu: Vcpu,
+    /// Every vCPU, by id (taken by [`Domain::run`]).
+    vcpus: Vec<Vcpu>,
     shared: Arc<DomainShared>,
     boot: BootState,
-    console: ConsoleBackend,
+    console: std::sync::Mutex<ConsoleBackend>,
+    console_gpa: u64,
+}
+
+/// One vCPU's run loop, on its own host thread (vCPU 0 on the caller's).
+struct Runner<'a> {
+    vcpu: Vcpu,
+    vm: &'a Vm,
+    shared: &'a Arc<DomainShared>,
+    stop: &'a StopHandle,
+    console: &'a std::sync::Mutex<ConsoleBackend>,
     console_gpa: u64,
     no_callback_logged: bool,
 }
@@ -260,6 +271,308 @@ impl Write for SharedOut {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+impl Runner<'_> {
+    fn service_console(&mut self) {
+        // One vCPU services the ring at a time; the others skip (it is serviced after
+        // every exit anyway).
+        let Ok(mut console) = self.console.try_lock() else {
+            return;
+        };
+        let page = GuestRingPage {
+            ram: self.vm.ram(),
+            gpa: self.console_gpa,
+        };
+        // Keyboard input: an unprivileged guest reads it from its console ring; a privileged
+        // one through console_io (as dom0 does under Xen), so it stays in the shared queue.
+        if !self.shared.privileged() {
+            let mut c = match self.shared.console.lock() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+            while !c.input.is_empty() && console.input_space() > 0 {
+                let (a, _) = c.input.as_slices();
+                let n = console.queue_input(a);
+                if n == 0 {
+                    break;
+                }
+                c.input.drain(..n);
+            }
+        }
+        let mut out = SharedOut(Arc::clone(self.shared));
+        if let Err(e) = console.drain_output(&page, &mut out) {
+            tracing::debug!("console ring: {e}");
+        }
+        if console.queued_input() > 0 {
+            if let Err(e) = console.flush_input(&page) {
+                tracing::debug!("console ring input: {e}");
+            }
+        }
+        // Output consumed (ring space freed) or input produced: notify the guest, as
+        // xenconsoled does.
+        if console.take_notify() {
+            if let Some(bp) = self.shared.events().map(|e| e.console.backend) {
+                self.shared
+                    .notify_guest(self.vm.ram(), bp, Some(self.vcpu.id()));
+            }
+        }
+    }
+
+    /// After every exit: the console ring (always: it is how output appears), the xenstore
+    /// ring (cheap when idle), whatever the guest notified.
+    fn service_backends(&mut self) {
+        if let Some(ev) = self.shared.events() {
+            // Both are serviced below either way; taking the flags resets them.
+            let _ = ev.take_backend_notifications();
+        }
+        self.service_console();
+        self.shared
+            .service_xenstore(self.vm.ram(), Some(self.vcpu.id()));
+    }
+
+    /// Xen's check before every return to the guest: an upcall pending and not masked is
+    /// delivered to the event callback (the registers become the callback's entry state).
+    /// `Err` if the bounce frame could not be written (the domain must be crashed).
+    fn deliver_events(&mut self, regs: &mut GuestRegs, cs: &mut GuestCs) -> Result<(), String> {
+        let id = self.vcpu.id();
+        let ram = self.vm.ram();
+        if !self.shared.events_need_delivery(ram, id) {
+            return Ok(());
+        }
+        if self.vcpu.pv().callbacks[xen_abi::pv_vcpu::callback_index::EVENT].address == 0 {
+            if !self.no_callback_logged {
+                self.no_callback_logged = true;
+                tracing::info!(
+                    vcpu = id,
+                    "events unmasked but no event callback registered"
+                );
+            }
+            return Ok(());
+        }
+        let cr3 = self.vcpu.cr3();
+        match crate::trap::bounce_event_callback(
+            ram,
+            cr3,
+            self.vcpu.pv_mut(),
+            self.shared,
+            id,
+            *cs,
+            regs,
+        ) {
+            Ok(new_cr3) => {
+                if let Some(c) = new_cr3 {
+                    self.vcpu.set_cr3(c);
+                }
+                *cs = GuestCs::Long64;
+                Ok(())
+            }
+            Err(e) => Err(format!("event upcall: {e}")),
+        }
+    }
+
+    /// Run this vCPU until the domain shuts down or kxen has to crash it; the crash
+    /// message, if any.
+    fn run_loop(
+        &mut self,
+        table: &crate::hypercall::HypercallTable<DomainShared>,
+    ) -> Result<Option<String>, LaunchError> {
+        let crash = loop {
+            let exit = self.vcpu.run()?;
+            crate::pvmode::capture(&mut self.vcpu);
+            // Where (and how) the guest resumes, unless the run ends.
+            let mut resume: Option<(GuestRegs, GuestCs)> = None;
+            let mut interrupted = false;
+            let crash = match exit {
+                VcpuExit::Syscall { mut regs, compat }
+                    if self.vcpu.pv().guest_mode() == GuestMode::User =>
+                {
+                    // xen: a syscall from guest user mode goes to the guest kernel's callback
+                    let shared = Arc::clone(self.shared);
+                    match crate::pvmode::syscall_from_user(
+                        &mut self.vcpu,
+                        &shared,
+                        &mut regs,
+                        compat,
+                    ) {
+                        Ok(cs) => {
+                            resume = Some((regs, cs));
+                            None
+                        }
+                        Err(e) => Some(e.to_string()),
+                    }
+                }
+                VcpuExit::Syscall { mut regs, compat } => {
+                    // xen: a syscall from guest kernel mode is a hypercall
+                    // Run-loop contract: see crate::hypercall (regs_replaced, return_cs).
+                    let args = HypercallArgs::from_regs(&regs);
+                    let shared = Arc::clone(self.shared);
+                    let (ret, replaced, mut cs) = {
+                        let mut ctx = self.vcpu.hypercall_ctx(&mut regs, &*shared);
+                        let ret = table.dispatch(&mut ctx, &args);
+                        (ret, ctx.regs_replaced, ctx.return_cs)
+                    };
+                    if !replaced {
+                        regs.rax = ret as u64;
+                        if compat {
+                            cs = GuestCs::Compat32;
+                        }
+                    }
+                    resume = Some((regs, cs));
+                    None
+                }
+                VcpuExit::Exception {
+                    vector,
+                    frame,
+                    regs,
+                    ..
+                } if crate::pvmode::before_exception(&mut self.vcpu, vector)? => {
+                    resume = Some((regs, guest_cs(&frame)));
+                    None
+                }
+                VcpuExit::Exception {
+                    vector,
+                    error_code,
+                    cr2,
+                    frame,
+                    mut regs,
+                } => {
+                    let shared = Arc::clone(self.shared);
+                    match crate::trap::handle_exception(
+                        &mut self.vcpu,
+                        &shared,
+                        vector,
+                        error_code,
+                        cr2,
+                        &frame,
+                        &mut regs,
+                    ) {
+                        Ok(cs) => {
+                            resume = Some((regs, cs));
+                            None
+                        }
+                        // The domain was crashed (shutdown reason set, message recorded).
+                        Err(e) => Some(e.to_string()),
+                    }
+                }
+                VcpuExit::Shutdown => Some("triple fault".to_string()),
+                VcpuExit::Interrupted => {
+                    // A kick: typically an event for this vCPU (checked below, after the
+                    // backends, which may raise one themselves).
+                    interrupted = true;
+                    None
+                }
+                VcpuExit::Sysenter { regs } => Some(format!(
+                    "sysenter at {:#x} (not supported for 64-bit PV guests)",
+                    regs.rip
+                )),
+                VcpuExit::Io { port, regs, .. } => Some(format!(
+                    "unexpected port write {port:#x} at {:#x}",
+                    regs.rip
+                )),
+                VcpuExit::Unexpected { reason } => Some(reason),
+            };
+            self.service_backends();
+            let crash = crash.or_else(|| self.stop.requested());
+            if let Some(msg) = crash {
+                tracing::error!("crashing domain {}: {msg}", self.shared.name);
+                self.shared.crash(&msg);
+                break Some(msg);
+            }
+            if self.shared.shutdown_reason().is_some() {
+                break self.shared.crash_message();
+            }
+            if !self.park_while_down() {
+                break self.shared.crash_message();
+            }
+            if interrupted
+                && self
+                    .shared
+                    .events_need_delivery(self.vm.ram(), self.vcpu.id())
+            {
+                // Redirect the guest only if it stopped in guest code (not in a ring-0 stub,
+                // which exits again at once anyway).
+                resume = self.vcpu.interrupted_guest_state()?;
+            }
+            if let Some((mut regs, mut cs)) = resume {
+                if let Err(msg) = self.deliver_events(&mut regs, &mut cs) {
+                    self.shared.crash(&msg);
+                    break Some(msg);
+                }
+                self.shared
+                    .time_before_resume(self.vm.ram(), self.vcpu.cr3(), self.vcpu.id());
+                self.resume(&regs, cs)?;
+            }
+        };
+        Ok(crash)
+    }
+
+    /// After `VCPUOP_down` on this vCPU: wait until it is up again; false if the domain
+    /// ends meanwhile.
+    fn park_while_down(&mut self) -> bool {
+        let Some(smp) = self.shared.smp() else {
+            return true;
+        };
+        let id = self.vcpu.id();
+        if smp.is_up(id).unwrap_or(true) {
+            return true;
+        }
+        tracing::debug!(vcpu = id, "vCPU down");
+        let shared = self.shared;
+        matches!(
+            smp.wait_runnable(id, || shared.shutdown_reason().is_some()),
+            crate::smp::Wake::Run(_)
+        )
+    }
+
+    /// A secondary vCPU's thread: wait for `VCPUOP_up`, start from the context given with
+    /// `VCPUOP_initialise`, run. A failure crashes the domain.
+    fn run_secondary(mut self, table: &crate::hypercall::HypercallTable<DomainShared>) {
+        let id = self.vcpu.id();
+        let shared = self.shared;
+        let r = match shared.smp() {
+            Some(smp) => match smp.wait_runnable(id, || shared.shutdown_reason().is_some()) {
+                crate::smp::Wake::Stop => return,
+                crate::smp::Wake::Run(ctx) => {
+                    let applied = match ctx {
+                        Some(c) => {
+                            crate::smp::apply_context(&mut self.vcpu, &c).map_err(|e| e.to_string())
+                        }
+                        None => Err("vCPU up without a context".to_string()),
+                    };
+                    match applied {
+                        Ok(()) => {
+                            tracing::debug!(vcpu = id, "vCPU up");
+                            if let Some(t) = shared.time() {
+                                t.set_runstate(
+                                    self.vm.ram(),
+                                    None,
+                                    id,
+                                    crate::time::RunState::Running,
+                                    false,
+                                );
+                            }
+                            shared.publish_vcpu_time(self.vm.ram(), None, id);
+                            self.run_loop(table).map_err(|e| e.to_string())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            },
+            None => return,
+        };
+        if let Err(e) = r {
+            shared.crash(&format!("vCPU {id}: {e}"));
+        }
+        shared.end_all_vcpus();
+    }
+
+    /// Return to the guest: the PV CPU model (mode, page table, segment bases, CR0.TS, GDT,
+    /// debug registers) first, then the registers.
+    fn resume(&mut self, regs: &GuestRegs, cs: GuestCs) -> Result<(), LaunchError> {
+        crate::pvmode::apply(&mut self.vcpu)?;
+        Ok(self.vcpu.return_to_guest(regs, cs)?)
     }
 }
 
@@ -359,21 +672,29 @@ impl Domain {
             },
         )?;
         events.register_kicker(0, vcpu.kicker());
+        // The other vCPUs exist from the start, down until the guest brings them up
+        // (VCPUOP_initialise + VCPUOP_up, crate::smp).
+        let mut all = vec![vcpu];
+        for id in 1..vcpus {
+            let v = vm.create_vcpu(id)?;
+            events.register_kicker(id, v.kicker());
+            all.push(v);
+        }
         shared.attach_events(events)?;
-        attach_time(&shared, &vm, &vcpu, vcpus)?;
+        let _ = shared.smp.set(crate::smp::Smp::new(vcpus));
+        attach_time(&shared, &vm, &all[0], vcpus)?;
         Ok(Domain {
             stop: StopHandle {
                 why: Arc::default(),
-                kicker: vcpu.kicker(),
+                kicker: all[0].kicker(),
                 shared: shared.clone(),
             },
             console_gpa: boot.console_mfn * PAGE_SIZE,
             vm,
-            vcpu,
+            vcpus: all,
             shared,
             boot,
-            console: ConsoleBackend::new(),
-            no_callback_logged: false,
+            console: std::sync::Mutex::new(ConsoleBackend::new()),
         })
     }
 
@@ -403,228 +724,52 @@ impl Domain {
         self.vm.stats()
     }
 
-    fn service_console(&mut self) {
-        let page = GuestRingPage {
-            ram: self.vm.ram(),
-            gpa: self.console_gpa,
-        };
-        // Keyboard input: an unprivileged guest reads it from its console ring; a privileged
-        // one through console_io (as dom0 does under Xen), so it stays in the shared queue.
-        if !self.shared.privileged() {
-            let mut c = match self.shared.console.lock() {
-                Ok(c) => c,
-                Err(p) => p.into_inner(),
-            };
-            while !c.input.is_empty() && self.console.input_space() > 0 {
-                let (a, _) = c.input.as_slices();
-                let n = self.console.queue_input(a);
-                if n == 0 {
-                    break;
-                }
-                c.input.drain(..n);
-            }
-        }
-        let mut out = SharedOut(self.shared.clone());
-        if let Err(e) = self.console.drain_output(&page, &mut out) {
-            tracing::debug!("console ring: {e}");
-        }
-        if self.console.queued_input() > 0 {
-            if let Err(e) = self.console.flush_input(&page) {
-                tracing::debug!("console ring input: {e}");
-            }
-        }
-        // Output consumed (ring space freed) or input produced: notify the guest, as
-        // xenconsoled does.
-        if self.console.take_notify() {
-            if let Some(bp) = self.shared.events().map(|e| e.console.backend) {
-                self.shared
-                    .notify_guest(self.vm.ram(), bp, Some(self.vcpu.id()));
-            }
-        }
-    }
-
-    /// After every exit: the console ring (always: it is how output appears), the xenstore
-    /// ring (cheap when idle), whatever the guest notified.
-    fn service_backends(&mut self) {
-        if let Some(ev) = self.shared.events() {
-            // Both are serviced below either way; taking the flags resets them.
-            let _ = ev.take_backend_notifications();
-        }
-        self.service_console();
-        self.shared
-            .service_xenstore(self.vm.ram(), Some(self.vcpu.id()));
-    }
-
-    /// Xen's check before every return to the guest: an upcall pending and not masked is
-    /// delivered to the event callback (the registers become the callback's entry state).
-    /// `Err` if the bounce frame could not be written (the domain must be crashed).
-    fn deliver_events(&mut self, regs: &mut GuestRegs, cs: &mut GuestCs) -> Result<(), String> {
-        let id = self.vcpu.id();
-        let ram = self.vm.ram();
-        if !self.shared.events_need_delivery(ram, id) {
-            return Ok(());
-        }
-        if self.vcpu.pv().callbacks[xen_abi::pv_vcpu::callback_index::EVENT].address == 0 {
-            if !self.no_callback_logged {
-                self.no_callback_logged = true;
-                tracing::info!(
-                    vcpu = id,
-                    "events unmasked but no event callback registered"
-                );
-            }
-            return Ok(());
-        }
-        let cr3 = self.vcpu.cr3();
-        match crate::trap::bounce_event_callback(
-            ram,
-            cr3,
-            self.vcpu.pv_mut(),
-            &self.shared,
-            id,
-            *cs,
-            regs,
-        ) {
-            Ok(new_cr3) => {
-                if let Some(c) = new_cr3 {
-                    self.vcpu.set_cr3(c);
-                }
-                *cs = GuestCs::Long64;
-                Ok(())
-            }
-            Err(e) => Err(format!("event upcall: {e}")),
-        }
-    }
-
-    /// Run vCPU 0 until the domain shuts down or kxen has to crash it.
+    /// Run the domain until it shuts down or kxen has to crash it: vCPU 0 on this thread,
+    /// every other vCPU on its own thread (parked until the guest brings it up). Any
+    /// vCPU's shutdown or crash stops them all; their threads are joined before returning.
     pub fn run(&mut self) -> Result<Outcome, LaunchError> {
         let start = Instant::now();
         let table = crate::hypercall::pv_hypercall_table().with_stats(self.vm.stats().clone());
-        let crash = loop {
-            let exit = self.vcpu.run()?;
-            crate::pvmode::capture(&mut self.vcpu);
-            // Where (and how) the guest resumes, unless the run ends.
-            let mut resume: Option<(GuestRegs, GuestCs)> = None;
-            let mut interrupted = false;
-            let crash = match exit {
-                VcpuExit::Syscall { mut regs, compat }
-                    if self.vcpu.pv().guest_mode() == GuestMode::User =>
-                {
-                    // xen: a syscall from guest user mode goes to the guest kernel's callback
-                    let shared = self.shared.clone();
-                    match crate::pvmode::syscall_from_user(
-                        &mut self.vcpu,
-                        &shared,
-                        &mut regs,
-                        compat,
-                    ) {
-                        Ok(cs) => {
-                            resume = Some((regs, cs));
-                            None
-                        }
-                        Err(e) => Some(e.to_string()),
-                    }
-                }
-                VcpuExit::Syscall { mut regs, compat } => {
-                    // xen: a syscall from guest kernel mode is a hypercall
-                    // Run-loop contract: see crate::hypercall (regs_replaced, return_cs).
-                    let args = HypercallArgs::from_regs(&regs);
-                    let shared = self.shared.clone();
-                    let (ret, replaced, mut cs) = {
-                        let mut ctx = self.vcpu.hypercall_ctx(&mut regs, &*shared);
-                        let ret = table.dispatch(&mut ctx, &args);
-                        (ret, ctx.regs_replaced, ctx.return_cs)
-                    };
-                    if !replaced {
-                        regs.rax = ret as u64;
-                        if compat {
-                            cs = GuestCs::Compat32;
-                        }
-                    }
-                    resume = Some((regs, cs));
-                    None
-                }
-                VcpuExit::Exception {
-                    vector,
-                    frame,
-                    regs,
-                    ..
-                } if crate::pvmode::before_exception(&mut self.vcpu, vector)? => {
-                    resume = Some((regs, guest_cs(&frame)));
-                    None
-                }
-                VcpuExit::Exception {
-                    vector,
-                    error_code,
-                    cr2,
-                    frame,
-                    mut regs,
-                } => {
-                    let shared = self.shared.clone();
-                    match crate::trap::handle_exception(
-                        &mut self.vcpu,
-                        &shared,
-                        vector,
-                        error_code,
-                        cr2,
-                        &frame,
-                        &mut regs,
-                    ) {
-                        Ok(cs) => {
-                            resume = Some((regs, cs));
-                            None
-                        }
-                        // The domain was crashed (shutdown reason set, message recorded).
-                        Err(e) => Some(e.to_string()),
-                    }
-                }
-                VcpuExit::Shutdown => Some("triple fault".to_string()),
-                VcpuExit::Interrupted => {
-                    // A kick: typically an event for this vCPU (checked below, after the
-                    // backends, which may raise one themselves).
-                    interrupted = true;
-                    None
-                }
-                VcpuExit::Sysenter { regs } => Some(format!(
-                    "sysenter at {:#x} (not supported for 64-bit PV guests)",
-                    regs.rip
-                )),
-                VcpuExit::Io { port, regs, .. } => Some(format!(
-                    "unexpected port write {port:#x} at {:#x}",
-                    regs.rip
-                )),
-                VcpuExit::Unexpected { reason } => Some(reason),
-            };
-            self.service_backends();
-            let crash = crash.or_else(|| self.stop.requested());
-            if let Some(msg) = crash {
-                tracing::error!("crashing domain {}: {msg}", self.shared.name);
-                self.shared.request_shutdown(ShutdownReason::Crash);
-                break Some(msg);
-            }
-            if self.shared.shutdown_reason().is_some() {
-                break self.shared.crash_message();
-            }
-            if interrupted
-                && self
-                    .shared
-                    .events_need_delivery(self.vm.ram(), self.vcpu.id())
-            {
-                // Redirect the guest only if it stopped in guest code (not in a ring-0 stub,
-                // which exits again at once anyway).
-                resume = self.vcpu.interrupted_guest_state()?;
-            }
-            if let Some((mut regs, mut cs)) = resume {
-                if let Err(msg) = self.deliver_events(&mut regs, &mut cs) {
-                    self.shared.crash(&msg);
-                    break Some(msg);
-                }
-                self.shared
-                    .time_before_resume(self.vm.ram(), self.vcpu.cr3(), self.vcpu.id());
-                self.resume(&regs, cs)?;
-            }
+        let vcpus = std::mem::take(&mut self.vcpus);
+        let (vm, shared, stop, console) = (&self.vm, &self.shared, &self.stop, &self.console);
+        let console_gpa = self.console_gpa;
+        let runner = |vcpu: Vcpu| Runner {
+            vcpu,
+            vm,
+            shared,
+            stop,
+            console,
+            console_gpa,
+            no_callback_logged: false,
         };
+        let mut it = vcpus.into_iter();
+        let Some(vcpu0) = it.next() else {
+            return Err(LaunchError::Vcpu(VcpuError::BadId(0)));
+        };
+        let result = std::thread::scope(|scope| {
+            for v in it {
+                let r = runner(v);
+                let table = &table;
+                let name = format!("kxen-vcpu{}", r.vcpu.id());
+                if let Err(e) = std::thread::Builder::new()
+                    .name(name)
+                    .spawn_scoped(scope, move || r.run_secondary(table))
+                {
+                    shared.crash(&format!("cannot start a vCPU thread: {e}"));
+                }
+            }
+            let mut r0 = runner(vcpu0);
+            let res = r0.run_loop(&table);
+            if let Err(e) = &res {
+                shared.crash(&e.to_string());
+            }
+            // Stop every other vCPU (the scope joins their threads).
+            shared.end_all_vcpus();
+            r0.service_console();
+            res
+        });
         self.shared.stop_time();
-        self.service_console();
+        let crash = result?.or_else(|| self.shared.crash_message());
         let reason = self
             .shared
             .shutdown_reason()
@@ -641,13 +786,6 @@ impl Domain {
             self.stats_line()
         );
         Ok(outcome)
-    }
-
-    /// Return to the guest: the PV CPU model (mode, page table, segment bases, CR0.TS, GDT,
-    /// debug registers) first, then the registers.
-    fn resume(&mut self, regs: &GuestRegs, cs: GuestCs) -> Result<(), LaunchError> {
-        crate::pvmode::apply(&mut self.vcpu)?;
-        Ok(self.vcpu.return_to_guest(regs, cs)?)
     }
 
     /// Exits by kind, hypercalls by number and traps by vector, on one line.

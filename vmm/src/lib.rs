@@ -17,6 +17,7 @@ pub mod memory;
 pub mod privop;
 pub mod pvmode;
 pub mod ring0;
+pub mod smp;
 pub mod time;
 pub mod trap;
 pub mod vcpu;

@@ -110,19 +110,6 @@ pub fn physdev_op_compat(ctx: &mut HypercallCtx<'_, DomainShared>, a: &Hypercall
     }
 }
 
-/// Read guest RAM frame `mfn` (identity p2m) if it is one of the domain's frames.
-fn read_frame(ctx: &HypercallCtx<'_, DomainShared>, mfn: u64) -> Option<[u8; 4096]> {
-    if mfn >= ctx.domain.nr_pages {
-        return None;
-    }
-    let mut buf = [0u8; 4096];
-    ctx.ram()
-        .mem()
-        .read_slice(&mut buf, GuestAddress(mfn * PAGE_SIZE))
-        .ok()?;
-    Some(buf)
-}
-
 /// `HYPERVISOR_set_gdt(frame_list, entries)`: at most 14 pages; each frame must be guest
 /// RAM whose 512 descriptors all pass Xen's validation (Xen's `PGT_seg_desc_page` check).
 // xen: arch/x86/pv/descriptor-tables.c, do_set_gdt / pv_set_gdt; mm.c alloc_segdesc_page
@@ -139,37 +126,63 @@ pub fn set_gdt(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> i
             Err(e) => return e,
         }
     }
+    if let Err(e) = validate_gdt_frames(ctx.ram(), ctx.domain.nr_pages, &frames[..nr]) {
+        return e;
+    }
+    ctx.pv.gdt_frames = frames;
+    ctx.pv.gdt_ents = u64::from(entries);
+    ctx.pv.pending |= PENDING_GDT;
+    0
+}
+
+/// Validate GDT frames as `set_gdt` does (guest RAM, every descriptor passes Xen's check)
+/// and write the fixed-up descriptors back; `-EINVAL` otherwise. Also used by
+/// `VCPUOP_initialise` (`crate::smp`).
+pub fn validate_gdt_frames(
+    ram: &crate::memory::GuestRam,
+    nr_pages: u64,
+    frames: &[u64],
+) -> Result<(), i64> {
+    let read_frame = |mfn: u64| -> Option<[u8; 4096]> {
+        if mfn >= nr_pages {
+            return None;
+        }
+        let mut buf = [0u8; 4096];
+        ram.mem()
+            .read_slice(&mut buf, GuestAddress(mfn * PAGE_SIZE))
+            .ok()?;
+        Some(buf)
+    };
+    if frames.len() > MAX_GDT_FRAMES {
+        return Err(err(EINVAL));
+    }
     let mut fixed = [[0u8; 4096]; MAX_GDT_FRAMES];
-    for (i, &mfn) in frames[..nr].iter().enumerate() {
-        let Some(page) = read_frame(ctx, mfn) else {
-            return err(EINVAL);
+    for (i, &mfn) in frames.iter().enumerate() {
+        let Some(page) = read_frame(mfn) else {
+            return Err(err(EINVAL));
         };
         for (e, out) in page.chunks_exact(8).zip(fixed[i].chunks_exact_mut(8)) {
             let mut w = [0u8; 8];
             w.copy_from_slice(e);
             match check_descriptor(u64::from_le_bytes(w)) {
                 Some(d) => out.copy_from_slice(&d.to_le_bytes()),
-                None => return err(EINVAL),
+                None => return Err(err(EINVAL)),
             }
         }
     }
     // Xen validates the frames in place: the fixed-up descriptors (DPL 3, call gates with
     // DPL 0) are what the guest's frames hold afterwards.
     // xen: arch/x86/mm.c, alloc_segdesc_page
-    for (i, &mfn) in frames[..nr].iter().enumerate() {
-        if ctx
-            .ram()
+    for (i, &mfn) in frames.iter().enumerate() {
+        if ram
             .mem()
             .write_slice(&fixed[i], GuestAddress(mfn * PAGE_SIZE))
             .is_err()
         {
-            return err(EINVAL);
+            return Err(err(EINVAL));
         }
     }
-    ctx.pv.gdt_frames = frames;
-    ctx.pv.gdt_ents = u64::from(entries);
-    ctx.pv.pending |= PENDING_GDT;
-    0
+    Ok(())
 }
 
 /// `HYPERVISOR_update_descriptor(ma, desc)`: write one validated (and fixed-up) descriptor

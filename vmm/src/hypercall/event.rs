@@ -146,7 +146,44 @@ pub fn vcpu_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> i
                 Err(e) => errno(e),
             }
         }
+        crate::smp::VCPUOP_INITIALISE
+        | crate::smp::VCPUOP_UP
+        | crate::smp::VCPUOP_DOWN
+        | crate::smp::VCPUOP_IS_UP => smp_vcpu_op(ctx, cmd, vcpu, a.a[2]),
         _ => time_vcpu_op(ctx, cmd, vcpu, a.a[2]).unwrap_or(-ENOSYS),
+    }
+}
+
+/// `VCPUOP_initialise` / `up` / `down` / `is_up` on `target` (already checked to exist).
+// xen: common/domain.c, do_vcpu_op
+fn smp_vcpu_op(ctx: &mut HypercallCtx<'_, DomainShared>, cmd: u32, target: u32, arg: u64) -> i64 {
+    use crate::smp::{self, VCPU_GUEST_CONTEXT_SIZE};
+    let Some(s) = ctx.domain.smp() else {
+        return -ENOSYS;
+    };
+    let r = match cmd {
+        smp::VCPUOP_INITIALISE => {
+            let mut b = Box::new([0u8; VCPU_GUEST_CONTEXT_SIZE]);
+            if let Err(e) = ctx.copy_from_guest(arg, &mut b[..]) {
+                return e;
+            }
+            smp::parse_context(&b, ctx.domain.nr_pages).and_then(|c| s.initialise(target, c))
+        }
+        smp::VCPUOP_UP => s.up(target),
+        smp::VCPUOP_DOWN => {
+            let r = s.down(target);
+            // The target parks at its next exit (the caller at the end of this hypercall).
+            if let Some(ev) = ctx.domain.events() {
+                ev.kick(target, Some(ctx.vcpu_id));
+            }
+            r
+        }
+        smp::VCPUOP_IS_UP => return s.is_up(target).map_or_else(errno, i64::from),
+        _ => return -ENOSYS,
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) => errno(e),
     }
 }
 
