@@ -90,6 +90,14 @@ const GUESTS: &[GuestSpec] = &[
         name: "timer",
         source: "tests/timer.rs",
     },
+    GuestSpec {
+        name: "smp_2",
+        source: "tests/smp.rs",
+    },
+    GuestSpec {
+        name: "smp_4",
+        source: "tests/smp.rs",
+    },
 ];
 
 fn main() {

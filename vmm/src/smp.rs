@@ -5,6 +5,11 @@
 //! initialised and brought it up, applies the context the guest gave
 //! ([`apply_context`]) and enters the common run loop. `VCPUOP_down` parks a vCPU again
 //! (its state is kept; `up` resumes it where it stopped), as Xen's `vcpu_down`.
+//!
+//! TODO(mmu): TLB-flush operations naming other vCPUs (`MMUEXT_TLB_FLUSH_MULTI`,
+//! `UVMF_MULTI`/`UVMF_ALL`) need a cross-vCPU hook: kick the named vCPUs (their threads
+//! re-enter `KVM_RUN`, which under KVM's own shadowing/EPT flushes what the guest expects)
+//! and wait for each to pass an exit before returning.
 // xen: common/domain.c, do_vcpu_op (VCPUOP_initialise/up/down/is_up);
 // arch/x86/domain.c, arch_set_info_guest; public/arch-x86/xen.h, vcpu_guest_context.
 
@@ -38,6 +43,8 @@ pub const VCPU_GUEST_CONTEXT_SIZE: usize = 5168;
 pub const VGCF_FAILSAFE_DISABLES_EVENTS: u64 = 1 << 3;
 /// The syscall callback runs with events masked.
 pub const VGCF_SYSCALL_DISABLES_EVENTS: u64 = 1 << 4;
+/// The vCPU starts in guest kernel mode.
+pub const VGCF_IN_KERNEL: u64 = 1 << 2;
 
 // Offsets in vcpu_guest_context (x86_64): fpu_ctxt[512], flags, user_regs (cpu_user_regs,
 // 200 bytes), trap_ctxt[256] (16 bytes each), ldt_base, ldt_ents, gdt_frames[16], gdt_ents,
@@ -251,6 +258,11 @@ pub fn apply_context(vcpu: &mut Vcpu, c: &InitContext) -> Result<(), SmpError> {
     pv.gs_base_kernel = c.gs_base_kernel;
     pv.gs_base_user = c.gs_base_user;
     pv.vm_assist = c.vm_assist;
+    pv.set_guest_mode(if c.flags & VGCF_IN_KERNEL != 0 {
+        xen_abi::pv_vcpu::GuestMode::Kernel
+    } else {
+        xen_abi::pv_vcpu::GuestMode::User
+    });
     if c.gdt_ents != 0 {
         pv.gdt_frames = c.gdt_frames;
         pv.gdt_ents = c.gdt_ents;

@@ -1,0 +1,220 @@
+//! smp_2 / smp_4: secondary vCPUs. vCPU 0 checks VCPUOP_is_up/up/initialise errnos, brings
+//! every other vCPU up with VCPUOP_initialise + VCPUOP_up (same page tables, own stack); each
+//! one counts itself in a shared counter, binds an IPI port, polls it until vCPU 0's IPI
+//! arrives, answers with an IPI to vCPU 0, then goes down (VCPUOP_down) — except the last
+//! vCPU of smp_4, which spins without hypercalls to prove the shutdown stops a running vCPU.
+//! vCPU 0 waits for all of it and powers off.
+
+#![no_std]
+#![no_main]
+
+#[macro_use]
+#[path = "../kit/mod.rs"]
+mod kit;
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use kit::abi::*;
+use kit::events::*;
+use kit::hypercall::hypercall3;
+
+xen_notes!(features = "writable_page_tables");
+
+#[cfg(kxen_guest = "smp_2")]
+const NR: u32 = 2;
+#[cfg(kxen_guest = "smp_4")]
+const NR: u32 = 4;
+
+// xen: public/vcpu.h, public/arch-x86/xen.h
+const VCPUOP_INITIALISE: u64 = 0;
+const VCPUOP_UP: u64 = 1;
+const VCPUOP_DOWN: u64 = 2;
+const VCPUOP_IS_UP: u64 = 3;
+const VGCF_IN_KERNEL: u64 = 1 << 2;
+const CTX_SIZE: usize = 5168;
+const OFF_FLAGS: usize = 512;
+const OFF_REGS: usize = 520;
+const OFF_KERNEL_SS: usize = 4968;
+const OFF_KERNEL_SP: usize = 4976;
+const OFF_CTRLREG: usize = 4984;
+const STACK: usize = 16384;
+
+/// vCPUs that reached their entry point.
+static ARRIVED: AtomicU32 = AtomicU32::new(0);
+/// vCPUs that received vCPU 0's IPI and answered.
+static PONGS: AtomicU32 = AtomicU32::new(0);
+/// Each vCPU's IPI port (0 = not bound yet).
+static AP_PORT: [AtomicU32; 4] = [const { AtomicU32::new(0) }; 4];
+/// vCPU 0's IPI port.
+static BSP_PORT: AtomicU32 = AtomicU32::new(0);
+/// Entry argument (rdi) each vCPU saw.
+static SEEN_ID: [AtomicU64; 4] = [const { AtomicU64::new(u64::MAX) }; 4];
+
+#[repr(C, align(16))]
+struct Stacks([[u8; STACK]; 4]);
+static mut STACKS: Stacks = Stacks([[0; STACK]; 4]);
+
+#[repr(C, align(64))]
+struct Ctx([u8; CTX_SIZE]);
+static mut CTX: Ctx = Ctx([0; CTX_SIZE]);
+
+fn vcpu_op(cmd: u64, vcpu: u64, arg: u64) -> i64 {
+    // SAFETY: every argument passed here is null or a readable buffer of the op's size.
+    unsafe { hypercall3(HYPERVISOR_VCPU_OP, cmd, vcpu, arg) }
+}
+
+fn yield_now() {
+    // SAFETY: SCHEDOP_yield takes no argument.
+    unsafe { kit::hypercall::sched_op(SCHEDOP_YIELD, 0) };
+}
+
+/// A secondary vCPU's Rust entry (rdi = its id, from the context's user_regs).
+extern "C" fn ap_main(id: u64) -> ! {
+    let i = id as usize;
+    SEEN_ID[i.min(3)].store(id, Ordering::SeqCst);
+    ARRIVED.fetch_add(1, Ordering::SeqCst);
+    let port = match bind_ipi(id as u32) {
+        Ok(p) => p,
+        Err(_) => 0,
+    };
+    AP_PORT[i.min(3)].store(port, Ordering::SeqCst);
+    // Wait for vCPU 0's IPI (poll returns once the port is pending).
+    while poll(&[port], 0) != 0 {}
+    PONGS.fetch_add(1, Ordering::SeqCst);
+    send(BSP_PORT.load(Ordering::SeqCst));
+    if NR == 4 && id == 3 {
+        // Stay up, without hypercalls: the domain's shutdown must stop this vCPU too.
+        loop {
+            core::hint::spin_loop();
+        }
+    }
+    vcpu_op(VCPUOP_DOWN, id, 0);
+    // Not reached while down; if the VMM let it run on, stay here.
+    loop {
+        yield_now();
+    }
+}
+
+core::arch::global_asm!(
+    ".globl kit_smp_ap_entry",
+    "kit_smp_ap_entry:",
+    "call {main}",
+    "ud2",
+    main = sym ap_main,
+);
+
+fn put(b: &mut [u8; CTX_SIZE], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Build the context of vCPU `id`: entry kit_smp_ap_entry, its own stack, rdi = id, the
+/// current page tables (start_info's pt_base).
+fn context(si: &StartInfo, id: u32) -> u64 {
+    extern "C" {
+        fn kit_smp_ap_entry();
+    }
+    // SAFETY: only vCPU 0 builds contexts, one at a time, before the target vCPU runs.
+    let b = unsafe { &mut (*(&raw mut CTX)).0 };
+    b.fill(0);
+    // SAFETY: address of the static stack array; each vCPU uses its own slot.
+    let stack_top = unsafe { (&raw const STACKS.0[id as usize]) as u64 } + STACK as u64;
+    let cr3 = pfn_of(si.pt_base) << 12;
+    put(b, OFF_FLAGS, VGCF_IN_KERNEL);
+    put(b, OFF_REGS + 14 * 8, u64::from(id)); // rdi
+    put(b, OFF_REGS + 16 * 8, kit_smp_ap_entry as *const () as usize as u64); // rip
+    put(b, OFF_REGS + 17 * 8, u64::from(FLAT_KERNEL_CS)); // cs
+    put(b, OFF_REGS + 18 * 8, 0x202); // rflags
+    put(b, OFF_REGS + 19 * 8, stack_top - 8); // rsp (as after a call)
+    put(b, OFF_REGS + 20 * 8, u64::from(FLAT_KERNEL_SS)); // ss
+    put(b, OFF_KERNEL_SS, u64::from(FLAT_KERNEL_SS));
+    put(b, OFF_KERNEL_SP, stack_top);
+    put(b, OFF_CTRLREG + 3 * 8, cr3);
+    b.as_ptr() as u64
+}
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) -> bool {
+    for _ in 0..2_000_000u32 {
+        if cond() {
+            return true;
+        }
+        yield_now();
+    }
+    check!(what, false, "timed out");
+    false
+}
+
+fn kmain(si: &'static StartInfo) {
+    check_eq!("register_vcpu_info", register_vcpu_info(), 0);
+    check_eq!("register_event_callback", register_event_callback(), 0);
+    set_upcall_mask(false);
+    force_callback();
+    match bind_ipi(0) {
+        Ok(p) => BSP_PORT.store(p, Ordering::SeqCst),
+        Err(e) => {
+            check!("bind_ipi_bsp", false, "rc {}", e);
+        }
+    }
+
+    check_eq!("is_up_vcpu0", vcpu_op(VCPUOP_IS_UP, 0, 0), 1);
+    check_eq!("is_up_vcpu1_before", vcpu_op(VCPUOP_IS_UP, 1, 0), 0);
+    check_eq!("is_up_no_such_vcpu", vcpu_op(VCPUOP_IS_UP, u64::from(NR), 0), -ENOENT);
+    check_eq!("up_before_initialise", vcpu_op(VCPUOP_UP, 1, 0), -EINVAL);
+    check_eq!(
+        "initialise_vcpu0_exists",
+        vcpu_op(VCPUOP_INITIALISE, 0, context(si, 0)),
+        -EEXIST
+    );
+    check_eq!(
+        "initialise_bad_pointer",
+        vcpu_op(VCPUOP_INITIALISE, 1, 0x10),
+        -EFAULT
+    );
+
+    for id in 1..NR {
+        let c = context(si, id);
+        check_eq!("initialise", vcpu_op(VCPUOP_INITIALISE, u64::from(id), c), 0);
+        check_eq!(
+            "initialise_twice",
+            vcpu_op(VCPUOP_INITIALISE, u64::from(id), c),
+            -EEXIST
+        );
+        check_eq!("up", vcpu_op(VCPUOP_UP, u64::from(id), 0), 0);
+        check_eq!("is_up_after_up", vcpu_op(VCPUOP_IS_UP, u64::from(id), 0), 1);
+    }
+    let others = NR - 1;
+    if wait_until("all_arrived", || ARRIVED.load(Ordering::SeqCst) == others) {
+        check!("all_arrived", true);
+    }
+    for id in 1..NR {
+        check_eq!(
+            "entry_argument",
+            SEEN_ID[id as usize].load(Ordering::SeqCst),
+            u64::from(id)
+        );
+    }
+    // IPIs: one to each vCPU, each answers with one to vCPU 0.
+    let before = UPCALLS.get();
+    for id in 1..NR {
+        let i = id as usize;
+        if wait_until("ap_port_bound", || AP_PORT[i].load(Ordering::SeqCst) != 0) {
+            check_eq!("ipi_send", send(AP_PORT[i].load(Ordering::SeqCst)), 0);
+        }
+    }
+    if wait_until("all_pongs", || PONGS.load(Ordering::SeqCst) == others) {
+        check!("all_pongs", true);
+    }
+    check!(
+        "ipi_upcall_on_vcpu0",
+        wait_until("ipi_upcall_on_vcpu0", || UPCALLS.get() > before)
+    );
+    value!("pongs", "{}", PONGS.load(Ordering::SeqCst));
+
+    // The vCPUs that went down report so.
+    let downs = if NR == 4 { 1..3 } else { 1..NR };
+    for id in downs {
+        let ok = wait_until("went_down", || vcpu_op(VCPUOP_IS_UP, u64::from(id), 0) == 0);
+        check!("went_down", ok, "vcpu {}", id);
+    }
+    if NR == 4 {
+        check_eq!("still_up_vcpu3", vcpu_op(VCPUOP_IS_UP, 3, 0), 1);
+    }
+}

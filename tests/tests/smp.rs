@@ -1,0 +1,111 @@
+//! SMP under KVM: the `smp_2` / `smp_4` kit guests bring their secondary vCPUs up with
+//! VCPUOP_initialise + VCPUOP_up, exchange IPIs over event channels, take vCPUs down, and
+//! power off while one vCPU still spins (every vCPU thread must stop and be joined).
+//! Without /dev/kvm every test here skips with one line.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kxen::launch::{Domain, LaunchSpec, Outcome};
+use kxen_tests::Report;
+use xen_abi::sched::ShutdownReason;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn kvm() -> bool {
+    if kxen::vcpu::kvm_available() {
+        return true;
+    }
+    eprintln!("skipped: /dev/kvm is not available");
+    false
+}
+
+fn boot(name: &str, vcpus: u32) -> (Outcome, String) {
+    let spec = LaunchSpec {
+        name: name.into(),
+        kernel: kxen_tests::guest(name)
+            .unwrap_or_else(|| panic!("no test guest {name}"))
+            .to_vec(),
+        initrd: Vec::new(),
+        cmdline: format!("kxen-test {name}"),
+        memory_mib: 64,
+        vcpus,
+        privileged: false,
+    };
+    let out = Capture::default();
+    let mut domain = Domain::create(&spec, Box::new(out.clone())).expect("create");
+    let stop = domain.stop_handle();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            stop.stop("test timeout");
+        }
+    });
+    let outcome = domain.run().expect("run");
+    let _ = tx.send(());
+    let _ = watchdog.join();
+    let console = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
+    eprintln!(
+        "--- {name} console ---\n{console}--- {} ---",
+        outcome.describe()
+    );
+    (outcome, console)
+}
+
+fn assert_all_passed(name: &str, vcpus: u32, want_pongs: &str) {
+    let (outcome, console) = boot(name, vcpus);
+    let report = Report::parse(&console);
+    assert_eq!(outcome.reason, ShutdownReason::Poweroff, "{console}");
+    assert!(report.all_passed(), "{console}");
+    for check in [
+        "all_arrived",
+        "all_pongs",
+        "ipi_upcall_on_vcpu0",
+        "went_down",
+    ] {
+        assert!(
+            console.contains(&format!("KXEN-TEST: PASS {check}\n")),
+            "{check} missing:\n{console}"
+        );
+    }
+    assert_eq!(report.value("pongs"), Some(want_pongs), "{console}");
+}
+
+#[test]
+fn two_vcpus_come_up_exchange_ipis_and_go_down() {
+    if !kvm() {
+        return;
+    }
+    assert_all_passed("smp_2", 2, "1");
+}
+
+#[test]
+fn four_vcpus_come_up_and_poweroff_stops_a_spinning_vcpu() {
+    if !kvm() {
+        return;
+    }
+    assert_all_passed("smp_4", 4, "3");
+}
+
+#[test]
+fn secondary_vcpus_never_brought_up_do_not_keep_the_domain_alive() {
+    if !kvm() {
+        return;
+    }
+    // The timer guest knows nothing of vCPU 1: it must still power off promptly.
+    let (outcome, console) = boot("timer", 2);
+    assert_eq!(outcome.reason, ShutdownReason::Poweroff, "{console}");
+    assert!(outcome.run_time < Duration::from_secs(30));
+}
