@@ -46,6 +46,8 @@ pub struct DomainShared {
     watchdogs: Mutex<u32>,
     /// Why kxen crashed the domain, if it did.
     crash_message: Mutex<Option<String>>,
+    /// Frame table, side table, pins: the PV memory-management state (`crate::mm`).
+    pub mm: Mutex<crate::mm::DomainMm>,
 }
 
 /// Number of per-domain watchdogs (xen: common/sched/core.c, NR_DOMAIN_WATCHDOG_TIMERS).
@@ -86,6 +88,7 @@ impl DomainShared {
             shutdown_code: AtomicU32::new(NO_SHUTDOWN),
             watchdogs: Mutex::new(0),
             crash_message: Mutex::new(None),
+            mm: Mutex::new(crate::mm::DomainMm::default()),
         }
     }
 

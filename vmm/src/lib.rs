@@ -12,6 +12,7 @@ pub mod image;
 pub mod inspect;
 pub mod launch;
 pub mod memory;
+pub mod mm;
 pub mod ring0;
 pub mod trap;
 pub mod vcpu;
