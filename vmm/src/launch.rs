@@ -86,6 +86,9 @@ pub enum LaunchError {
     /// The domain builder failed.
     #[error("{0}")]
     Build(#[from] BuildError),
+    /// The initial page tables did not validate.
+    #[error("initial page tables: {0}")]
+    InitialTables(#[from] crate::mm::MmError),
 }
 
 impl LaunchError {
@@ -280,6 +283,14 @@ impl Domain {
             pages = nr_pages,
             "domain built"
         );
+        // Start of day as Xen's builder + pin: validate the initial tables, pin the L4.
+        let mut mm = crate::mm::DomainMm::new(
+            nr_pages,
+            &[(boot.shared_info_mfn, true)],
+            Default::default(),
+            vm.ring0().private_l4_entries(),
+        );
+        mm.start_of_day(vm.ram(), boot.cr3 / PAGE_SIZE)?;
         let mut vcpu = vm.create_vcpu(0)?;
         vcpu.set_pv_entry(PvEntry {
             rip: boot.rip,
@@ -298,6 +309,7 @@ impl Domain {
             boot.shared_info_mfn,
             console_out,
         ));
+        *shared.mm.lock().unwrap_or_else(|p| p.into_inner()) = mm;
         Ok(Domain {
             stop: StopHandle {
                 why: Arc::default(),
@@ -376,11 +388,16 @@ impl Domain {
                     // Run-loop contract: see crate::hypercall (regs_replaced, return_cs).
                     let args = HypercallArgs::from_regs(&regs);
                     let shared = self.shared.clone();
-                    let (ret, replaced, mut cs) = {
+                    let (ret, replaced, mut cs, reload) = {
                         let mut ctx = self.vcpu.hypercall_ctx(&mut regs, &*shared);
                         let ret = table.dispatch(&mut ctx, &args);
-                        (ret, ctx.regs_replaced, ctx.return_cs)
+                        (ret, ctx.regs_replaced, ctx.return_cs, ctx.reload_cr3)
                     };
+                    if reload {
+                        // New base pointer or a TLB flush the guest asked for (crate::mm).
+                        let cr3 = self.vcpu.pv().current_cr3();
+                        self.vcpu.flush_tlb(cr3);
+                    }
                     if !replaced {
                         regs.rax = ret as u64;
                         if compat {

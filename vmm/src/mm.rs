@@ -133,6 +133,10 @@ pub struct DomainMm {
     nr_pages: u64,
     /// Per vCPU: the LDT set with `MMUEXT_SET_LDT` (base, entries).
     ldt: HashMap<u32, (u64, u32)>,
+    /// A frame gained or lost a page-table type since the last [`DomainMm::take_flush`]:
+    /// stale translations through (or of) it must go before the guest runs on (xen: the
+    /// TLB-flush filter on type changes in `_get_page_type`).
+    flush_needed: bool,
 }
 
 fn is_xen_l4_slot(level: Level, slot: usize) -> bool {
@@ -173,6 +177,7 @@ impl DomainMm {
             private_l4: private_l4.to_vec(),
             nr_pages,
             ldt: HashMap::new(),
+            flush_needed: false,
         }
     }
 
@@ -220,6 +225,11 @@ impl DomainMm {
         }
     }
 
+    /// Whether a TLB flush is due because a frame changed type; clears the flag.
+    pub fn take_flush(&mut self) -> bool {
+        std::mem::take(&mut self.flush_needed)
+    }
+
     /// The record of MMUEXT_SET_LDT for `vcpu`.
     pub fn ldt(&self, vcpu: u32) -> (u64, u32) {
         self.ldt.get(&vcpu).copied().unwrap_or((0, 0))
@@ -264,6 +274,7 @@ impl DomainMm {
         mfn: u64,
         ty: FrameType,
     ) -> Result<(), MmError> {
+        self.flush_needed = true;
         let r = match ty.level() {
             Some(level) => self.validate_table(ram, mfn, level),
             None => Ok(()),
@@ -287,6 +298,7 @@ impl DomainMm {
                         continue;
                     };
                     debug!(mfn, %level, "devalidating page table");
+                    self.flush_needed = true;
                     for slot in 0..ENTRIES_PER_TABLE {
                         if is_xen_l4_slot(level, slot) {
                             continue;

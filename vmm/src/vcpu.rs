@@ -770,6 +770,19 @@ impl Vcpu {
         self.sregs.cr3 = cr3;
     }
 
+    /// Load `cr3` for the next return so that KVM treats it as a CR3 write: every
+    /// non-global translation is flushed even when `cr3` is the current base (then CR3's
+    /// PWT bit is toggled, because KVM only resets its MMU context for a changed value).
+    pub fn flush_tlb(&mut self, cr3: u64) {
+        const PWT: u64 = 1 << 3;
+        let cur = self.sregs.cr3;
+        self.sregs.cr3 = if (cur ^ cr3) & !PWT == 0 {
+            cur ^ PWT
+        } else {
+            cr3
+        };
+    }
+
     /// Set the start-of-day state: CPL3 in 64-bit mode at `entry.rip` with the given stack,
     /// rsi and page tables. The guest's L4 must contain [`Ring0Layer::private_l4_entries`].
     pub fn set_pv_entry(&mut self, entry: PvEntry) -> Result<(), VcpuError> {
