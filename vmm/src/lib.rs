@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod launch;
 pub mod memory;
 pub mod mm;
+pub mod ptwr;
 pub mod ring0;
 pub mod trap;
 pub mod vcpu;
