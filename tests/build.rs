@@ -39,6 +39,10 @@ const GUESTS: &[GuestSpec] = &[
         source: "tests/traps.rs",
     },
     GuestSpec {
+        name: "mmu",
+        source: "tests/mmu.rs",
+    },
+    GuestSpec {
         name: "shutdown_poweroff",
         source: "tests/shutdown.rs",
     },

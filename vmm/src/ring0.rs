@@ -100,6 +100,11 @@ pub const PORT_SYSCALL32: u16 = 1;
 /// Port of the `sysenter` stub (4-byte access).
 pub const PORT_SYSENTER: u16 = 2;
 
+/// Port of the TLB-flush stub (1-byte access; told apart from vector stubs by its rip).
+pub const PORT_TLB_FLUSH: u16 = 0xf1;
+/// Offset of the TLB-flush stub in the stub page.
+const TLB_FLUSH_STUB: u64 = 0xa00;
+
 /// IST index used for #DF.
 pub const IST_DF: u8 = 1;
 /// IST index used for NMI.
@@ -369,6 +374,21 @@ impl Ring0Layer {
         page[o] = 0xa3;
         page[o + 1..o + 9].copy_from_slice(&self.syscall_exit_va().to_le_bytes());
         page[o + 9..o + 11].copy_from_slice(&[0x0f, 0x0b]);
+        // mov %cr3, %rax ; mov %rax, %cr3 ; out %al, $PORT_TLB_FLUSH ; ud2
+        // (a CR3 write from ring 0 is what makes KVM resync translations the VMM changed)
+        let o = TLB_FLUSH_STUB as usize;
+        page[o..o + 10].copy_from_slice(&[
+            0x0f,
+            0x20,
+            0xd8,
+            0x0f,
+            0x22,
+            0xd8,
+            0xe6,
+            PORT_TLB_FLUSH as u8,
+            0x0f,
+            0x0b,
+        ]);
         self.mem
             .mem()
             .write_slice(&page, GuestAddress(gpa_of(STUB_PAGE)))?;
@@ -445,6 +465,11 @@ impl Ring0Layer {
     /// The 64-bit `syscall` entry point (MSR_LSTAR): an MMIO write to the exit page.
     pub fn syscall_stub(&self) -> u64 {
         va_of(STUB_PAGE) + SYSCALL_MMIO_STUB
+    }
+
+    /// The TLB-flush stub: reloads CR3 in ring 0, then exits with [`PORT_TLB_FLUSH`].
+    pub fn tlb_flush_stub(&self) -> u64 {
+        va_of(STUB_PAGE) + TLB_FLUSH_STUB
     }
 
     /// Address of the special port stub for `port` (`PORT_SYSCALL`, ...).

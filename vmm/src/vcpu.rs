@@ -56,7 +56,7 @@ use xen_abi::pv_vcpu::PvVcpuState;
 use crate::hypercall::HypercallCtx;
 use crate::memory::{GuestRam, MemArea, MemoryError};
 use crate::ring0::{
-    Ring0Error, Ring0Layer, VcpuRing0, PORT_SYSCALL, PORT_SYSCALL32, PORT_SYSENTER, RING0_CS,
+    Ring0Error, Ring0Layer, VcpuRing0, PORT_SYSCALL, PORT_SYSCALL32, PORT_SYSENTER, PORT_TLB_FLUSH, RING0_CS,
     RING0_DS, RING3_CS32, RING3_CS64, RING3_DS, SYSCALL_EXIT_GPA, TSS_SEL,
 };
 use crate::trap::{read_exception_frame, CpuFrame, TrapError, VEC_GP};
@@ -540,6 +540,7 @@ impl Vm {
             pv: Box::default(),
             sync: false,
             kick: Arc::default(),
+            flush_pending: false,
         };
         install_kick_handler()?;
         vcpu.setup(&self.kvm)?;
@@ -589,6 +590,8 @@ pub struct Vcpu {
     /// Registers travel through `kvm_run` (KVM_CAP_SYNC_REGS) instead of ioctls.
     sync: bool,
     kick: Arc<KickState>,
+    /// A TLB flush is due before the next return to the guest ([`Vcpu::flush_tlb`]).
+    flush_pending: bool,
 }
 
 impl Vcpu {
@@ -770,17 +773,54 @@ impl Vcpu {
         self.sregs.cr3 = cr3;
     }
 
-    /// Load `cr3` for the next return so that KVM treats it as a CR3 write: every
-    /// non-global translation is flushed even when `cr3` is the current base (then CR3's
-    /// PWT bit is toggled, because KVM only resets its MMU context for a changed value).
+    /// Load `cr3` for the next return and flush the guest's TLB first: the next
+    /// [`Vcpu::return_to_guest`] runs kxen's ring-0 flush stub (a CR3 write in ring 0, one
+    /// extra exit), which is what makes KVM drop translations the VMM changed behind the
+    /// guest's back. Non-global translations are flushed (kernel mappings are never global).
     pub fn flush_tlb(&mut self, cr3: u64) {
-        const PWT: u64 = 1 << 3;
-        let cur = self.sregs.cr3;
-        self.sregs.cr3 = if (cur ^ cr3) & !PWT == 0 {
-            cur ^ PWT
-        } else {
-            cr3
+        self.sregs.cr3 = cr3;
+        self.flush_pending = true;
+    }
+
+    /// Run the ring-0 TLB-flush stub with the current CR3 (see [`Vcpu::flush_tlb`]).
+    fn run_flush_stub(&mut self) -> Result<(), VcpuError> {
+        let stub = self.ring0.tlb_flush_stub();
+        self.sregs.cs = seg(RING0_CS, 11, 0, 1, 0);
+        self.sregs.ss = seg(RING0_DS, 3, 0, 0, 1);
+        let regs = kvm_regs {
+            rip: stub,
+            rsp: self.r0.rsp0_top,
+            rflags: rflags::FIXED,
+            ..Default::default()
         };
+        self.push_state(&regs)?;
+        let bad = |what| VcpuError::Kvm {
+            what,
+            err: kvm_ioctls::Error::new(libc::EIO),
+        };
+        // A kick arriving now interrupts KVM_RUN: keep it pending for the next `run` and
+        // retry (bounded: a kick storm must not spin forever).
+        for _ in 0..64 {
+            match self.fd.run() {
+                Ok(KvmExit::IoOut(port, _)) if port == PORT_TLB_FLUSH => {
+                    eprintln!("FLUSHDBG cr3={:#x}", self.sregs.cr3);
+                    self.fetch_state()?;
+                    return Ok(());
+                }
+                Ok(KvmExit::Intr) => {}
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Ok(_) => return Err(bad("TLB flush stub: unexpected exit")),
+                Err(err) => {
+                    return Err(VcpuError::Kvm {
+                        what: "run TLB flush stub",
+                        err,
+                    })
+                }
+            }
+            self.set_immediate_exit(false);
+            self.kick.pending.store(true, Ordering::SeqCst);
+        }
+        Err(bad("TLB flush stub interrupted too often"))
     }
 
     /// Set the start-of-day state: CPL3 in 64-bit mode at `entry.rip` with the given stack,
@@ -802,6 +842,9 @@ impl Vcpu {
     /// SS is `FLAT_RING3_SS` (0xe02b). Data segments and the rest of the special registers
     /// stay as they were (or as changed through [`Vcpu::set_cr3`]).
     pub fn return_to_guest(&mut self, regs: &GuestRegs, cs: GuestCs) -> Result<(), VcpuError> {
+        if std::mem::take(&mut self.flush_pending) {
+            self.run_flush_stub()?;
+        }
         let mut r = *regs;
         r.rflags = sanitize_rflags(r.rflags);
         set_cpl3_segments(&mut self.sregs, cs);
