@@ -393,8 +393,16 @@ impl Domain {
                         let ret = table.dispatch(&mut ctx, &args);
                         (ret, ctx.regs_replaced, ctx.return_cs, ctx.reload_cr3)
                     };
+                    // Page-table entries the handlers wrote must reach KVM's shadow MMU;
+                    // a new base pointer or a guest-requested flush reloads CR3 (crate::mm).
+                    let written = self
+                        .shared
+                        .mm
+                        .lock()
+                        .map(|mut m| m.take_replay())
+                        .unwrap_or_default();
+                    self.vcpu.sync_pte_writes(written);
                     if reload {
-                        // New base pointer or a TLB flush the guest asked for (crate::mm).
                         let cr3 = self.vcpu.pv().current_cr3();
                         self.vcpu.flush_tlb(cr3);
                     }

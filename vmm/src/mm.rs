@@ -10,7 +10,7 @@
 //! Deep structures never recurse on the host stack without bound: promotion nests at most
 //! four levels (a linear entry never promotes), and devalidation uses a worklist.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use thiserror::Error;
 use tracing::{debug, warn};
@@ -137,6 +137,9 @@ pub struct DomainMm {
     /// stale translations through (or of) it must go before the guest runs on (xen: the
     /// TLB-flush filter on type changes in `_get_page_type`).
     flush_needed: bool,
+    /// Guest-physical addresses of entries written in guest RAM since the last
+    /// [`DomainMm::take_replay`]: KVM's shadow MMU must be told (`Vcpu::sync_pte_writes`).
+    replay: BTreeSet<u64>,
 }
 
 fn is_xen_l4_slot(level: Level, slot: usize) -> bool {
@@ -178,6 +181,7 @@ impl DomainMm {
             nr_pages,
             ldt: HashMap::new(),
             flush_needed: false,
+            replay: BTreeSet::new(),
         }
     }
 
@@ -243,18 +247,38 @@ impl DomainMm {
     /// Read entry `slot` of table frame `mfn`.
     pub fn read_entry(&self, ram: &GuestRam, mfn: u64, slot: usize) -> Result<u64, MmError> {
         let gpa = entry_gpa(mfn, slot).ok_or(MmError::Memory(mfn))?;
-        if !self.frames.state(mfn).is_some() {
+        if self.frames.state(mfn).is_none() {
             return Err(MmError::Memory(mfn));
         }
         ram.mem().read_obj(gpa).map_err(|_| MmError::Memory(mfn))
     }
 
-    fn write_entry(&self, ram: &GuestRam, mfn: u64, slot: usize, v: u64) -> Result<(), MmError> {
+    fn write_entry(
+        &mut self,
+        ram: &GuestRam,
+        mfn: u64,
+        slot: usize,
+        v: u64,
+    ) -> Result<(), MmError> {
         let gpa = entry_gpa(mfn, slot).ok_or(MmError::Memory(mfn))?;
-        if !self.frames.state(mfn).is_some() {
+        if self.frames.state(mfn).is_none() {
             return Err(MmError::Memory(mfn));
         }
-        ram.mem().write_obj(v, gpa).map_err(|_| MmError::Memory(mfn))
+        ram.mem().write_obj(v, gpa).map_err(|_| MmError::Memory(mfn))?;
+        self.replay.insert(gpa.0);
+        Ok(())
+    }
+
+    /// Guest-physical addresses of entries written since the last call (each once).
+    pub fn take_replay(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.replay).into_iter().collect()
+    }
+
+    /// Note that the VMM wrote all of frame `mfn` (CLEAR_PAGE, COPY_PAGE).
+    pub fn note_page_written(&mut self, mfn: u64) {
+        if let Some(base) = mfn.checked_mul(PAGE_SIZE) {
+            self.replay.extend((0..PAGE_SIZE).step_by(8).map(|o| base + o));
+        }
     }
 
     /// Take a general and a type reference of `ty` on `mfn`, validating it as a page table
@@ -445,7 +469,11 @@ impl DomainMm {
     /// installing kxen's L4 slots), pin the L4 and take the reference vCPU 0's CR3 holds.
     pub fn start_of_day(&mut self, ram: &GuestRam, l4_mfn: u64) -> Result<(), MmError> {
         self.pin(ram, l4_mfn, Level::L4)?;
-        self.get_typed(ram, l4_mfn, FrameType::L4)
+        self.get_typed(ram, l4_mfn, FrameType::L4)?;
+        // Nothing ran yet: KVM has no view of these tables to correct.
+        self.replay.clear();
+        self.flush_needed = false;
+        Ok(())
     }
 
     /// Update entry `slot` of validated table `table_mfn` to `new` (xen: mod_lN_entry):

@@ -119,7 +119,7 @@ pub fn emulate(
     }
     let ram = vcpu.ram().clone();
     let cr3 = vcpu.cr3() & !0xfff;
-    let (handled, flush) = {
+    let handled_flush = {
         let mut mm = domain.mm.lock().unwrap_or_else(|p| p.into_inner());
         // The faulting address must be mapped read-only onto a validated L1 table.
         let Some((map_l1, map_slot)) = mm.l1_slot_for(&ram, cr3, cr2) else {
@@ -216,8 +216,10 @@ pub fn emulate(
             }
         }
         regs.rip = regs.rip.wrapping_add(ins.len() as u64);
-        (true, mm.take_flush())
+        (true, mm.take_flush(), mm.take_replay())
     };
+    let (handled, flush, written) = handled_flush;
+    vcpu.sync_pte_writes(written);
     if flush {
         let c = vcpu.pv().current_cr3();
         vcpu.flush_tlb(c);

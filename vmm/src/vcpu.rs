@@ -56,7 +56,7 @@ use xen_abi::pv_vcpu::PvVcpuState;
 use crate::hypercall::HypercallCtx;
 use crate::memory::{GuestRam, MemArea, MemoryError};
 use crate::ring0::{
-    Ring0Error, Ring0Layer, VcpuRing0, PORT_SYSCALL, PORT_SYSCALL32, PORT_SYSENTER, PORT_TLB_FLUSH, RING0_CS,
+    Ring0Error, Ring0Layer, VcpuRing0, PORT_SYSCALL, PORT_SYSCALL32, PORT_SYSENTER, PORT_TLB_FLUSH, RING0_CS, MAX_REPLAY,
     RING0_DS, RING3_CS32, RING3_CS64, RING3_DS, SYSCALL_EXIT_GPA, TSS_SEL,
 };
 use crate::trap::{read_exception_frame, CpuFrame, TrapError, VEC_GP};
@@ -541,6 +541,7 @@ impl Vm {
             sync: false,
             kick: Arc::default(),
             flush_pending: false,
+            pte_replay: Vec::new(),
         };
         install_kick_handler()?;
         vcpu.setup(&self.kvm)?;
@@ -592,6 +593,9 @@ pub struct Vcpu {
     kick: Arc<KickState>,
     /// A TLB flush is due before the next return to the guest ([`Vcpu::flush_tlb`]).
     flush_pending: bool,
+    /// Alias addresses of page-table entries the VMM wrote, replayed in ring 0 before the
+    /// next return ([`Vcpu::sync_pte_writes`]).
+    pte_replay: Vec<u64>,
 }
 
 impl Vcpu {
@@ -782,28 +786,59 @@ impl Vcpu {
         self.flush_pending = true;
     }
 
-    /// Run the ring-0 TLB-flush stub with the current CR3 (see [`Vcpu::flush_tlb`]).
+    /// Guest-physical addresses of page-table entries the VMM wrote in guest RAM: KVM's
+    /// shadow MMU does not see writes from the VMM, so before the next return ring 0
+    /// rewrites each entry with its current value (a write KVM traps), then reloads CR3.
+    pub fn sync_pte_writes(&mut self, gpas: impl IntoIterator<Item = u64>) {
+        let before = self.pte_replay.len();
+        let ring0 = Arc::clone(&self.ring0);
+        self.pte_replay
+            .extend(gpas.into_iter().filter_map(|g| ring0.guest_alias_va(g & !7)));
+        if self.pte_replay.len() != before {
+            self.flush_pending = true;
+        }
+    }
+
+    /// Run the ring-0 replay-and-flush stub with the current CR3 (see [`Vcpu::flush_tlb`],
+    /// [`Vcpu::sync_pte_writes`]), in chunks of [`MAX_REPLAY`] entries.
     fn run_flush_stub(&mut self) -> Result<(), VcpuError> {
+        let list = std::mem::take(&mut self.pte_replay);
+        let mut chunks: Vec<&[u64]> = list.chunks(MAX_REPLAY).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        for chunk in chunks {
+            self.run_flush_chunk(chunk)?;
+        }
+        Ok(())
+    }
+
+    fn run_flush_chunk(&mut self, list: &[u64]) -> Result<(), VcpuError> {
+        let bad = |what| VcpuError::Kvm {
+            what,
+            err: kvm_ioctls::Error::new(libc::EIO),
+        };
         let stub = self.ring0.tlb_flush_stub();
+        let list_va = self.r0.rsp0_top - 2 * crate::memory::PAGE_SIZE;
+        if !list.is_empty() && self.ring0.write_words(list_va, list).is_none() {
+            return Err(bad("TLB flush stub: list"));
+        }
         self.sregs.cs = seg(RING0_CS, 11, 0, 1, 0);
         self.sregs.ss = seg(RING0_DS, 3, 0, 0, 1);
         let regs = kvm_regs {
             rip: stub,
             rsp: self.r0.rsp0_top,
+            rbx: list_va,
+            rcx: list.len() as u64,
             rflags: rflags::FIXED,
             ..Default::default()
         };
         self.push_state(&regs)?;
-        let bad = |what| VcpuError::Kvm {
-            what,
-            err: kvm_ioctls::Error::new(libc::EIO),
-        };
         // A kick arriving now interrupts KVM_RUN: keep it pending for the next `run` and
         // retry (bounded: a kick storm must not spin forever).
         for _ in 0..64 {
             match self.fd.run() {
                 Ok(KvmExit::IoOut(port, _)) if port == PORT_TLB_FLUSH => {
-                    eprintln!("FLUSHDBG cr3={:#x}", self.sregs.cr3);
                     self.fetch_state()?;
                     return Ok(());
                 }

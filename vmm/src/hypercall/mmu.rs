@@ -376,7 +376,9 @@ fn one_op(ctx: &mut HypercallCtx<'_, DomainShared>, op: &MmuextOp) -> Result<(),
         }
         MMUEXT_CLEAR_PAGE => {
             let mfn = op.mfn();
-            lock(dom).check_writable(mfn).map_err(|_| err(EINVAL))?;
+            let mut mm = lock(dom);
+            mm.check_writable(mfn).map_err(|_| err(EINVAL))?;
+            mm.note_page_written(mfn);
             write_frame(ram, mfn, &[0u8; PAGE_SIZE as usize])
         }
         MMUEXT_COPY_PAGE => {
@@ -388,6 +390,7 @@ fn one_op(ctx: &mut HypercallCtx<'_, DomainShared>, op: &MmuextOp) -> Result<(),
                     return Err(err(EINVAL));
                 }
                 mm.check_writable(dst).map_err(|_| err(EINVAL))?;
+                mm.note_page_written(dst);
             }
             read_frame(ram, src, &mut page)?;
             write_frame(ram, dst, &page)
