@@ -52,7 +52,10 @@ fn mmu_guest_page_table_hypercalls_ptwr_and_hostile_inputs_behave_as_xen() {
     let _ = tx.send(());
     let _ = watchdog.join();
     let console = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
-    eprintln!("--- mmu console ---\n{console}--- {} ---", outcome.describe());
+    eprintln!(
+        "--- mmu console ---\n{console}--- {} ---",
+        outcome.describe()
+    );
     eprintln!("stats: {}", domain.stats_line());
     let report = Report::parse(&console);
     assert!(report.all_passed(), "failures:\n{console}");

@@ -18,7 +18,6 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use xen_abi::elf::Elf;
 use xen_abi::layout::{self, Layout, LayoutError, LayoutInput, PAGE_SIZE};
 
-
 /// Size of a hypercall-page entry and the number of entries.
 // xen: arch/x86/pv/hypercall.c, one 32-byte stub per hypercall in a 4 KiB page
 pub const HYPERCALL_ENTRY_SIZE: usize = 32;
@@ -512,7 +511,7 @@ mod tests {
             spec.private_l4,
         );
         mm.start_of_day(&ram, boot.cr3 / PAGE_SIZE).unwrap();
-        let mem = ram.mem();
+        let mem = ram.mem().clone();
         let l4 = boot.cr3;
         assert_eq!(read_u64(&mem, l4 + 257 * 8), 0x80_0000_0000_0067);
         let mut t = l4;

@@ -17,8 +17,8 @@ use tracing::{debug, warn};
 use vm_memory::{Bytes, GuestAddress};
 use xen_abi::errno::Errno;
 use xen_abi::frame::{
-    self, get_page, get_page_type, put_page, put_page_type, take_ref, validation_done,
-    FrameError, FrameState, FrameTable, TableFrames, TypeGet, TypePut,
+    self, get_page, get_page_type, put_page, put_page_type, take_ref, validation_done, FrameError,
+    FrameState, FrameTable, TableFrames, TypeGet, TypePut,
 };
 use xen_abi::mmu::{pte_mfn, _PAGE_PRESENT};
 use xen_abi::pte::{
@@ -202,7 +202,9 @@ impl DomainMm {
 
     /// Whether `mfn` is guest RAM (not a shared frame, not outside).
     pub fn is_ram(&self, mfn: u64) -> bool {
-        self.frames.state(mfn).is_some_and(|s| s.xen_shared.is_none())
+        self.frames
+            .state(mfn)
+            .is_some_and(|s| s.xen_shared.is_none())
     }
 
     /// The current type of `mfn` (`None` type when no type reference is held).
@@ -264,7 +266,9 @@ impl DomainMm {
         if self.frames.state(mfn).is_none() {
             return Err(MmError::Memory(mfn));
         }
-        ram.mem().write_obj(v, gpa).map_err(|_| MmError::Memory(mfn))?;
+        ram.mem()
+            .write_obj(v, gpa)
+            .map_err(|_| MmError::Memory(mfn))?;
         self.replay.insert(gpa.0);
         Ok(())
     }
@@ -277,7 +281,8 @@ impl DomainMm {
     /// Note that the VMM wrote all of frame `mfn` (CLEAR_PAGE, COPY_PAGE).
     pub fn note_page_written(&mut self, mfn: u64) {
         if let Some(base) = mfn.checked_mul(PAGE_SIZE) {
-            self.replay.extend((0..PAGE_SIZE).step_by(8).map(|o| base + o));
+            self.replay
+                .extend((0..PAGE_SIZE).step_by(8).map(|o| base + o));
         }
     }
 
@@ -642,7 +647,12 @@ mod tests {
         w(4, 0, make_pte(10, P | RW));
         w(4, 1, make_pte(11, P));
         w(4, 2, make_pte(1, P));
-        DomainMm::new(64, &[(64, true)], PteConfig::default(), &[(257, 0x1234_5067)])
+        DomainMm::new(
+            64,
+            &[(64, true)],
+            PteConfig::default(),
+            &[(257, 0x1234_5067)],
+        )
     }
 
     #[test]

@@ -12,7 +12,7 @@
 // bounced as the #PF it was.
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
-use xen_abi::mmu::{pte_mfn, VMASST_TYPE_WRITABLE_PAGETABLES, _PAGE_PRESENT, _PAGE_RW};
+use xen_abi::mmu::{pte_mfn, _PAGE_PRESENT, _PAGE_RW, VMASST_TYPE_WRITABLE_PAGETABLES};
 use xen_abi::pte::Level;
 use xen_abi::pv_vcpu::GuestMode;
 
@@ -77,7 +77,7 @@ fn sub_flags(a: u64, b: u64, width: usize) -> u64 {
     if a < b {
         f |= 1; // CF
     }
-    if (r as u8).count_ones() % 2 == 0 {
+    if (r as u8).count_ones().is_multiple_of(2) {
         f |= 1 << 2; // PF
     }
     if (a ^ b ^ r) & 0x10 != 0 {

@@ -428,17 +428,38 @@ impl Ring0Layer {
         // CR3 write then flushes the TLB.
         let o = TLB_FLUSH_STUB as usize;
         let code: [u8; 32] = [
-            0x48, 0x85, 0xc9, // test %rcx,%rcx
-            0x74, 0x11, // je done
-            0x48, 0x8b, 0x3b, // mov (%rbx),%rdi
-            0xf0, 0x48, 0x83, 0x0f, 0x00, // lock orq $0,(%rdi)
-            0x48, 0x83, 0xc3, 0x08, // add $8,%rbx
-            0x48, 0xff, 0xc9, // dec %rcx
-            0xeb, 0xea, // jmp loop
-            0x0f, 0x20, 0xd8, // done: mov %cr3,%rax
-            0x0f, 0x22, 0xd8, // mov %rax,%cr3
-            0xe6, PORT_TLB_FLUSH as u8, // out %al,$PORT_TLB_FLUSH
-            0x0f, 0x0b, // ud2
+            0x48,
+            0x85,
+            0xc9, // test %rcx,%rcx
+            0x74,
+            0x11, // je done
+            0x48,
+            0x8b,
+            0x3b, // mov (%rbx),%rdi
+            0xf0,
+            0x48,
+            0x83,
+            0x0f,
+            0x00, // lock orq $0,(%rdi)
+            0x48,
+            0x83,
+            0xc3,
+            0x08, // add $8,%rbx
+            0x48,
+            0xff,
+            0xc9, // dec %rcx
+            0xeb,
+            0xea, // jmp loop
+            0x0f,
+            0x20,
+            0xd8, // done: mov %cr3,%rax
+            0x0f,
+            0x22,
+            0xd8, // mov %rax,%cr3
+            0xe6,
+            PORT_TLB_FLUSH as u8, // out %al,$PORT_TLB_FLUSH
+            0x0f,
+            0x0b, // ud2
         ];
         page[o..o + code.len()].copy_from_slice(&code);
         self.mem

@@ -56,8 +56,9 @@ use xen_abi::pv_vcpu::PvVcpuState;
 use crate::hypercall::HypercallCtx;
 use crate::memory::{GuestRam, MemArea, MemoryError};
 use crate::ring0::{
-    Ring0Error, Ring0Layer, VcpuRing0, PORT_SYSCALL, PORT_SYSCALL32, PORT_SYSENTER, PORT_TLB_FLUSH, RING0_CS, MAX_REPLAY,
-    RING0_DS, RING3_CS32, RING3_CS64, RING3_DS, SYSCALL_EXIT_GPA, TSS_SEL,
+    Ring0Error, Ring0Layer, VcpuRing0, MAX_REPLAY, PORT_SYSCALL, PORT_SYSCALL32, PORT_SYSENTER,
+    PORT_TLB_FLUSH, RING0_CS, RING0_DS, RING3_CS32, RING3_CS64, RING3_DS, SYSCALL_EXIT_GPA,
+    TSS_SEL,
 };
 use crate::trap::{read_exception_frame, CpuFrame, TrapError, VEC_GP};
 
@@ -792,8 +793,10 @@ impl Vcpu {
     pub fn sync_pte_writes(&mut self, gpas: impl IntoIterator<Item = u64>) {
         let before = self.pte_replay.len();
         let ring0 = Arc::clone(&self.ring0);
-        self.pte_replay
-            .extend(gpas.into_iter().filter_map(|g| ring0.guest_alias_va(g & !7)));
+        self.pte_replay.extend(
+            gpas.into_iter()
+                .filter_map(|g| ring0.guest_alias_va(g & !7)),
+        );
         if self.pte_replay.len() != before {
             self.flush_pending = true;
         }

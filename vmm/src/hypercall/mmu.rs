@@ -19,8 +19,8 @@ use xen_abi::pte::Level;
 
 use super::{err, uint, HypercallArgs, HypercallCtx};
 use crate::domain::DomainShared;
-use crate::mm::{DomainMm, NormalUpdate};
 use crate::memory::{GuestRam, PAGE_SIZE};
+use crate::mm::{DomainMm, NormalUpdate};
 
 /// Requests handled per call before the call becomes a continuation.
 pub const MMU_BATCH: u32 = 4096;
@@ -31,7 +31,7 @@ pub const MMU_UPDATE_PREEMPTED: u32 = 0x8000_0000;
 /// `__addr_ok` for 64-bit PV: below the canonical hole or above Xen's range.
 // xen: arch/x86/include/asm/x86_64/uaccess.h, __addr_ok
 pub fn addr_ok(va: u64) -> bool {
-    va < (1 << 47) || va >= HYPERVISOR_VIRT_END
+    !((1 << 47)..HYPERVISOR_VIRT_END).contains(&va)
 }
 
 fn lock(d: &DomainShared) -> std::sync::MutexGuard<'_, DomainMm> {

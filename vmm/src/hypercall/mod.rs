@@ -308,7 +308,10 @@ pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
     let handlers: [(u64, HypercallFn<DomainShared>); 16] = [
         (nr::MMU_UPDATE, mmu::mmu_update),
         (nr::UPDATE_VA_MAPPING, mmu::update_va_mapping),
-        (nr::UPDATE_VA_MAPPING_OTHERDOMAIN, mmu::update_va_mapping_otherdomain),
+        (
+            nr::UPDATE_VA_MAPPING_OTHERDOMAIN,
+            mmu::update_va_mapping_otherdomain,
+        ),
         (nr::MMUEXT_OP, mmu::mmuext_op),
         (nr::SET_TRAP_TABLE, pv::set_trap_table),
         (nr::STACK_SWITCH, pv::stack_switch),
