@@ -74,16 +74,27 @@ impl From<FrameError> for MmError {
     }
 }
 
-/// One [`FrameState`] per frame, indexed by MFN (`0..len`).
+/// One [`FrameState`] per frame, indexed by MFN (`0..len`); frames the guest gave back
+/// (`decrease_reservation`) are absent: not the domain's until populated again.
 #[derive(Debug, Clone, Default)]
-pub struct FrameVec(Vec<FrameState>);
+pub struct FrameVec {
+    frames: Vec<FrameState>,
+    absent: Vec<bool>,
+}
+
+impl FrameVec {
+    fn index(&self, mfn: u64) -> Option<usize> {
+        let i = usize::try_from(mfn).ok()?;
+        (i < self.frames.len() && !self.absent.get(i).copied().unwrap_or(false)).then_some(i)
+    }
+}
 
 impl FrameTable for FrameVec {
     fn state(&self, mfn: u64) -> Option<&FrameState> {
-        usize::try_from(mfn).ok().and_then(|i| self.0.get(i))
+        self.index(mfn).and_then(|i| self.frames.get(i))
     }
     fn state_mut(&mut self, mfn: u64) -> Option<&mut FrameState> {
-        usize::try_from(mfn).ok().and_then(|i| self.0.get_mut(i))
+        self.index(mfn).and_then(|i| self.frames.get_mut(i))
     }
 }
 
@@ -173,8 +184,9 @@ impl DomainMm {
                 s.xen_shared = Some(writable);
             }
         }
+        let absent = vec![false; frames.len()];
         DomainMm {
-            frames: FrameVec(frames),
+            frames: FrameVec { frames, absent },
             side: SideMap::default(),
             cfg,
             private_l4: private_l4.to_vec(),
@@ -185,9 +197,102 @@ impl DomainMm {
         }
     }
 
-    /// Pages of guest RAM.
+    /// Pages of guest RAM (the domain's maximum reservation).
     pub fn nr_pages(&self) -> u64 {
         self.nr_pages
+    }
+
+    fn is_absent(&self, mfn: u64) -> bool {
+        mfn < self.nr_pages
+            && usize::try_from(mfn)
+                .ok()
+                .and_then(|i| self.frames.absent.get(i))
+                .copied()
+                .unwrap_or(false)
+    }
+
+    /// RAM frames the domain holds now (`XENMEM_current_reservation`).
+    pub fn present_pages(&self) -> u64 {
+        let gone = self
+            .frames
+            .absent
+            .iter()
+            .take(usize::try_from(self.nr_pages).unwrap_or(usize::MAX))
+            .filter(|&&a| a)
+            .count() as u64;
+        self.nr_pages - gone
+    }
+
+    /// Give RAM frames `mfn .. mfn + n` back (`decrease_reservation`): each must be the
+    /// domain's and unused (no mapping, type or pin); stops at the first that is not.
+    /// Returns how many were removed.
+    // xen: common/memory.c guest_remove_page (Xen frees a still-referenced page when its
+    // last reference goes; kxen refuses it instead).
+    pub fn remove_pages(&mut self, mfn: u64, n: u64) -> u64 {
+        for k in 0..n {
+            let Some(m) = mfn.checked_add(k) else {
+                return k;
+            };
+            let ok = self.is_ram(m)
+                && self.frames.state(m).is_some_and(|s| {
+                    s.refs == 0 && s.type_count == 0 && !s.pinned && s.xen_shared.is_none()
+                });
+            if !ok {
+                return k;
+            }
+            if let Some(a) = usize::try_from(m)
+                .ok()
+                .and_then(|i| self.frames.absent.get_mut(i))
+            {
+                *a = true;
+            }
+            if let Some(s) = usize::try_from(m)
+                .ok()
+                .and_then(|i| self.frames.frames.get_mut(i))
+            {
+                *s = FrameState::default();
+            }
+        }
+        n
+    }
+
+    /// Give frames `mfn .. mfn + n` back to the domain, zeroed (`populate_physmap` with an
+    /// identity p2m): all must be absent RAM frames, or nothing happens.
+    pub fn populate_pages(&mut self, ram: &GuestRam, mfn: u64, n: u64) -> bool {
+        let all_absent = (0..n).all(|k| mfn.checked_add(k).is_some_and(|m| self.is_absent(m)));
+        if !all_absent {
+            return false;
+        }
+        for m in mfn..mfn + n {
+            if let Some(a) = usize::try_from(m)
+                .ok()
+                .and_then(|i| self.frames.absent.get_mut(i))
+            {
+                *a = false;
+            }
+            if let Some(gpa) = m.checked_mul(PAGE_SIZE) {
+                let _ = ram
+                    .mem()
+                    .write_slice(&[0u8; PAGE_SIZE as usize], GuestAddress(gpa));
+            }
+            self.note_page_written(m);
+        }
+        true
+    }
+
+    /// The first naturally aligned run of `n` absent frames (`increase_reservation`).
+    pub fn find_absent(&self, n: u64) -> Option<u64> {
+        if n == 0 {
+            return None;
+        }
+        let mut m = 0u64;
+        while m.checked_add(n)? <= self.nr_pages {
+            if (m..m + n).all(|k| self.is_absent(k)) {
+                return Some(m);
+            }
+            m += n;
+        }
+        None
     }
 
     /// The engine configuration.
@@ -746,6 +851,37 @@ mod tests {
             let s = mm.frame(mfn).unwrap();
             assert_eq!((s.type_count, s.refs, s.pinned), (0, 0, false), "mfn {mfn}");
         }
+    }
+
+    #[test]
+    fn ballooning_removes_only_unused_frames_and_gives_them_back_zeroed() {
+        let ram = ram();
+        let mut mm = setup(&ram);
+        mm.start_of_day(&ram, 1).unwrap();
+        assert_eq!(mm.present_pages(), 64);
+        // Frame 10 is mapped, 4 is a table, 64 is shared: none can go.
+        for m in [10, 4, 64, 99] {
+            assert_eq!(mm.remove_pages(m, 1), 0, "mfn {m}");
+        }
+        ram.mem()
+            .write_obj(7u64, GuestAddress(40 * PAGE_SIZE))
+            .unwrap();
+        assert_eq!(mm.remove_pages(40, 2), 2);
+        assert_eq!(mm.present_pages(), 62);
+        assert_eq!(mm.frame(40), None);
+        assert!(!mm.populate_pages(&ram, 39, 2), "39 is present");
+        assert_eq!(mm.find_absent(2), Some(40));
+        assert_eq!(mm.find_absent(1), Some(40));
+        assert!(mm.populate_pages(&ram, 40, 2));
+        assert_eq!(mm.present_pages(), 64);
+        assert_eq!(
+            ram.mem()
+                .read_obj::<u64>(GuestAddress(40 * PAGE_SIZE))
+                .unwrap(),
+            0
+        );
+        assert_eq!(mm.find_absent(1), None);
+        assert_eq!(mm.find_absent(0), None);
     }
 
     #[test]

@@ -130,6 +130,13 @@ fn uvm(va: u64, val: u64, flags: u64) -> i64 {
     unsafe { hc::hypercall3(HYPERVISOR_UPDATE_VA_MAPPING, va, val, flags) }
 }
 
+fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: rdtsc only reads the time-stamp counter.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
 fn pte(mfn: u64, flags: u64) -> u64 {
     (mfn << 12) | flags
 }
@@ -200,6 +207,7 @@ fn kmain(si: &'static StartInfo) {
     new_address_space(si, &spare);
     pages(a, b, fa, fb);
     hostile(si, a, fa);
+    balloon(si, spare(20));
     check!("still_running", true);
 }
 
@@ -412,7 +420,12 @@ fn new_address_space(si: &StartInfo, spare: &dyn Fn(u64) -> u64) {
     );
     // 10^6 requests through the new region: completes via continuations.
     let mut done = 0u32;
+    let t0 = rdtsc();
     let rc = mmu_update_raw(NEW_VA, BATCH as u64, &mut done as *mut u32 as u64, DOMID_SELF);
+    let t1 = rdtsc();
+    // Benchmark hook: TSC ticks per request of a 10^6 batch (plain writes, continuations
+    // every 4096 requests included).
+    value!("batch_1e6_tsc_per_request", "{}", (t1 - t0) / BATCH as u64);
     check_eq!("batch_1e6_rc", rc, 0);
     check_eq!("batch_1e6_done", done, BATCH);
     check_eq!("batch_1e6_last_write", rd(data), 0x5eed_0000 + ((BATCH as u64 - 1) % 256));
@@ -564,4 +577,90 @@ fn hostile(si: &StartInfo, a: u64, fa: u64) {
     };
     check_eq!("mmuext_noncanonical_list_efault", rc, -EFAULT);
     check_eq!("a_still_mapped", rd(a) != 0x5a5a_5a5a, true);
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Reservation {
+    extent_start: u64,
+    nr_extents: u64,
+    extent_order: u32,
+    mem_flags: u32,
+    domid: u16,
+    pad: [u16; 3],
+}
+
+const XENMEM_INCREASE_RESERVATION: u64 = 0;
+const XENMEM_DECREASE_RESERVATION: u64 = 1;
+const XENMEM_CURRENT_RESERVATION: u64 = 3;
+const XENMEM_POPULATE_PHYSMAP: u64 = 6;
+const XENMEM_EXCHANGE: u64 = 11;
+
+fn reservation(cmd: u64, frames: &mut [u64], order: u32) -> i64 {
+    let r = Reservation {
+        extent_start: frames.as_mut_ptr() as u64,
+        nr_extents: frames.len() as u64,
+        extent_order: order,
+        domid: DOMID_SELF as u16,
+        ..Default::default()
+    };
+    // SAFETY: the reservation and its extent list are ours.
+    unsafe { hc::memory_op(cmd, &r as *const Reservation as u64) }
+}
+
+fn current_reservation() -> i64 {
+    let d = DOMID_SELF as u16;
+    // SAFETY: reads our domid_t.
+    unsafe { hc::memory_op(XENMEM_CURRENT_RESERVATION, &d as *const u16 as u64) }
+}
+
+/// Ballooning within the domain's maximum: give a frame back, get it back.
+fn balloon(si: &StartInfo, c: u64) {
+    let fc = mfn_of(c);
+    wr(c, 0x0dd);
+    let nr = si.nr_pages as i64;
+    check_eq!("reservation_full", current_reservation(), nr);
+    // Still mapped: not given back (0 extents done).
+    check_eq!(
+        "decrease_mapped_frame_refused",
+        reservation(XENMEM_DECREASE_RESERVATION, &mut [fc], 0),
+        0
+    );
+    check_eq!("balloon_unmap", uvm(c, 0, UVMF_INVLPG), 0);
+    check_eq!(
+        "decrease_reservation",
+        reservation(XENMEM_DECREASE_RESERVATION, &mut [fc], 0),
+        1
+    );
+    check_eq!("reservation_one_less", current_reservation(), nr - 1);
+    check_eq!("map_ballooned_frame_eperm", uvm(c, pte(fc, P | RW), UVMF_INVLPG), -EPERM);
+    check_eq!(
+        "populate_present_frame_refused",
+        reservation(XENMEM_POPULATE_PHYSMAP, &mut [fc - 1], 0),
+        0
+    );
+    let mut got = [0u64];
+    check_eq!(
+        "increase_reservation",
+        reservation(XENMEM_INCREASE_RESERVATION, &mut got, 0),
+        1
+    );
+    check_eq!("increase_gives_the_frame_back", got[0], fc);
+    check_eq!(
+        "increase_beyond_max_refused",
+        reservation(XENMEM_INCREASE_RESERVATION, &mut got, 0),
+        0
+    );
+    check_eq!("balloon_again", reservation(XENMEM_DECREASE_RESERVATION, &mut [fc], 0), 1);
+    check_eq!(
+        "populate_physmap",
+        reservation(XENMEM_POPULATE_PHYSMAP, &mut [fc], 0),
+        1
+    );
+    check_eq!("reservation_full_again", current_reservation(), nr);
+    check_eq!("balloon_remap", uvm(c, pte(fc, P | RW), UVMF_INVLPG), 0);
+    check_eq!("populated_frame_zeroed", rd(c), 0);
+    // SAFETY: the hypervisor must not read anything for an unimplemented op.
+    let rc = unsafe { hc::memory_op(XENMEM_EXCHANGE, 0) };
+    check_eq!("exchange_enosys", rc, -ENOSYS);
 }
