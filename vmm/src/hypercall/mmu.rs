@@ -418,3 +418,121 @@ fn write_frame(ram: &GuestRam, mfn: u64, buf: &[u8]) -> Result<(), i64> {
         .write_slice(buf, frame_gpa(mfn)?)
         .map_err(|_| err(EINVAL))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypercall::handler_tests::{Guest, PAGES, VA};
+    use vm_memory::Bytes;
+    use xen_abi::errno::EPERM;
+    use xen_abi::negotiate::LaunchMode;
+
+    fn guest() -> Guest {
+        let g = Guest::new(LaunchMode::Unprivileged);
+        let mut mm = DomainMm::new(PAGES, &[], Default::default(), &[]);
+        mm.start_of_day(&g.ram, 1).unwrap();
+        *g.dom.mm.lock().unwrap() = mm;
+        g
+    }
+
+    fn put_reqs(g: &Guest, reqs: &[MmuUpdate]) {
+        for (i, r) in reqs.iter().enumerate() {
+            g.put(VA + i as u64 * 16, r);
+        }
+    }
+
+    #[test]
+    fn large_batches_continue_with_the_preempted_count_and_pdone() {
+        let mut g = guest();
+        let n = 5000u64;
+        let reqs: Vec<MmuUpdate> = (0..n)
+            .map(|i| MmuUpdate {
+                ptr: 50 * PAGE_SIZE + 8,
+                val: i,
+            })
+            .collect();
+        put_reqs(&g, &reqs);
+        let pdone = VA + n * 16;
+        g.put(pdone, &0u32);
+        let (rc, replaced) = g.call_full(nr::MMU_UPDATE, [VA, n, pdone, 0x7ff0, 0]);
+        assert_eq!((rc, replaced), (0, true));
+        assert_eq!(g.get::<u32>(pdone), MMU_BATCH);
+        assert_eq!(g.regs.rip, 0x1000, "re-executes the syscall");
+        assert_eq!(g.regs.rdi, VA + u64::from(MMU_BATCH) * 16);
+        assert_eq!(
+            g.regs.rsi,
+            (n - u64::from(MMU_BATCH)) | u64::from(MMU_UPDATE_PREEMPTED)
+        );
+        let a = [g.regs.rdi, g.regs.rsi, g.regs.rdx, g.regs.r10, g.regs.r8];
+        let (rc, replaced) = g.call_full(nr::MMU_UPDATE, a);
+        assert_eq!((rc, replaced), (0, false));
+        assert_eq!(g.get::<u32>(pdone), n as u32);
+        let last: u64 = g
+            .ram
+            .mem()
+            .read_obj(vm_memory::GuestAddress(50 * PAGE_SIZE + 8))
+            .unwrap();
+        assert_eq!(last, n - 1);
+    }
+
+    #[test]
+    fn a_refused_request_stops_the_batch_with_its_errno_and_count() {
+        let mut g = guest();
+        let reqs = [
+            MmuUpdate {
+                ptr: 50 * PAGE_SIZE,
+                val: 1,
+            },
+            // An L1 entry mapping a frame beyond the domain: -EPERM.
+            MmuUpdate {
+                ptr: 4 * PAGE_SIZE + 100 * 8,
+                val: ((PAGES + 10) << 12) | 1,
+            },
+            MmuUpdate {
+                ptr: 50 * PAGE_SIZE + 8,
+                val: 2,
+            },
+        ];
+        put_reqs(&g, &reqs);
+        let pdone = VA + 0x800;
+        assert_eq!(
+            g.call(nr::MMU_UPDATE, [VA, 3, pdone, 0x7ff0, 0]),
+            -(i64::from(EPERM))
+        );
+        assert_eq!(g.get::<u32>(pdone), 1);
+        // Foreign owners and bad lists.
+        assert_eq!(g.call(nr::MMU_UPDATE, [VA, 1, 0, 3, 0]), err(ESRCH));
+        assert_eq!(
+            g.call(nr::MMU_UPDATE, [0xffff_8080_0000_0000, 1, 0, 0x7ff0, 0]),
+            err(EFAULT)
+        );
+    }
+
+    #[test]
+    fn new_baseptr_switches_kernel_cr3_and_asks_for_a_reload() {
+        let mut g = guest();
+        let op = MmuextOp {
+            cmd: MMUEXT_NEW_BASEPTR,
+            _pad: 0,
+            arg1: 1,
+            arg2: 0,
+        };
+        g.put(VA, &op);
+        g.pv.kernel_cr3 = PAGE_SIZE;
+        let mut ctx = HypercallCtx::new(0, &g.ram, PAGE_SIZE, &mut g.regs, &mut g.pv, &g.dom);
+        let rc = mmuext_op(
+            &mut ctx,
+            &HypercallArgs {
+                nr: nr::MMUEXT_OP,
+                a: [VA, 1, 0, 0x7ff0, 0],
+            },
+        );
+        assert_eq!(rc, 0);
+        assert!(ctx.reload_cr3);
+        // Data frame as a base: -EINVAL, nothing changed.
+        let bad = MmuextOp { arg1: 20, ..op };
+        g.put(VA, &bad);
+        assert_eq!(g.call(nr::MMUEXT_OP, [VA, 1, 0, 0x7ff0, 0]), err(EINVAL));
+        assert_eq!(g.pv.kernel_cr3, PAGE_SIZE);
+    }
+}
