@@ -31,6 +31,18 @@ const GUESTS: &[GuestSpec] = &[
         source: "tests/features.rs",
     },
     GuestSpec {
+        name: "grant",
+        source: "tests/grant.rs",
+    },
+    GuestSpec {
+        name: "echo",
+        source: "tests/echo.rs",
+    },
+    GuestSpec {
+        name: "privop",
+        source: "tests/privop.rs",
+    },
+    GuestSpec {
         name: "hostile",
         source: "tests/hostile.rs",
     },
@@ -41,6 +53,14 @@ const GUESTS: &[GuestSpec] = &[
     GuestSpec {
         name: "mmu",
         source: "tests/mmu.rs",
+    },
+    GuestSpec {
+        name: "cpu",
+        source: "tests/cpu.rs",
+    },
+    GuestSpec {
+        name: "cpu_nouser",
+        source: "tests/cpu.rs",
     },
     GuestSpec {
         name: "shutdown_poweroff",

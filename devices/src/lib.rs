@@ -1,5 +1,7 @@
-//! PV device backends (console, xenstore; later blkback/netback) and event channels.
+//! PV device backends (console, xenstore; later blkback/netback), event channels and grant
+//! tables.
 
 pub mod console;
 pub mod evtchn;
+pub mod grant;
 pub mod xenstore;

@@ -58,8 +58,14 @@ struct Run {
 }
 
 fn boot_spec(spec: &LaunchSpec) -> Result<Run, LaunchError> {
+    boot_with_input(spec, b"")
+}
+
+/// Boot with `input` waiting as keyboard input (what kxen's stdin reader queues).
+fn boot_with_input(spec: &LaunchSpec, input: &[u8]) -> Result<Run, LaunchError> {
     let out = Capture::default();
     let mut domain = Domain::create(spec, Box::new(out.clone()))?;
+    domain.shared().console.lock().unwrap().input.extend(input);
     let stop = domain.stop_handle();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
@@ -220,4 +226,29 @@ fn shutdown_reasons_map_to_exit_statuses() {
         assert_eq!(run.outcome.reason, reason, "{guest}:\n{}", run.console);
         assert_eq!(run.outcome.exit_status(), status, "{guest}");
     }
+}
+
+#[test]
+fn keyboard_input_reaches_the_guest_through_ring_and_console_io() {
+    if !kvm() {
+        return;
+    }
+    // domU: console ring; privileged: CONSOLEIO_read.
+    for privileged in [false, true] {
+        let run = boot_with_input(&spec("echo", privileged), b"hello kxen\n").unwrap();
+        assert_all_passed(&run);
+        assert_eq!(
+            run.report.value("echo"),
+            Some("hello kxen"),
+            "privileged={privileged}"
+        );
+    }
+}
+
+#[test]
+fn privileged_operations_are_emulated_as_xen_does() {
+    if !kvm() {
+        return;
+    }
+    assert_all_passed(&boot("privop", false));
 }

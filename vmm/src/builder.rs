@@ -7,8 +7,8 @@
 //! itself is pure arithmetic in [`xen_abi::layout`]; this module writes it into memory.
 //!
 //! kxen uses an identity p2m: pseudo-physical frame N is machine frame N is guest-physical
-//! address N * 4096. The frames Xen would own and share with the guest (shared_info) follow the
-//! guest's RAM: see [`shared_info_mfn`].
+//! address N * 4096. The frames Xen would own and share with the guest (shared_info, the grant
+//! table) follow the guest's RAM: see [`shared_info_mfn`], [`grant_table_mfn`].
 
 use std::io::Cursor;
 
@@ -26,13 +26,27 @@ pub const HYPERCALL_ENTRIES: usize = 128;
 /// The iret hypercall's number (its entry differs).
 const HYPERVISOR_IRET: usize = 23;
 
-/// Frames Xen owns and shares with the guest, placed right after the guest's RAM. The VM's
-/// RAM slot must cover `nr_pages + SHARED_FRAMES` frames.
-pub const SHARED_FRAMES: u64 = 1;
+/// Most grant-table frames a domain may have: Xen's default (64 frames = 32768 v1 entries),
+/// which xl gives every domain unless configured otherwise.
+// xen: common/grant_table.c, opt_max_grant_frames ("gnttab_max_frames", 64);
+// docs/man/xl.conf.5.pod.in, max_grant_frames defaults to it
+pub const MAX_GRANT_FRAMES: u32 = 64;
+
+/// Frames Xen owns and shares with the guest, placed right after the guest's RAM: shared_info,
+/// then the grant-table frames (all [`MAX_GRANT_FRAMES`] are reserved up front, zeroed; the
+/// guest learns them from `GNTTABOP_setup_table`). The VM's RAM slot must cover
+/// `nr_pages + SHARED_FRAMES` frames.
+pub const SHARED_FRAMES: u64 = 1 + MAX_GRANT_FRAMES as u64;
 
 /// Machine frame of the shared_info page for a domain of `nr_pages` pages.
 pub fn shared_info_mfn(nr_pages: u64) -> u64 {
     nr_pages
+}
+
+/// Machine frame of the first grant-table frame for a domain of `nr_pages` pages (the
+/// table's frames are consecutive).
+pub fn grant_table_mfn(nr_pages: u64) -> u64 {
+    nr_pages + 1
 }
 
 /// The kernel facts the builder needs (from the parsed Xen notes, after Xen's defaults).

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
+use kxen_devices::grant::GrantTable;
 use tracing::{error, info, warn};
 use vm_memory::{Bytes, GuestAddress};
 use xen_abi::negotiate::LaunchMode;
@@ -39,6 +40,9 @@ pub struct DomainShared {
     pub console: Mutex<ConsoleIo>,
     /// The domain's handle (UUID), for `XENVER_guest_handle`.
     pub handle: [u8; 16],
+    /// The domain's grant table (v1), in the frames after shared_info; kxen's backends reach
+    /// granted pages through it (`kxen_devices::grant`, with [`crate::hypercall::grant::GuestGrantMem`]).
+    pub grant_table: GrantTable,
     shutdown: AtomicU32,
     /// `SCHEDOP_shutdown_code`: the code a later shutdown reports instead of its own.
     shutdown_code: AtomicU32,
@@ -84,6 +88,10 @@ impl DomainShared {
                 input: VecDeque::new(),
             }),
             handle: [0; 16],
+            grant_table: GrantTable::new(
+                crate::builder::grant_table_mfn(nr_pages),
+                crate::builder::MAX_GRANT_FRAMES,
+            ),
             shutdown: AtomicU32::new(NO_SHUTDOWN),
             shutdown_code: AtomicU32::new(NO_SHUTDOWN),
             watchdogs: Mutex::new(0),

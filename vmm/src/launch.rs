@@ -29,8 +29,9 @@ use crate::hypercall::HypercallArgs;
 use crate::image::{load_kernel_image, ImageError};
 use crate::memory::{GuestRam, MAX_GUEST_PAGES};
 use crate::vcpu::{
-    ExitStats, GuestCs, PvEntry, Vcpu, VcpuError, VcpuExit, VcpuKicker, Vm, VmError,
+    ExitStats, GuestCs, GuestRegs, PvEntry, Vcpu, VcpuError, VcpuExit, VcpuKicker, Vm, VmError,
 };
+use xen_abi::pv_vcpu::GuestMode;
 
 /// Event channel the builder announces for the xenstore ring.
 pub const STORE_EVTCHN: u32 = 1;
@@ -89,6 +90,18 @@ pub enum LaunchError {
     /// The initial page tables did not validate.
     #[error("initial page tables: {0}")]
     InitialTables(#[from] crate::mm::MmError),
+    /// Applying the PV CPU model to the vCPU failed.
+    #[error("{0}")]
+    PvMode(#[from] crate::pvmode::PvModeError),
+}
+
+/// The code segment to resume an interrupted context with.
+fn guest_cs(frame: &crate::trap::CpuFrame) -> GuestCs {
+    if (frame.cs as u16) | 3 == xen_abi::arch::FLAT_RING3_CS32 {
+        GuestCs::Compat32
+    } else {
+        GuestCs::Long64
+    }
 }
 
 impl LaunchError {
@@ -334,6 +347,12 @@ impl Domain {
         &self.shared
     }
 
+    /// The guest's RAM (with the frames shared with it), e.g. for a backend reaching granted
+    /// pages through [`DomainShared::grant_table`] after the guest signalled readiness.
+    pub fn ram(&self) -> &GuestRam {
+        self.vm.ram()
+    }
+
     /// Where things were put at start of day.
     pub fn boot_state(&self) -> &BootState {
         &self.boot
@@ -382,7 +401,26 @@ impl Domain {
         let table = crate::hypercall::pv_hypercall_table().with_stats(self.vm.stats().clone());
         let crash = loop {
             let exit = self.vcpu.run()?;
+            crate::pvmode::capture(&mut self.vcpu);
             let crash = match exit {
+                VcpuExit::Syscall { mut regs, compat }
+                    if self.vcpu.pv().guest_mode() == GuestMode::User =>
+                {
+                    // xen: a syscall from guest user mode goes to the guest kernel's callback
+                    let shared = self.shared.clone();
+                    match crate::pvmode::syscall_from_user(
+                        &mut self.vcpu,
+                        &shared,
+                        &mut regs,
+                        compat,
+                    ) {
+                        Ok(cs) => {
+                            self.resume(&regs, cs)?;
+                            None
+                        }
+                        Err(e) => Some(e.to_string()),
+                    }
+                }
                 VcpuExit::Syscall { mut regs, compat } => {
                     // xen: a syscall from guest kernel mode is a hypercall
                     // Run-loop contract: see crate::hypercall (regs_replaced, return_cs).
@@ -413,8 +451,17 @@ impl Domain {
                         }
                     }
                     if self.shared.shutdown_reason().is_none() {
-                        self.vcpu.return_to_guest(&regs, cs)?;
+                        self.resume(&regs, cs)?;
                     }
+                    None
+                }
+                VcpuExit::Exception {
+                    vector,
+                    frame,
+                    regs,
+                    ..
+                } if crate::pvmode::before_exception(&mut self.vcpu, vector)? => {
+                    self.resume(&regs, guest_cs(&frame))?;
                     None
                 }
                 VcpuExit::Exception {
@@ -435,7 +482,7 @@ impl Domain {
                         &mut regs,
                     ) {
                         Ok(cs) => {
-                            self.vcpu.return_to_guest(&regs, cs)?;
+                            self.resume(&regs, cs)?;
                             None
                         }
                         // The domain was crashed (shutdown reason set, message recorded).
@@ -482,6 +529,13 @@ impl Domain {
             self.stats_line()
         );
         Ok(outcome)
+    }
+
+    /// Return to the guest: the PV CPU model (mode, page table, segment bases, CR0.TS, GDT,
+    /// debug registers) first, then the registers.
+    fn resume(&mut self, regs: &GuestRegs, cs: GuestCs) -> Result<(), LaunchError> {
+        crate::pvmode::apply(&mut self.vcpu)?;
+        Ok(self.vcpu.return_to_guest(regs, cs)?)
     }
 
     /// Exits by kind, hypercalls by number and traps by vector, on one line.

@@ -211,6 +211,11 @@ impl DomainMm {
                 .unwrap_or(false)
     }
 
+    /// RAM frames the domain gave back and holds no more.
+    pub fn absent_pages(&self) -> u64 {
+        self.nr_pages - self.present_pages()
+    }
+
     /// RAM frames the domain holds now (`XENMEM_current_reservation`).
     pub fn present_pages(&self) -> u64 {
         let gone = self

@@ -210,6 +210,40 @@ pub fn bounce(
     regs: &mut GuestRegs,
 ) -> Result<Option<u64>, BounceError> {
     let entry = pv.traps[usize::from(ev.vector)];
+    if !entry.is_set() {
+        return Err(BounceError::NoHandler {
+            vector: ev.vector,
+            name: vector_name(ev.vector),
+            error_code: ev.error_code.filter(|_| !ev.software).unwrap_or(0),
+            rip: regs.rip,
+        });
+    }
+    bounce_to(
+        ram,
+        cr3,
+        pv,
+        domain,
+        vcpu_id,
+        ev,
+        (entry.address, entry.masks_events()),
+        regs,
+    )
+}
+
+/// [`bounce`] to an explicit `(handler address, mask events)` instead of the trap table's
+/// entry for `ev.vector` (the syscall callbacks use it with `ev.software` set, so no error
+/// code is pushed).
+#[allow(clippy::too_many_arguments)]
+pub fn bounce_to(
+    ram: &GuestRam,
+    cr3: u64,
+    pv: &mut PvVcpuState,
+    domain: &DomainShared,
+    vcpu_id: u32,
+    ev: &GuestEvent,
+    (handler, masks_events): (u64, bool),
+    regs: &mut GuestRegs,
+) -> Result<Option<u64>, BounceError> {
     let user = pv.guest_mode() == GuestMode::User;
     let mut error_code = ev.error_code.filter(|_| !ev.software);
     if ev.vector == X86_EXC_PF && !ev.software {
@@ -217,14 +251,6 @@ pub fn bounce(
         // it only for faults from guest user mode.
         error_code =
             error_code.map(|e| (e & !pf_error::USER) | if user { pf_error::USER } else { 0 });
-    }
-    if !entry.is_set() {
-        return Err(BounceError::NoHandler {
-            vector: ev.vector,
-            name: vector_name(ev.vector),
-            error_code: error_code.unwrap_or(0),
-            rip: regs.rip,
-        });
     }
     let saved_mask = domain.upcall_mask(ram, vcpu_id).unwrap_or(0);
     // User mode: switch to kernel mode and its stack; kernel mode: the current stack, and
@@ -239,6 +265,10 @@ pub fn bounce(
     let mut rflags_word = regs.rflags & !(rflags::IF | rflags::IOPL);
     if saved_mask == 0 {
         rflags_word |= rflags::IF;
+    }
+    if pv.vm_assist(xen_abi::mmu::VMASST_TYPE_ARCHITECTURAL_IOPL) {
+        // xen: create_bounce_frame folds the virtual IOPL into the frame's rflags.
+        rflags_word |= u64::from(pv.iopl & 3) << 12;
     }
     let mut words = [0u64; 8];
     let mut n = 0;
@@ -274,7 +304,7 @@ pub fn bounce(
     guest
         .copy_to_guest(frame, &bytes[..n * 8])
         .map_err(|_| fault)?;
-    if entry.masks_events() {
+    if masks_events {
         domain.set_upcall_mask(ram, vcpu_id, 1);
     }
     if ev.vector == X86_EXC_PF && !ev.software {
@@ -283,13 +313,8 @@ pub fn bounce(
     // xen: create_bounce_frame clears TF, VM, RF, NT and AC on entry to the handler.
     regs.rflags &= !(rflags::TF | rflags::VM | rflags::RF | rflags::NT | rflags::AC);
     regs.rsp = frame;
-    regs.rip = entry.address;
-    debug!(
-        vector = ev.vector,
-        handler = entry.address,
-        frame,
-        "bounced to guest"
-    );
+    regs.rip = handler;
+    debug!(vector = ev.vector, handler, frame, "bounced to guest");
     Ok(new_cr3)
 }
 
@@ -372,10 +397,27 @@ pub fn handle_exception(
     let ram = vcpu.ram().clone();
     let cr3 = vcpu.cr3();
     let id = vcpu.id();
-    let ev = {
+    let mut ev = {
         let guest = GuestVirt::new(&ram, cr3);
         event_for_exit(&guest, vcpu.pv(), vector, error_code, cr2, frame, regs)
     };
+    // xen: a #GP(0) or #UD that is not a software interrupt may be a privileged operation
+    // Xen emulates for PV guests (emul-priv-op.c, emul-inv-op.c).
+    if !ev.software && ev.vector == vector {
+        match crate::privop::try_emulate(vcpu, domain, vector, error_code, regs) {
+            crate::privop::Next::Resume => return Ok(GuestCs::Long64),
+            crate::privop::Next::Inject {
+                vector,
+                error_code,
+                cr2,
+            } => {
+                ev.vector = vector;
+                ev.error_code = error_code;
+                ev.cr2 = cr2;
+            }
+            crate::privop::Next::Bounce => {}
+        }
+    }
     match bounce(&ram, cr3, vcpu.pv_mut(), domain, id, &ev, regs) {
         Ok(new_cr3) => {
             if let Some(c) = new_cr3 {

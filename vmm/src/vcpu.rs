@@ -757,6 +757,28 @@ impl Vcpu {
         self.sregs.cr3
     }
 
+    /// The VM's ring-0 layer (GDT contents live in its private memory).
+    pub fn ring0_layer(&self) -> &Ring0Layer {
+        &self.ring0
+    }
+
+    /// Set the guest's debug registers (DR0-DR3, DR6, DR7) with `KVM_SET_DEBUGREGS`.
+    pub fn set_debugregs(&self, db: [u64; 4], dr6: u64, dr7: u64) -> Result<(), VcpuError> {
+        let d = kvm_bindings::kvm_debugregs {
+            db,
+            dr6,
+            dr7,
+            ..Default::default()
+        };
+        self.fd.set_debug_regs(&d).map_err(kvm_err("set debugregs"))
+    }
+
+    /// The guest's debug registers (DR0-DR3, DR6, DR7) from `KVM_GET_DEBUGREGS`.
+    pub fn debugregs(&self) -> Result<([u64; 4], u64, u64), VcpuError> {
+        let d = self.fd.get_debug_regs().map_err(kvm_err("get debugregs"))?;
+        Ok((d.db, d.dr6, d.dr7))
+    }
+
     /// Set the FS base used from the next return to the guest on.
     pub fn set_fs_base(&mut self, base: u64) {
         self.sregs.fs.base = base;

@@ -11,6 +11,7 @@ extern crate std;
 pub mod arch;
 pub mod callback;
 pub mod console;
+pub mod cpu;
 pub mod elf;
 pub mod elfnote;
 pub mod errno;

@@ -123,10 +123,31 @@ pub struct PvVcpuState {
     pub upcall_depth: u32,
     /// An upcall is due at the next return to the guest.
     pub upcall_pending: u32,
-    /// Explicit padding (always 0).
-    pub pad: u32,
+    /// Virtual I/O privilege level, 0..=3 (`PHYSDEVOP_set_iopl`, or `iret` with
+    /// `VMASST_TYPE_architectural_iopl`).
+    pub iopl: u32,
+    /// Virtual CR0.TS (`fpu_taskswitch`): non-zero = set.
+    pub cr0_ts: u32,
+    /// `PENDING_*` bits: state the run loop must apply to the vCPU before the next entry.
+    pub pending: u32,
+    /// Selector for a pending `PENDING_GS_USER_SEL` load (`SEGBASE_GS_USER_SEL`).
+    pub gs_user_sel: u32,
+    /// Debug registers DR0-DR7 as the guest set them (`set_debugreg`; 4 and 5 unused).
+    pub debugreg: [u64; 8],
+    /// Entries of the guest GDT (`set_gdt`; 0 = none).
+    pub gdt_ents: u64,
+    /// Machine frames of the guest GDT.
+    pub gdt_frames: [u64; 14],
 }
-const _: () = assert!(core::mem::size_of::<PvVcpuState>() == 4096 + 128 + 8 * 8 + 16);
+const _: () =
+    assert!(core::mem::size_of::<PvVcpuState>() == 4096 + 128 + 8 * 8 + 28 + 4 + 64 + 8 + 14 * 8);
+
+/// `PvVcpuState::pending`: debug registers changed.
+pub const PENDING_DEBUGREGS: u32 = 1 << 0;
+/// `PvVcpuState::pending`: the GDT (frames or a descriptor in them) changed.
+pub const PENDING_GDT: u32 = 1 << 1;
+/// `PvVcpuState::pending`: load `gs_user_sel` into the user GS.
+pub const PENDING_GS_USER_SEL: u32 = 1 << 2;
 
 impl Default for PvVcpuState {
     fn default() -> Self {
@@ -144,9 +165,19 @@ impl Default for PvVcpuState {
             mode: GuestMode::Kernel as u32,
             upcall_depth: 0,
             upcall_pending: 0,
-            pad: 0,
+            iopl: 0,
+            cr0_ts: 0,
+            pending: 0,
+            gs_user_sel: 0,
+            debugreg: [0, 0, 0, 0, 0, 0, xen_abi_dr6_default(), 0x400],
+            gdt_ents: 0,
+            gdt_frames: [0; 14],
         }
     }
+}
+
+const fn xen_abi_dr6_default() -> u64 {
+    crate::cpu::DR6_DEFAULT
 }
 
 impl PvVcpuState {

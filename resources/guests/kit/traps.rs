@@ -145,6 +145,7 @@ struct Expect {
     vector: u8,
     rip: u64,
     skip: u64,
+    clear_rflags: u64,
 }
 
 static EXPECT: Global<Option<Expect>> = Global::new(None);
@@ -153,8 +154,19 @@ static HITS: Global<u32> = Global::new(0);
 
 /// Expect one trap `vector` at `rip` (or [`ANY_RIP`]); on it, resume at `rip + skip`.
 pub fn expect(vector: u8, rip: u64, skip: u64) {
+    expect_clearing(vector, rip, skip, 0);
+}
+
+/// [`expect`], and clear `clear_rflags` in the rflags resumed with (e.g. TF after a
+/// single-step #DB).
+pub fn expect_clearing(vector: u8, rip: u64, skip: u64, clear_rflags: u64) {
     LAST.set(None);
-    EXPECT.set(Some(Expect { vector, rip, skip }));
+    EXPECT.set(Some(Expect {
+        vector,
+        rip,
+        skip,
+        clear_rflags,
+    }));
 }
 
 /// The frame of the last expected trap taken (and forget it), or None if it did not come.
@@ -178,6 +190,7 @@ extern "C" fn kit_trap_handler(frame: &mut TrapFrame) {
             LAST.set(Some(*frame));
             HITS.set(HITS.get() + 1);
             frame.rip = frame.rip.wrapping_add(e.skip);
+            frame.rflags &= !e.clear_rflags;
             return;
         }
     }

@@ -40,7 +40,8 @@ pub fn memory_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) ->
             match op {
                 XENMEM_MAXIMUM_GPFN => as_ret(nr_pages.saturating_sub(1)),
                 XENMEM_CURRENT_RESERVATION => {
-                    as_ret(ctx.domain.mm.lock().map_or(nr_pages, |m| m.present_pages()))
+                    let gone = ctx.domain.mm.lock().map_or(0, |m| m.absent_pages());
+                    as_ret(nr_pages.saturating_sub(gone))
                 }
                 _ => as_ret(nr_pages),
             }
@@ -82,6 +83,7 @@ pub fn memory_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) ->
                 Err(e) => e,
             }
         }
+        XENMEM_ADD_TO_PHYSMAP => super::grant::add_to_physmap(ctx, arg),
         XENMEM_INCREASE_RESERVATION | XENMEM_DECREASE_RESERVATION | XENMEM_POPULATE_PHYSMAP => {
             reservation(ctx, op, start_extent, arg)
         }

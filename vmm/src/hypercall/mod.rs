@@ -37,6 +37,8 @@
 //! They touch guest memory only through the context (`-EFAULT` on any failure).
 
 pub mod console;
+pub mod cpu;
+pub mod grant;
 pub mod memory;
 pub mod mmu;
 pub mod multicall;
@@ -305,7 +307,7 @@ impl<D> HypercallTable<D> {
 /// [`HypercallTable::with_stats`]); [`pv_hypercalls`] is the shared one.
 pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
     let mut t = HypercallTable::new();
-    let handlers: [(u64, HypercallFn<DomainShared>); 16] = [
+    let handlers: [(u64, HypercallFn<DomainShared>); 25] = [
         (nr::MMU_UPDATE, mmu::mmu_update),
         (nr::UPDATE_VA_MAPPING, mmu::update_va_mapping),
         (
@@ -325,6 +327,15 @@ pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
         (nr::IRET, pv::iret),
         (nr::SCHED_OP, sched::sched_op),
         (nr::CALLBACK_OP, pv::callback_op),
+        (nr::SET_GDT, cpu::set_gdt),
+        (nr::FPU_TASKSWITCH, cpu::fpu_taskswitch),
+        (nr::SET_DEBUGREG, cpu::set_debugreg),
+        (nr::GET_DEBUGREG, cpu::get_debugreg),
+        (nr::UPDATE_DESCRIPTOR, cpu::update_descriptor),
+        (nr::PHYSDEV_OP_COMPAT, cpu::physdev_op_compat),
+        (nr::SET_SEGMENT_BASE, cpu::set_segment_base),
+        (nr::PHYSDEV_OP, cpu::physdev_op),
+        (nr::GRANT_TABLE_OP, grant::grant_table_op),
     ];
     for (n, f) in handlers {
         let name = nr::name(n).unwrap_or("?");

@@ -197,8 +197,8 @@ pub fn vm_assist(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) ->
 /// `HYPERVISOR_iret`: pop Xen's iret frame (rax, r11, rcx, flags, rip, cs, rflags, rsp, ss)
 /// from the guest stack and return there. Replaces the registers (`regs_replaced`).
 ///
-/// * `cs & 3 == 3` means a return to guest user mode, which needs a user page table: kxen
-///   has none yet, so (as Xen does without one) the domain is crashed.
+/// * `cs & 3 == 3` means a return to guest user mode (and its page table, applied by
+///   `crate::pvmode`); without a user page table the domain is crashed, as Xen does.
 /// * Without `VGCF_in_syscall`, rcx and r11 come from the frame; with it Xen returns with
 ///   `sysretq`, so rcx = the new rip and r11 = the new rflags.
 /// * rflags: IOPL and VM stripped, IF forced on; the event mask becomes `!IF`.
@@ -218,9 +218,17 @@ pub fn iret(ctx: &mut HypercallCtx<'_, DomainShared>, _a: &HypercallArgs) -> i64
     };
     ctx.regs_replaced = true;
     if f.cs & 3 == 3 {
-        ctx.domain
-            .crash("guest switching to user mode with no user page tables");
-        return 0;
+        // Returning to guest user mode: its page table (crate::pvmode applies it).
+        if ctx.pv.user_cr3 == 0 {
+            ctx.domain
+                .crash("guest switching to user mode with no user page tables");
+            return 0;
+        }
+        ctx.pv.set_guest_mode(xen_abi::pv_vcpu::GuestMode::User);
+    }
+    if ctx.pv.vm_assist(VMASST_TYPE_ARCHITECTURAL_IOPL) {
+        // xen: do_iret, the virtual IOPL follows the frame's
+        ctx.pv.iopl = ((f.rflags & rflags::IOPL) >> 12) as u32;
     }
     let r = &mut *ctx.regs;
     r.rip = f.rip;

@@ -1,0 +1,79 @@
+//! privop: privileged operations a PV kernel executes at CPL3 and Xen emulates
+//! (emul-priv-op.c on #GP(0), emul-inv-op.c for the forced-emulation prefix).
+
+#![no_std]
+#![no_main]
+
+#[macro_use]
+#[path = "../kit/mod.rs"]
+mod kit;
+
+use core::arch::asm;
+use kit::abi::*;
+use kit::traps::{self, ANY_RIP};
+
+xen_notes!(features = "writable_page_tables");
+
+const MSR_GS_BASE: u32 = 0xc000_0101;
+
+fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: at CPL3 rdmsr traps to kxen, which emulates it or bounces #GP to the kit.
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+fn wrmsr(msr: u32, v: u64) {
+    // SAFETY: as for rdmsr.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32,
+             options(nostack))
+    };
+}
+
+/// CPUID through Xen's forced-emulation prefix: `ud2; .ascii "xen"; cpuid`.
+fn xen_cpuid(leaf: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: the prefix raises #UD, which kxen recognises and emulates; rbx is saved
+    // around it because the compiler reserves it.
+    unsafe {
+        asm!("xchg {b:r}, %rbx", "ud2", ".ascii \"xen\"", "cpuid", "xchg {b:r}, %rbx",
+             b = out(reg) b, inout("eax") leaf => a, inout("ecx") 0u32 => c, out("edx") d,
+             options(att_syntax));
+    }
+    [a, b, c, d]
+}
+
+fn kmain(_si: &'static StartInfo) {
+    // The kit has installed its trap table, so unknown MSRs now raise #GP (Xen only fakes
+    // reads as 0 before a #GP handler exists).
+    wrmsr(MSR_GS_BASE, 0x1234_5000);
+    check_eq!("wrmsr_gs_base_read_back", rdmsr(MSR_GS_BASE), 0x1234_5000u64);
+
+    let sig = xen_cpuid(0x4000_0000);
+    let mut name = [0u8; 12];
+    name[0..4].copy_from_slice(&sig[1].to_le_bytes());
+    name[4..8].copy_from_slice(&sig[2].to_le_bytes());
+    name[8..12].copy_from_slice(&sig[3].to_le_bytes());
+    check!("forced_cpuid_signature", &name == b"XenVMMXenVMM", "{:?}", name);
+    check!("forced_cpuid_max_leaf", sig[0] >= 0x4000_0002, "{:#x}", sig[0]);
+    let ver = xen_cpuid(0x4000_0001);
+    value!("xen_cpuid_version", "{:#x}", ver[0]);
+    check_eq!("forced_cpuid_version", ver[0], (4u32 << 16) | 19);
+    let hc = xen_cpuid(0x4000_0002);
+    check_eq!("forced_cpuid_hypercall_pages", hc[0], 1u32);
+    check_eq!("forced_cpuid_hypercall_msr", hc[1], 0x4000_0000u32);
+
+    // An MSR Xen does not emulate: #GP(0) bounced to the guest (2-byte rdmsr skipped).
+    traps::expect(13, ANY_RIP, 2);
+    let _ = rdmsr(0x1a0_0000);
+    let f = traps::take_last();
+    check!("unknown_msr_gp", f.is_some_and(|f| f.vector == 13 && f.error_code == 0), "{:?}", f);
+
+    // cli in guest kernel mode without IOPL: #GP(0) bounced (Xen: iopl_ok fails).
+    traps::expect(13, ANY_RIP, 1);
+    // SAFETY: cli faults at CPL3; the kit's handler skips it.
+    unsafe { asm!("cli", options(nomem, nostack)) };
+    let f = traps::take_last();
+    check!("cli_without_iopl_gp", f.is_some_and(|f| f.vector == 13), "{:?}", f);
+}
