@@ -78,6 +78,18 @@ const GUESTS: &[GuestSpec] = &[
         name: "shutdown_suspend",
         source: "tests/shutdown.rs",
     },
+    GuestSpec {
+        name: "events",
+        source: "tests/events.rs",
+    },
+    GuestSpec {
+        name: "events_masked",
+        source: "tests/events.rs",
+    },
+    GuestSpec {
+        name: "events_spin",
+        source: "tests/events.rs",
+    },
 ];
 
 fn main() {

@@ -6,8 +6,8 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use kxen_devices::grant::GrantTable;
 use tracing::{error, info, warn};
@@ -52,7 +52,15 @@ pub struct DomainShared {
     crash_message: Mutex<Option<String>>,
     /// Frame table, side table, pins: the PV memory-management state (`crate::mm`).
     pub mm: Mutex<crate::mm::DomainMm>,
+    /// Per vCPU, the guest-physical address of its `vcpu_info` once moved by
+    /// `VCPUOP_register_vcpu_info` (0 = the legacy slot in shared_info).
+    pub(crate) vcpu_info_at: Box<[AtomicU64]>,
+    /// Event channels, backends and vCPU wake-ups, once attached ([`crate::events`]).
+    pub(crate) events: OnceLock<crate::events::DomainEvents>,
 }
+
+/// vCPUs whose `vcpu_info` may be moved with `VCPUOP_register_vcpu_info`.
+pub const MAX_VCPU_INFO_SLOTS: usize = 128;
 
 /// Number of per-domain watchdogs (xen: common/sched/core.c, NR_DOMAIN_WATCHDOG_TIMERS).
 pub const NR_WATCHDOGS: u32 = 2;
@@ -97,6 +105,10 @@ impl DomainShared {
             watchdogs: Mutex::new(0),
             crash_message: Mutex::new(None),
             mm: Mutex::new(crate::mm::DomainMm::default()),
+            vcpu_info_at: (0..MAX_VCPU_INFO_SLOTS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            events: OnceLock::new(),
         }
     }
 
@@ -205,10 +217,25 @@ impl DomainShared {
         Ok(0)
     }
 
-    fn vcpu_info_gpa(&self, vcpu: u32, field: usize) -> Option<GuestAddress> {
+    /// Guest-physical address of `vcpu_info[vcpu]`: where `VCPUOP_register_vcpu_info` put
+    /// it, else its legacy slot in shared_info (`None` for a vCPU without one).
+    pub fn vcpu_info_base(&self, vcpu: u32) -> Option<u64> {
+        let moved = self
+            .vcpu_info_at
+            .get(usize::try_from(vcpu).ok()?)
+            .map_or(0, |a| a.load(Ordering::Acquire));
+        if moved != 0 {
+            return Some(moved);
+        }
         let off = vcpu_info_offset(usize::try_from(vcpu).ok()?)?;
-        let base = self.shared_info_mfn.checked_mul(PAGE_SIZE)?;
-        Some(GuestAddress(base.checked_add((off + field) as u64)?))
+        self.shared_info_mfn
+            .checked_mul(PAGE_SIZE)?
+            .checked_add(off as u64)
+    }
+
+    fn vcpu_info_gpa(&self, vcpu: u32, field: usize) -> Option<GuestAddress> {
+        let base = self.vcpu_info_base(vcpu)?;
+        Some(GuestAddress(base.checked_add(field as u64)?))
     }
 
     /// `vcpu_info[vcpu].evtchn_upcall_mask`; `None` if the vCPU has no slot in shared_info

@@ -13,9 +13,8 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kxen_devices::console::{ConsoleBackend, RingPage};
+use kxen_devices::console::ConsoleBackend;
 use thiserror::Error;
-use vm_memory::{Bytes, GuestAddress};
 use xen_abi::elfnote::{parse_xen_notes, NoteError};
 use xen_abi::layout::{self, LayoutError, LayoutInput, PAGE_SIZE};
 use xen_abi::negotiate::{
@@ -25,6 +24,7 @@ use xen_abi::sched::ShutdownReason;
 
 use crate::builder::{self, BootState, BuildError, DomainSpec, KernelSpec, SHARED_FRAMES};
 use crate::domain::DomainShared;
+use crate::events::{DomainEvents, EventsConfig, EventsError, GuestRingPage};
 use crate::hypercall::HypercallArgs;
 use crate::image::{load_kernel_image, ImageError};
 use crate::memory::{GuestRam, MAX_GUEST_PAGES};
@@ -33,10 +33,13 @@ use crate::vcpu::{
 };
 use xen_abi::pv_vcpu::GuestMode;
 
-/// Event channel the builder announces for the xenstore ring.
+/// Event channel the builder announces for the xenstore ring (the first `connect_backend`
+/// on a fresh port table gives port 1; [`DomainEvents::new`] checks it).
 pub const STORE_EVTCHN: u32 = 1;
-/// Event channel the builder announces for the console ring.
+/// Event channel the builder announces for the console ring (the second one: port 2).
 pub const CONSOLE_EVTCHN: u32 = 2;
+/// The guest's domain id (the first domU, as with `xl create` on a fresh host).
+pub const GUEST_DOMID: u16 = 1;
 
 /// What to launch.
 #[derive(Debug, Clone, Default)]
@@ -90,6 +93,9 @@ pub enum LaunchError {
     /// The initial page tables did not validate.
     #[error("initial page tables: {0}")]
     InitialTables(#[from] crate::mm::MmError),
+    /// Event channels or the xenstore could not be set up.
+    #[error("{0}")]
+    Events(#[from] EventsError),
     /// Applying the PV CPU model to the vCPU failed.
     #[error("{0}")]
     PvMode(#[from] crate::pvmode::PvModeError),
@@ -159,10 +165,19 @@ impl Outcome {
 
 /// Stops a running domain from another thread (a host-side timeout, a signal): the run loop
 /// ends at its next exit with the domain crashed and this message.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StopHandle {
     why: Arc<std::sync::Mutex<Option<String>>>,
     kicker: VcpuKicker,
+    shared: Arc<DomainShared>,
+}
+
+impl std::fmt::Debug for StopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopHandle")
+            .field("domain", &self.shared.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StopHandle {
@@ -172,6 +187,16 @@ impl StopHandle {
             w.get_or_insert_with(|| why.to_string());
         }
         self.kicker.kick();
+        if let Some(ev) = self.shared.events() {
+            ev.wake_all();
+        }
+    }
+
+    /// Ask the guest politely, as `xl shutdown` does: write `control/shutdown` (`what` is
+    /// `poweroff`, `reboot`, `suspend` or `halt`) in its xenstore home and notify it. The
+    /// domain keeps running until the guest acts on it (or [`StopHandle::stop`]).
+    pub fn request_shutdown(&self, what: &str) -> Result<(), EventsError> {
+        self.shared.request_guest_shutdown(what)
     }
 
     fn requested(&self) -> Option<String> {
@@ -188,6 +213,7 @@ pub struct Domain {
     boot: BootState,
     console: ConsoleBackend,
     console_gpa: u64,
+    no_callback_logged: bool,
 }
 
 impl std::fmt::Debug for Domain {
@@ -196,26 +222,6 @@ impl std::fmt::Debug for Domain {
             .field("name", &self.shared.name)
             .field("boot", &self.boot)
             .finish_non_exhaustive()
-    }
-}
-
-/// The console page as the backend sees it: a window on guest RAM.
-struct GuestPage<'a> {
-    ram: &'a GuestRam,
-    gpa: u64,
-}
-
-impl RingPage for GuestPage<'_> {
-    type Error = vm_memory::GuestMemoryError;
-    fn read(&self, off: usize, buf: &mut [u8]) -> Result<(), Self::Error> {
-        self.ram
-            .mem()
-            .read_slice(buf, GuestAddress(self.gpa + off as u64))
-    }
-    fn write(&self, off: usize, data: &[u8]) -> Result<(), Self::Error> {
-        self.ram
-            .mem()
-            .write_slice(data, GuestAddress(self.gpa + off as u64))
     }
 }
 
@@ -323,10 +329,26 @@ impl Domain {
             console_out,
         ));
         *shared.mm.lock().unwrap_or_else(|p| p.into_inner()) = mm;
+        let events = DomainEvents::new(
+            vm.ram().clone(),
+            &EventsConfig {
+                domid: GUEST_DOMID,
+                name: spec.name.clone(),
+                memory_kib: nr_pages * (PAGE_SIZE / 1024),
+                vcpus,
+                store_port: STORE_EVTCHN,
+                store_mfn: boot.store_mfn,
+                console_port: CONSOLE_EVTCHN,
+                console_mfn: boot.console_mfn,
+            },
+        )?;
+        events.register_kicker(0, vcpu.kicker());
+        shared.attach_events(events)?;
         Ok(Domain {
             stop: StopHandle {
                 why: Arc::default(),
                 kicker: vcpu.kicker(),
+                shared: shared.clone(),
             },
             console_gpa: boot.console_mfn * PAGE_SIZE,
             vm,
@@ -334,6 +356,7 @@ impl Domain {
             shared,
             boot,
             console: ConsoleBackend::new(),
+            no_callback_logged: false,
         })
     }
 
@@ -364,7 +387,7 @@ impl Domain {
     }
 
     fn service_console(&mut self) {
-        let page = GuestPage {
+        let page = GuestRingPage {
             ram: self.vm.ram(),
             gpa: self.console_gpa,
         };
@@ -393,6 +416,66 @@ impl Domain {
                 tracing::debug!("console ring input: {e}");
             }
         }
+        // Output consumed (ring space freed) or input produced: notify the guest, as
+        // xenconsoled does.
+        if self.console.take_notify() {
+            if let Some(bp) = self.shared.events().map(|e| e.console.backend) {
+                self.shared
+                    .notify_guest(self.vm.ram(), bp, Some(self.vcpu.id()));
+            }
+        }
+    }
+
+    /// After every exit: the console ring (always: it is how output appears), the xenstore
+    /// ring (cheap when idle), whatever the guest notified.
+    fn service_backends(&mut self) {
+        if let Some(ev) = self.shared.events() {
+            // Both are serviced below either way; taking the flags resets them.
+            let _ = ev.take_backend_notifications();
+        }
+        self.service_console();
+        self.shared
+            .service_xenstore(self.vm.ram(), Some(self.vcpu.id()));
+    }
+
+    /// Xen's check before every return to the guest: an upcall pending and not masked is
+    /// delivered to the event callback (the registers become the callback's entry state).
+    /// `Err` if the bounce frame could not be written (the domain must be crashed).
+    fn deliver_events(&mut self, regs: &mut GuestRegs, cs: &mut GuestCs) -> Result<(), String> {
+        let id = self.vcpu.id();
+        let ram = self.vm.ram();
+        if !self.shared.events_need_delivery(ram, id) {
+            return Ok(());
+        }
+        if self.vcpu.pv().callbacks[xen_abi::pv_vcpu::callback_index::EVENT].address == 0 {
+            if !self.no_callback_logged {
+                self.no_callback_logged = true;
+                tracing::info!(
+                    vcpu = id,
+                    "events unmasked but no event callback registered"
+                );
+            }
+            return Ok(());
+        }
+        let cr3 = self.vcpu.cr3();
+        match crate::trap::bounce_event_callback(
+            ram,
+            cr3,
+            self.vcpu.pv_mut(),
+            &self.shared,
+            id,
+            *cs,
+            regs,
+        ) {
+            Ok(new_cr3) => {
+                if let Some(c) = new_cr3 {
+                    self.vcpu.set_cr3(c);
+                }
+                *cs = GuestCs::Long64;
+                Ok(())
+            }
+            Err(e) => Err(format!("event upcall: {e}")),
+        }
     }
 
     /// Run vCPU 0 until the domain shuts down or kxen has to crash it.
@@ -402,6 +485,9 @@ impl Domain {
         let crash = loop {
             let exit = self.vcpu.run()?;
             crate::pvmode::capture(&mut self.vcpu);
+            // Where (and how) the guest resumes, unless the run ends.
+            let mut resume: Option<(GuestRegs, GuestCs)> = None;
+            let mut interrupted = false;
             let crash = match exit {
                 VcpuExit::Syscall { mut regs, compat }
                     if self.vcpu.pv().guest_mode() == GuestMode::User =>
@@ -415,7 +501,7 @@ impl Domain {
                         compat,
                     ) {
                         Ok(cs) => {
-                            self.resume(&regs, cs)?;
+                            resume = Some((regs, cs));
                             None
                         }
                         Err(e) => Some(e.to_string()),
@@ -450,9 +536,7 @@ impl Domain {
                             cs = GuestCs::Compat32;
                         }
                     }
-                    if self.shared.shutdown_reason().is_none() {
-                        self.resume(&regs, cs)?;
-                    }
+                    resume = Some((regs, cs));
                     None
                 }
                 VcpuExit::Exception {
@@ -461,7 +545,7 @@ impl Domain {
                     regs,
                     ..
                 } if crate::pvmode::before_exception(&mut self.vcpu, vector)? => {
-                    self.resume(&regs, guest_cs(&frame))?;
+                    resume = Some((regs, guest_cs(&frame)));
                     None
                 }
                 VcpuExit::Exception {
@@ -482,7 +566,7 @@ impl Domain {
                         &mut regs,
                     ) {
                         Ok(cs) => {
-                            self.resume(&regs, cs)?;
+                            resume = Some((regs, cs));
                             None
                         }
                         // The domain was crashed (shutdown reason set, message recorded).
@@ -490,7 +574,12 @@ impl Domain {
                     }
                 }
                 VcpuExit::Shutdown => Some("triple fault".to_string()),
-                VcpuExit::Interrupted => None,
+                VcpuExit::Interrupted => {
+                    // A kick: typically an event for this vCPU (checked below, after the
+                    // backends, which may raise one themselves).
+                    interrupted = true;
+                    None
+                }
                 VcpuExit::Sysenter { regs } => Some(format!(
                     "sysenter at {:#x} (not supported for 64-bit PV guests)",
                     regs.rip
@@ -501,7 +590,7 @@ impl Domain {
                 )),
                 VcpuExit::Unexpected { reason } => Some(reason),
             };
-            self.service_console();
+            self.service_backends();
             let crash = crash.or_else(|| self.stop.requested());
             if let Some(msg) = crash {
                 tracing::error!("crashing domain {}: {msg}", self.shared.name);
@@ -510,6 +599,22 @@ impl Domain {
             }
             if self.shared.shutdown_reason().is_some() {
                 break self.shared.crash_message();
+            }
+            if interrupted
+                && self
+                    .shared
+                    .events_need_delivery(self.vm.ram(), self.vcpu.id())
+            {
+                // Redirect the guest only if it stopped in guest code (not in a ring-0 stub,
+                // which exits again at once anyway).
+                resume = self.vcpu.interrupted_guest_state()?;
+            }
+            if let Some((mut regs, mut cs)) = resume {
+                if let Err(msg) = self.deliver_events(&mut regs, &mut cs) {
+                    self.shared.crash(&msg);
+                    break Some(msg);
+                }
+                self.resume(&regs, cs)?;
             }
         };
         self.service_console();

@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo_image;
 pub mod domain;
 pub mod emulate;
+pub mod events;
 pub mod hypercall;
 pub mod image;
 pub mod inspect;

@@ -119,6 +119,9 @@ struct RunOptions {
     /// At the end, print run time, exits by kind, hypercalls by number and traps by vector.
     #[arg(long)]
     stats: bool,
+    /// At the end, print the xenstore tree (`path = "value" (perms)`) to stderr.
+    #[arg(long)]
+    xenstore_dump: bool,
 }
 
 #[derive(Args)]
@@ -266,10 +269,16 @@ fn launch(spec: &LaunchSpec, opts: RunOptions) -> Result<ExitCode> {
         }
     })?;
     spawn_stdin_reader(&domain);
+    spawn_sigint_watcher(&domain);
     let outcome = domain
         .run()
         .with_context(|| format!("running domain {}", spec.name))?;
     let _ = std::io::stdout().flush();
+    if opts.xenstore_dump {
+        if let Some(dump) = domain.shared().xenstore_dump() {
+            eprint!("{dump}");
+        }
+    }
     if opts.stats {
         eprintln!("kxen: run time {:.3} s", outcome.run_time.as_secs_f64());
         for (k, v) in domain.stats().snapshot() {
@@ -295,15 +304,52 @@ fn spawn_stdin_reader(domain: &Domain) {
             let mut stdin = std::io::stdin();
             loop {
                 match stdin.read(&mut buf) {
+                    // Ctrl-C interrupts the read (the SIGINT handler has no SA_RESTART).
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let mut c = match shared.console.lock() {
-                            Ok(c) => c,
-                            Err(p) => p.into_inner(),
-                        };
-                        c.input.extend(&buf[..n]);
+                    Ok(n) => shared.push_console_input(&buf[..n]),
+                }
+            }
+        });
+}
+
+/// SIGINTs seen (the handler only counts; a thread acts on them).
+static SIGINTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn on_sigint(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Async-signal-safe: one atomic increment.
+    SIGINTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Ctrl-C: the first asks the guest to power off (`control/shutdown`, as `xl shutdown`
+/// does), the second stops the domain hard.
+fn spawn_sigint_watcher(domain: &Domain) {
+    if let Err(e) = vmm_sys_util::signal::register_signal_handler(libc::SIGINT, on_sigint) {
+        tracing::warn!("cannot handle Ctrl-C: {e}");
+        return;
+    }
+    let stop = domain.stop_handle();
+    let _ = std::thread::Builder::new()
+        .name("kxen-sigint".into())
+        .spawn(move || {
+            let mut seen = 0;
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let n = SIGINTS.load(std::sync::atomic::Ordering::SeqCst);
+                if n == seen {
+                    continue;
+                }
+                if seen == 0 {
+                    eprintln!("kxen: asking the guest to power off (Ctrl-C again to stop it)");
+                    if let Err(e) = stop.request_shutdown("poweroff") {
+                        eprintln!("kxen: {e}");
                     }
                 }
+                if n >= 2 {
+                    stop.stop("interrupted (Ctrl-C twice)");
+                    return;
+                }
+                seen = n;
             }
         });
 }

@@ -318,6 +318,48 @@ pub fn bounce_to(
     Ok(new_cr3)
 }
 
+/// Pseudo-vector naming the event upcall in logs and [`BounceError`]s.
+pub const UPCALL_VECTOR: u8 = 0xff;
+
+/// Deliver an event upcall: Xen's exception bounce without an error code to the guest's
+/// `CALLBACKTYPE_event` handler, events masked on entry (`upcall_mask = 1`, the frame keeping
+/// the previous mask). `cs` is the interrupted code segment. Returns as [`bounce`] does;
+/// [`BounceError::NoHandler`] with `regs` untouched if no event callback is registered (Xen
+/// would jump to address 0; callers should check first and leave the event pending).
+// xen: arch/x86/x86_64/entry.S, test_guest_events / process_guest_events (TBF_INTERRUPT)
+pub fn bounce_event_callback(
+    ram: &GuestRam,
+    cr3: u64,
+    pv: &mut PvVcpuState,
+    domain: &DomainShared,
+    vcpu_id: u32,
+    cs: GuestCs,
+    regs: &mut GuestRegs,
+) -> Result<Option<u64>, BounceError> {
+    let cb = pv.callbacks[xen_abi::pv_vcpu::callback_index::EVENT];
+    if cb.address == 0 {
+        return Err(BounceError::NoHandler {
+            vector: UPCALL_VECTOR,
+            name: "event callback",
+            error_code: 0,
+            rip: regs.rip,
+        });
+    }
+    let ev = GuestEvent {
+        vector: UPCALL_VECTOR,
+        error_code: None,
+        cr2: 0,
+        cs: match cs {
+            GuestCs::Long64 => FLAT_RING3_CS64,
+            GuestCs::Compat32 => FLAT_RING3_CS32,
+        },
+        ss: xen_abi::arch::FLAT_RING3_SS64,
+        // No error code is pushed.
+        software: true,
+    };
+    bounce_to(ram, cr3, pv, domain, vcpu_id, &ev, (cb.address, true), regs)
+}
+
 /// Whether a software `int $n` may reach the guest handler directly (its trap-table DPL):
 /// DPL >= 1 from guest kernel mode, DPL 3 from guest user mode.
 // xen: arch/x86/traps.c, permit_softint

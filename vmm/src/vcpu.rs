@@ -937,6 +937,33 @@ impl Vcpu {
         Ok(regs)
     }
 
+    /// After [`VcpuExit::Interrupted`]: the guest's registers and code segment if the vCPU
+    /// stopped in guest code (CPL3), so the run loop may redirect it (an event upcall);
+    /// `None` if it stopped inside kxen's ring 0 (then it must simply be resumed). Nothing is
+    /// changed unless the caller then uses [`Vcpu::return_to_guest`].
+    pub fn interrupted_guest_state(&mut self) -> Result<Option<(GuestRegs, GuestCs)>, VcpuError> {
+        let kregs = self.fetch_state()?;
+        let cs = match self.sregs.cs.selector {
+            RING3_CS64 => GuestCs::Long64,
+            RING3_CS32 => GuestCs::Compat32,
+            _ => return Ok(None),
+        };
+        // An exception or interrupt KVM is about to inject belongs to the current rip: do
+        // not move the guest under it (the exception exits at once; events go after it).
+        let ev = self
+            .fd
+            .get_vcpu_events()
+            .map_err(kvm_err("get vcpu events"))?;
+        if ev.exception.injected != 0
+            || ev.exception.pending != 0
+            || ev.interrupt.injected != 0
+            || ev.nmi.injected != 0
+        {
+            return Ok(None);
+        }
+        Ok(Some((GuestRegs::from(&kregs), cs)))
+    }
+
     /// Enter ring 0 at `rip` with stack `rsp` (CS 0xe008, SS 0xe010). For measuring bare
     /// ring-0 exits in tests; the code page must be mapped user-accessible (a host quirk).
     #[doc(hidden)]

@@ -137,3 +137,24 @@ fn refused_and_missing_inputs_exit_2_with_one_line() {
         assert!(stderr.starts_with("kxen: "), "{stderr}");
     }
 }
+
+#[test]
+fn xenstore_dump_prints_the_domains_store_to_stderr() {
+    if !kvm() {
+        return;
+    }
+    let out = kxen().args(["demo", "--xenstore-dump"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "/local/domain/1/name = \"kxen-demo\"",
+        "/local/domain/1/domid = \"1\"",
+        "/local/domain/1/store/port = \"1\"",
+        "/local/domain/1/console/port = \"2\"",
+    ] {
+        assert!(stderr.contains(line), "missing {line}:\n{stderr}");
+    }
+    // Without the flag, nothing of the store is printed.
+    let out = kxen().args(["demo"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("/local/domain"));
+}

@@ -159,6 +159,7 @@ pub(crate) use {
 
 pub mod abi;
 pub mod console;
+pub mod events;
 pub mod hypercall;
 pub mod layout;
 pub mod pure;

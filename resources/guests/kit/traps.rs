@@ -64,6 +64,7 @@ core::arch::global_asm!(
     "push $\\v",
     "jmp kit_trap_common",
     ".endr",
+    ".globl kit_trap_common",
     "kit_trap_common:",
     "push %rax", "push %rbx", "push %rcx", "push %rdx", "push %rsi", "push %rdi",
     "push %rbp", "push %r8", "push %r9", "push %r10", "push %r11", "push %r12",
@@ -184,6 +185,10 @@ pub fn hits() -> u32 {
 
 #[no_mangle]
 extern "C" fn kit_trap_handler(frame: &mut TrapFrame) {
+    if frame.vector == super::events::UPCALL_VECTOR {
+        super::events::upcall(frame);
+        return;
+    }
     if let Some(e) = EXPECT.get() {
         if u64::from(e.vector) == frame.vector && (e.rip == ANY_RIP || e.rip == frame.rip) {
             EXPECT.set(None);

@@ -14,8 +14,9 @@
 //!     (ret, ctx.regs_replaced, ctx.return_cs)
 //! };
 //! if !replaced { regs.rax = ret as u64; }
+//! service backends; if shared.shutdown_reason().is_some() { stop }
+//! deliver a pending, unmasked event upcall (trap::bounce_event_callback), then
 //! vcpu.return_to_guest(&regs, cs)?;
-//! if shared.shutdown_reason().is_some() { stop }
 //! ```
 //!
 //! * `regs_replaced == false` (nearly every hypercall): the handler's return value goes in
@@ -32,12 +33,16 @@
 //! * Exceptions: [`crate::trap::handle_exception`] (its own contract is in `trap`).
 //! * A handler that crashes the domain (`DomainShared::crash`) sets the shutdown reason; the
 //!   loop must check [`DomainShared::shutdown_reason`] after every hypercall and exception.
+//! * Events: handlers raising events for their own vCPU (`DomainEvents::apply` with
+//!   `from = Some(caller)`) do not kick it: the loop checks for a deliverable upcall before
+//!   every return to the guest, as Xen does.
 //!
 //! Handlers return Xen's convention: `>= 0` success, `-errno` (Xen errno values) on failure.
 //! They touch guest memory only through the context (`-EFAULT` on any failure).
 
 pub mod console;
 pub mod cpu;
+pub mod event;
 pub mod grant;
 pub mod memory;
 pub mod mmu;
@@ -307,7 +312,7 @@ impl<D> HypercallTable<D> {
 /// [`HypercallTable::with_stats`]); [`pv_hypercalls`] is the shared one.
 pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
     let mut t = HypercallTable::new();
-    let handlers: [(u64, HypercallFn<DomainShared>); 25] = [
+    let handlers: [(u64, HypercallFn<DomainShared>); 28] = [
         (nr::MMU_UPDATE, mmu::mmu_update),
         (nr::UPDATE_VA_MAPPING, mmu::update_va_mapping),
         (
@@ -327,6 +332,9 @@ pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
         (nr::IRET, pv::iret),
         (nr::SCHED_OP, sched::sched_op),
         (nr::CALLBACK_OP, pv::callback_op),
+        (nr::EVENT_CHANNEL_OP, event::event_channel_op),
+        (nr::EVENT_CHANNEL_OP_COMPAT, event::event_channel_op_compat),
+        (nr::VCPU_OP, event::vcpu_op),
         (nr::SET_GDT, cpu::set_gdt),
         (nr::FPU_TASKSWITCH, cpu::fpu_taskswitch),
         (nr::SET_DEBUGREG, cpu::set_debugreg),

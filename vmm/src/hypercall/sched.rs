@@ -67,7 +67,10 @@ pub fn sched_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> 
             Ok(_) => err(EINVAL),
             Err(e) => e,
         },
-        // SCHEDOP_poll needs event channels: not implemented yet.
+        SCHEDOP_POLL => match ctx.read_pod::<SchedPoll>(arg) {
+            Ok(p) => poll(ctx, &p),
+            Err(e) => e,
+        },
         _ => -ENOSYS,
     }
 }
@@ -88,10 +91,52 @@ pub fn sched_op_compat(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallAr
     }
 }
 
-/// `vcpu_block_enable_events`: unmask events (upcall_mask = 0), then block until one is
-/// pending. kxen has no event sources yet, so it naps briefly and returns.
+/// `vcpu_block_enable_events`: unmask events (upcall_mask = 0), then block until an event
+/// needs delivery (or a kick, or a stop). The upcall is delivered by the run loop on return.
+// xen: common/sched/core.c, vcpu_block_enable_events / vcpu_block
 fn block(ctx: &mut HypercallCtx<'_, DomainShared>) -> i64 {
     ctx.domain.set_upcall_mask(ctx.ram(), ctx.vcpu_id, 0);
-    std::thread::sleep(BLOCK_NAP);
-    0
+    if ctx.domain.events().is_none() {
+        std::thread::sleep(BLOCK_NAP);
+        return 0;
+    }
+    match ctx.domain.block_vcpu(ctx.ram(), ctx.vcpu_id, None, None) {
+        Ok(()) => 0,
+        Err(e) => err(u32::from(e)),
+    }
+}
+
+/// `SCHEDOP_poll`: block until one of the ports is pending (any event when the list is
+/// empty), an upcall needs delivery, or the timeout. The event mask is left alone.
+// xen: common/sched/core.c, do_poll
+fn poll(ctx: &mut HypercallCtx<'_, DomainShared>, p: &SchedPoll) -> i64 {
+    use kxen_devices::evtchn::MAX_POLL_PORTS;
+    if ctx.domain.events().is_none() {
+        return -ENOSYS;
+    }
+    let n = p.nr_ports as usize;
+    if n > MAX_POLL_PORTS {
+        return err(EINVAL);
+    }
+    let mut raw = [0u8; MAX_POLL_PORTS * 4];
+    let bytes = &mut raw[..n * 4];
+    if let Err(e) = ctx.copy_from_guest(p.ports, bytes) {
+        return e;
+    }
+    let mut ports = [0u32; MAX_POLL_PORTS];
+    for (d, c) in ports.iter_mut().zip(bytes.chunks_exact(4)) {
+        *d = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+    // TODO(time): Xen's timeout is an absolute system time in ns; until kxen has a system
+    // time it is taken as a wait relative to now (0 = none).
+    let deadline = (p.timeout != 0)
+        .then(|| std::time::Instant::now().checked_add(Duration::from_nanos(p.timeout)))
+        .flatten();
+    match ctx
+        .domain
+        .block_vcpu(ctx.ram(), ctx.vcpu_id, Some(&ports[..n]), deadline)
+    {
+        Ok(()) => 0,
+        Err(e) => err(u32::from(e)),
+    }
 }
