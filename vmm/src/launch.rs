@@ -303,9 +303,18 @@ impl Domain {
             "domain built"
         );
         // Start of day as Xen's builder + pin: validate the initial tables, pin the L4.
+        // Xen-shared frames, read-write: shared_info and the grant-table frames.
+        // xen: share_xen_page_with_guest(SHARE_rw) for both.
+        let shared_frames: Vec<(u64, bool)> = std::iter::once(boot.shared_info_mfn)
+            .chain(
+                (0..u64::from(builder::MAX_GRANT_FRAMES))
+                    .map(|i| builder::grant_table_mfn(nr_pages) + i),
+            )
+            .map(|m| (m, true))
+            .collect();
         let mut mm = crate::mm::DomainMm::new(
             nr_pages,
-            &[(boot.shared_info_mfn, true)],
+            &shared_frames,
             Default::default(),
             vm.ring0().private_l4_entries(),
         );

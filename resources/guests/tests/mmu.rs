@@ -459,7 +459,12 @@ fn hostile(si: &StartInfo, a: u64, fa: u64) {
     let nr = si.nr_pages;
     let shared = si.shared_info >> 12;
     // Frames that are not the guest's.
-    check_eq!("map_after_ram_eperm", uvm(a, pte(nr + 1, P | RW), UVMF_INVLPG), -EPERM);
+    // (nr .. nr + 65 are shared_info and the grant-table frames, Xen's, shared RW.)
+    check_eq!(
+        "map_beyond_shared_frames_eperm",
+        uvm(a, pte(nr + 1000, P | RW), UVMF_INVLPG),
+        -EPERM
+    );
     check_eq!("map_private_eperm", uvm(a, pte(1 << 27, P), UVMF_INVLPG), -EPERM);
     check_eq!(
         "map_invalid_mfn_einval",
