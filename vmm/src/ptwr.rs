@@ -7,8 +7,9 @@
 // xen: arch/x86/pv/ro-page-fault.c, ptwr_do_page_fault / ptwr_emulated_update /
 // ptwr_emulated_cmpxchg (partial writes merged with the current entry).
 //
-// Handled: MOV to memory from a register or immediate (8..64-bit), XCHG with memory, and
-// CMPXCHG (the accumulator and ZF/flags updated as the CPU would). Anything else is
+// Handled: MOV to memory from a register or immediate (8..64-bit), XCHG with memory,
+// CMPXCHG (the accumulator and ZF/flags updated as the CPU would), BTS/BTR/BTC and
+// AND/OR/XOR into the entry (Linux clears _PAGE_ACCESSED with `lock btr`). Anything else is
 // bounced as the #PF it was.
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
@@ -194,6 +195,47 @@ pub fn emulate(
                     None => return false,
                 }
             }
+            // Read-modify-write forms (Linux's `lock btr` on _PAGE_ACCESSED, `lock and`/`or`).
+            Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc if mem_first => {
+                let bit = match ins.op_kind(1) {
+                    OpKind::Immediate8 => ins.immediate(1) % (width as u64 * 8),
+                    OpKind::Register => match gpr(regs, ins.op_register(1)) {
+                        // A register offset may leave the operand: not handled.
+                        Some((v, w)) if (*v & mask(w)) < width as u64 * 8 => *v & mask(w),
+                        _ => return false,
+                    },
+                    _ => return false,
+                };
+                let was = (old_part >> bit) & 1;
+                let new = match ins.mnemonic() {
+                    Mnemonic::Bts => old_part | (1 << bit),
+                    Mnemonic::Btr => old_part & !(1 << bit),
+                    _ => old_part ^ (1 << bit),
+                };
+                (new, Kind::Carry(was))
+            }
+            Mnemonic::And | Mnemonic::Or | Mnemonic::Xor if mem_first => {
+                let src = match ins.op_kind(1) {
+                    OpKind::Register => match gpr(regs, ins.op_register(1)) {
+                        Some((v, _)) => *v,
+                        None => return false,
+                    },
+                    OpKind::Immediate8
+                    | OpKind::Immediate16
+                    | OpKind::Immediate32
+                    | OpKind::Immediate8to16
+                    | OpKind::Immediate8to32
+                    | OpKind::Immediate8to64
+                    | OpKind::Immediate32to64 => ins.immediate(1),
+                    _ => return false,
+                };
+                let r = match ins.mnemonic() {
+                    Mnemonic::And => old_part & src,
+                    Mnemonic::Or => old_part | src,
+                    _ => old_part ^ src,
+                } & mask(width);
+                (r, Kind::Logic(r))
+            }
             _ => return false,
         };
         let merged = (cur & !(mask(width) << shift)) | ((value & mask(width)) << shift);
@@ -214,6 +256,8 @@ pub fn emulate(
             Kind::Cmpxchg(acc) => {
                 regs.rflags = (regs.rflags & !ARITH_FLAGS) | sub_flags(acc, old_part, width);
             }
+            Kind::Carry(cf) => regs.rflags = (regs.rflags & !1) | cf,
+            Kind::Logic(r) => regs.rflags = (regs.rflags & !ARITH_FLAGS) | logic_flags(r, width),
         }
         regs.rip = regs.rip.wrapping_add(ins.len() as u64);
         (true, mm.take_flush(), mm.take_replay())
@@ -231,6 +275,25 @@ enum Kind {
     Plain,
     Xchg(Register),
     Cmpxchg(u64),
+    /// BTS/BTR/BTC: CF = the bit's old value.
+    Carry(u64),
+    /// AND/OR/XOR: flags of the result (CF = OF = 0).
+    Logic(u64),
+}
+
+/// Flags of a logic result at `width` bytes: PF, ZF, SF; CF, OF (and AF) clear.
+fn logic_flags(r: u64, width: usize) -> u64 {
+    let mut f = 0;
+    if (r as u8).count_ones().is_multiple_of(2) {
+        f |= 1 << 2;
+    }
+    if r & mask(width) == 0 {
+        f |= 1 << 6;
+    }
+    if r & (1u64 << (width * 8 - 1)) != 0 {
+        f |= 1 << 7;
+    }
+    f
 }
 
 #[cfg(test)]

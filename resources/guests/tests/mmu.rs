@@ -340,6 +340,35 @@ fn writable_page_tables(si: &StartInfo, a: u64, fa: u64, fb: u64) {
     }
     check_eq!("ptwr_cmpxchg_ok_zf", zf, 1u8);
     check_eq!("ptwr_cmpxchg_ok_value", rd(slot_va), new | USER);
+    // Read-modify-write forms Linux uses on entries: lock bts/btr, lock or/and.
+    let cf: u8;
+    // SAFETY: emulated lock bts of the (clear) bit 9 of our own L1 entry.
+    unsafe {
+        asm!("lock bts qword ptr [{p}], 9", "setc {c}", p = in(reg) slot_va, c = out(reg_byte) cf,
+             options(nostack));
+    }
+    check_eq!("ptwr_bts_cf", cf, 0u8);
+    check_eq!("ptwr_bts_set", rd(slot_va) & (1 << 9), 1 << 9);
+    let cf: u8;
+    // SAFETY: emulated lock btr of bit 9.
+    unsafe {
+        asm!("lock btr qword ptr [{p}], 9", "setc {c}", p = in(reg) slot_va, c = out(reg_byte) cf,
+             options(nostack));
+    }
+    check_eq!("ptwr_btr_cf", cf, 1u8);
+    check_eq!("ptwr_btr_clear", rd(slot_va) & (1 << 9), 0);
+    // SAFETY: emulated lock or / and of a software bit.
+    unsafe {
+        asm!("lock or qword ptr [{p}], {v}", p = in(reg) slot_va, v = in(reg) 1u64 << 10,
+             options(nostack));
+    }
+    check_eq!("ptwr_or_set", rd(slot_va) & (1 << 10), 1 << 10);
+    // SAFETY: as above.
+    unsafe {
+        asm!("lock and qword ptr [{p}], {v}", p = in(reg) slot_va, v = in(reg) !(1u64 << 10),
+             options(nostack));
+    }
+    check_eq!("ptwr_and_clear", rd(slot_va) & (1 << 10), 0);
     check_eq!("ptwr_flush", ext(TLB_FLUSH_LOCAL, 0, 0), 0);
     check_eq!("ptwr_back_to_a", rd(a), 0xaaaa_0000_0000_0001);
     // Hostile direct write: the L1 maps itself writable. Refused: the #PF is bounced at
