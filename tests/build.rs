@@ -51,6 +51,10 @@ const GUESTS: &[GuestSpec] = &[
         source: "tests/traps.rs",
     },
     GuestSpec {
+        name: "mmu",
+        source: "tests/mmu.rs",
+    },
+    GuestSpec {
         name: "cpu",
         source: "tests/cpu.rs",
     },

@@ -18,11 +18,6 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use xen_abi::elf::Elf;
 use xen_abi::layout::{self, Layout, LayoutError, LayoutInput, PAGE_SIZE};
 
-/// `_PAGE_PRESENT`.
-const PTE_P: u64 = 1 << 0;
-/// `_PAGE_USER`.
-const PTE_USER: u64 = 1 << 2;
-
 /// Size of a hypercall-page entry and the number of entries.
 // xen: arch/x86/pv/hypercall.c, one 32-byte stub per hypercall in a 4 KiB page
 pub const HYPERCALL_ENTRY_SIZE: usize = 32;
@@ -280,21 +275,15 @@ fn write_page_tables<M: GuestMemoryBackend>(
     spec: &DomainSpec<'_>,
     layout: &Layout,
 ) -> Result<(), BuildError> {
-    // Xen's builder writes the entries, then pinning the L4 validates and adjusts them. kxen
-    // applies the same adjustment here: the guest kernel runs in ring 3, so its L1 mappings
-    // get _PAGE_USER; upper levels already carry it. kxen does not mark kernel mappings with
-    // Xen's bit 52: that bookkeeping is kxen's own (docs/pte-abi.md).
-    // xen: arch/x86/pv/mm.h adjust_guest_l1e
+    // Xen's builder writes the entries unadjusted; pinning the L4 then validates and adjusts
+    // them. kxen does the same: `crate::mm::DomainMm::start_of_day` runs the PTE engine
+    // over these tables (USER on kernel mappings, kxen's L4 slots, reference counts).
+    // xen: xg_dom_x86.c setup_pgtables_x86_64; arch/x86/mm.c alloc_l4_table
     let mut result = Ok(());
     layout.for_each_pt_entry(|addr, val| {
-        if result.is_err() {
-            return;
+        if result.is_ok() {
+            result = write_u64(mem, addr, val);
         }
-        let mut v = val;
-        if v & PTE_P != 0 {
-            v |= PTE_USER;
-        }
-        result = write_u64(mem, addr, v);
     });
     result?;
     let l4 = pfn_addr(layout.l4_pfn());
@@ -423,6 +412,9 @@ mod tests {
     use xen_abi::arch::Pod;
     use xen_abi::start_info::StartInfo;
 
+    const PTE_P: u64 = 1 << 0;
+    const PTE_USER: u64 = 1 << 2;
+
     fn ram(pages: u64) -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(
             GuestAddress(0),
@@ -520,7 +512,20 @@ mod tests {
         mem.read_slice(&mut rdb, GuestAddress(rd.pfn * PAGE_SIZE))
             .unwrap();
         assert_eq!(&rdb, b"initrd-bytes");
-        // L4: kxen's slot installed, and the first mapping reachable with USER set on leaves
+        // After the start-of-day validation (the engine's adjust): kxen's slot installed, and
+        // the first mapping reachable with USER set at every level.
+        let ram = crate::memory::GuestRam::new(nr_pages + SHARED_FRAMES).unwrap();
+        let mut page = vec![0u8; ((nr_pages + SHARED_FRAMES) * PAGE_SIZE) as usize];
+        mem.read_slice(&mut page, GuestAddress(0)).unwrap();
+        ram.mem().write_slice(&page, GuestAddress(0)).unwrap();
+        let mut mm = crate::mm::DomainMm::new(
+            nr_pages,
+            &[(boot.shared_info_mfn, true)],
+            Default::default(),
+            spec.private_l4,
+        );
+        mm.start_of_day(&ram, boot.cr3 / PAGE_SIZE).unwrap();
+        let mem = ram.mem().clone();
         let l4 = boot.cr3;
         assert_eq!(read_u64(&mem, l4 + 257 * 8), 0x80_0000_0000_0067);
         let mut t = l4;

@@ -50,6 +50,8 @@ pub struct DomainShared {
     watchdogs: Mutex<u32>,
     /// Why kxen crashed the domain, if it did.
     crash_message: Mutex<Option<String>>,
+    /// Frame table, side table, pins: the PV memory-management state (`crate::mm`).
+    pub mm: Mutex<crate::mm::DomainMm>,
     /// Per vCPU, the guest-physical address of its `vcpu_info` once moved by
     /// `VCPUOP_register_vcpu_info` (0 = the legacy slot in shared_info).
     pub(crate) vcpu_info_at: Box<[AtomicU64]>,
@@ -106,6 +108,7 @@ impl DomainShared {
             shutdown_code: AtomicU32::new(NO_SHUTDOWN),
             watchdogs: Mutex::new(0),
             crash_message: Mutex::new(None),
+            mm: Mutex::new(crate::mm::DomainMm::default()),
             vcpu_info_at: (0..MAX_VCPU_INFO_SLOTS)
                 .map(|_| AtomicU64::new(0))
                 .collect(),

@@ -90,6 +90,9 @@ pub enum LaunchError {
     /// The domain builder failed.
     #[error("{0}")]
     Build(#[from] BuildError),
+    /// The initial page tables did not validate.
+    #[error("initial page tables: {0}")]
+    InitialTables(#[from] crate::mm::MmError),
     /// Event channels or the xenstore could not be set up.
     #[error("{0}")]
     Events(#[from] EventsError),
@@ -408,11 +411,25 @@ impl Runner<'_> {
                     // Run-loop contract: see crate::hypercall (regs_replaced, return_cs).
                     let args = HypercallArgs::from_regs(&regs);
                     let shared = Arc::clone(self.shared);
-                    let (ret, replaced, mut cs) = {
+                    let (ret, replaced, mut cs, reload) = {
                         let mut ctx = self.vcpu.hypercall_ctx(&mut regs, &*shared);
                         let ret = table.dispatch(&mut ctx, &args);
-                        (ret, ctx.regs_replaced, ctx.return_cs)
+                        (ret, ctx.regs_replaced, ctx.return_cs, ctx.reload_cr3)
                     };
+                    // Page-table entries the handlers wrote must reach KVM's shadow MMU;
+                    // a new base pointer or a guest-requested flush reloads CR3 (crate::mm).
+                    // TODO(mmu/smp): flushes naming other vCPUs need a cross-vCPU kick.
+                    let written = self
+                        .shared
+                        .mm
+                        .lock()
+                        .map(|mut m| m.take_replay())
+                        .unwrap_or_default();
+                    self.vcpu.sync_pte_writes(written);
+                    if reload {
+                        let cr3 = self.vcpu.pv().current_cr3();
+                        self.vcpu.flush_tlb(cr3);
+                    }
                     if !replaced {
                         regs.rax = ret as u64;
                         if compat {
@@ -640,6 +657,23 @@ impl Domain {
             pages = nr_pages,
             "domain built"
         );
+        // Start of day as Xen's builder + pin: validate the initial tables, pin the L4.
+        // Xen-shared frames, read-write: shared_info and the grant-table frames.
+        // xen: share_xen_page_with_guest(SHARE_rw) for both.
+        let shared_frames: Vec<(u64, bool)> = std::iter::once(boot.shared_info_mfn)
+            .chain(
+                (0..u64::from(builder::MAX_GRANT_FRAMES))
+                    .map(|i| builder::grant_table_mfn(nr_pages) + i),
+            )
+            .map(|m| (m, true))
+            .collect();
+        let mut mm = crate::mm::DomainMm::new(
+            nr_pages,
+            &shared_frames,
+            Default::default(),
+            vm.ring0().private_l4_entries(),
+        );
+        mm.start_of_day(vm.ram(), boot.cr3 / PAGE_SIZE)?;
         let mut vcpu = vm.create_vcpu(0)?;
         vcpu.set_pv_entry(PvEntry {
             rip: boot.rip,
@@ -658,6 +692,7 @@ impl Domain {
             boot.shared_info_mfn,
             console_out,
         ));
+        *shared.mm.lock().unwrap_or_else(|p| p.into_inner()) = mm;
         let events = DomainEvents::new(
             vm.ram().clone(),
             &EventsConfig {

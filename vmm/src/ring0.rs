@@ -100,6 +100,22 @@ pub const PORT_SYSCALL32: u16 = 1;
 /// Port of the `sysenter` stub (4-byte access).
 pub const PORT_SYSENTER: u16 = 2;
 
+/// L4 slot of kxen's supervisor-only alias of guest RAM (ring 0 replays the VMM's
+/// page-table writes through it so that KVM's shadow MMU sees them).
+pub const GUEST_ALIAS_L4_SLOT: usize = 259;
+/// Virtual base of the guest-RAM alias: GPA `x` is at `GUEST_ALIAS_BASE + x`.
+pub const GUEST_ALIAS_BASE: u64 = 0xffff_8180_0000_0000;
+const _: () = assert!((GUEST_ALIAS_BASE >> 39) & 511 == GUEST_ALIAS_L4_SLOT as u64);
+/// Most page-table writes one run of the flush stub replays (its list sits at the bottom
+/// of the vCPU's RSP0 stack).
+pub const MAX_REPLAY: usize = 960;
+const PTE_PS: u64 = 1 << 7;
+
+/// Port of the TLB-flush stub (1-byte access; told apart from vector stubs by its rip).
+pub const PORT_TLB_FLUSH: u16 = 0xf1;
+/// Offset of the TLB-flush stub in the stub page.
+const TLB_FLUSH_STUB: u64 = 0xa00;
+
 /// IST index used for #DF.
 pub const IST_DF: u8 = 1;
 /// IST index used for NMI.
@@ -230,7 +246,10 @@ impl Ring0Layer {
         if guest_pages == 0 || m2p_l1s > 512 {
             return Err(Ring0Error::TooLarge(guest_pages));
         }
-        let all = total + 2 + m2p_l1s + m2p;
+        // Guest-RAM alias: one L3 and an L2 of 2 MiB pages per GiB.
+        let alias_l2s = guest_pages.div_ceil(512 * 512);
+        let alias_l3 = total + 2 + m2p_l1s + m2p;
+        let all = alias_l3 + 1 + alias_l2s;
         if all * PAGE_SIZE >= SYSCALL_EXIT_GPA - PRIVATE_BASE {
             return Err(Ring0Error::TooLarge(guest_pages));
         }
@@ -246,8 +265,11 @@ impl Ring0Layer {
             l4_entries: vec![
                 (RING0_L4_SLOT, gpa_of(L3_PAGE) | upper),
                 (M2P_L4_SLOT, gpa_of(total) | upper),
+                // Supervisor-only (U=0 here already): the guest never reaches it.
+                (GUEST_ALIAS_L4_SLOT, gpa_of(alias_l3) | PTE_P | PTE_RW),
             ],
         };
+        this.write_alias(alias_l3, alias_l2s)?;
         this.write_page_tables(total, nr_l1)?;
         this.write_m2p()?;
         this.write_idt()?;
@@ -283,6 +305,34 @@ impl Ring0Layer {
             SYSCALL_EXIT_GPA | PTE_P | PTE_RW | PTE_US | PTE_NX,
         )?;
         Ok(())
+    }
+
+    /// The guest-RAM alias at slot 259: 2 MiB pages, RW, NX, supervisor-only.
+    fn write_alias(&self, l3: u64, l2s: u64) -> Result<(), Ring0Error> {
+        for i in 0..l2s {
+            self.w64(gpa_of(l3) + i * 8, gpa_of(l3 + 1 + i) | PTE_P | PTE_RW)?;
+            for j in 0..512u64 {
+                let gpa = (i * 512 + j) << 21;
+                self.w64(
+                    gpa_of(l3 + 1 + i) + j * 8,
+                    gpa | PTE_P | PTE_RW | PTE_PS | PTE_NX,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where ring 0 reaches guest-physical `gpa` (the alias of guest RAM).
+    pub fn guest_alias_va(&self, gpa: u64) -> Option<u64> {
+        (gpa < self.guest_pages.checked_mul(PAGE_SIZE)?).then(|| GUEST_ALIAS_BASE + gpa)
+    }
+
+    /// Write `words` into the ring-0 area at `va` (private memory only).
+    pub fn write_words(&self, va: u64, words: &[u64]) -> Option<()> {
+        let len = u64::try_from(words.len()).ok()?.checked_mul(8)?;
+        let gpa = self.va_to_gpa(va, len)?;
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.mem.mem().write_slice(&bytes, GuestAddress(gpa)).ok()
     }
 
     /// The M2P at slot 258: L3 at page `ring0_pages`, L2 next, then the L1s and the table.
@@ -369,6 +419,49 @@ impl Ring0Layer {
         page[o] = 0xa3;
         page[o + 1..o + 9].copy_from_slice(&self.syscall_exit_va().to_le_bytes());
         page[o + 9..o + 11].copy_from_slice(&[0x0f, 0x0b]);
+        // Replay + flush. rbx = list of alias addresses, rcx = count:
+        //   loop: test %rcx,%rcx ; je done ; mov (%rbx),%rdi ; lock orq $0,(%rdi) ;
+        //         add $8,%rbx ; dec %rcx ; jmp loop
+        //   done: mov %cr3,%rax ; mov %rax,%cr3 ; out %al,$PORT_TLB_FLUSH ; ud2
+        // Each `lock or` rewrites a page-table entry the VMM changed with its current value:
+        // a write KVM traps when it shadows that table, so its shadow entry is dropped. The
+        // CR3 write then flushes the TLB.
+        let o = TLB_FLUSH_STUB as usize;
+        let code: [u8; 32] = [
+            0x48,
+            0x85,
+            0xc9, // test %rcx,%rcx
+            0x74,
+            0x11, // je done
+            0x48,
+            0x8b,
+            0x3b, // mov (%rbx),%rdi
+            0xf0,
+            0x48,
+            0x83,
+            0x0f,
+            0x00, // lock orq $0,(%rdi)
+            0x48,
+            0x83,
+            0xc3,
+            0x08, // add $8,%rbx
+            0x48,
+            0xff,
+            0xc9, // dec %rcx
+            0xeb,
+            0xea, // jmp loop
+            0x0f,
+            0x20,
+            0xd8, // done: mov %cr3,%rax
+            0x0f,
+            0x22,
+            0xd8, // mov %rax,%cr3
+            0xe6,
+            PORT_TLB_FLUSH as u8, // out %al,$PORT_TLB_FLUSH
+            0x0f,
+            0x0b, // ud2
+        ];
+        page[o..o + code.len()].copy_from_slice(&code);
         self.mem
             .mem()
             .write_slice(&page, GuestAddress(gpa_of(STUB_PAGE)))?;
@@ -447,6 +540,12 @@ impl Ring0Layer {
         va_of(STUB_PAGE) + SYSCALL_MMIO_STUB
     }
 
+    /// The replay-and-flush stub: rewrites the `rcx` page-table entries whose alias
+    /// addresses are listed at `rbx`, reloads CR3, then exits with [`PORT_TLB_FLUSH`].
+    pub fn tlb_flush_stub(&self) -> u64 {
+        va_of(STUB_PAGE) + TLB_FLUSH_STUB
+    }
+
     /// Address of the special port stub for `port` (`PORT_SYSCALL`, ...).
     pub fn special_stub(&self, port: u16) -> u64 {
         va_of(STUB_PAGE) + SPECIAL_STUBS + u64::from(port) * 4
@@ -511,7 +610,7 @@ mod tests {
     fn m2p_is_identity_read_only_user_nx_at_slot_258() {
         for pages in [1u64, 511, 512, 513, 5000, 512 * 512 + 1] {
             let l = Ring0Layer::new(2, pages).unwrap();
-            assert_eq!(l.private_l4_entries().len(), 2);
+            assert_eq!(l.private_l4_entries().len(), 3);
             let read = |mfn: u64| {
                 let va = M2P_VIRT_BASE + mfn * 8;
                 let e = walk(&l, va)?;

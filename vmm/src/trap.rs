@@ -432,6 +432,10 @@ pub fn handle_exception(
         domain.crash(&e.to_string());
         return Err(e);
     }
+    // Writable page tables: a kernel write to a validated L1 is emulated, not bounced.
+    if crate::ptwr::emulate(vcpu, domain, vector, error_code, cr2, regs) {
+        return Ok(GuestCs::Long64);
+    }
     let ram = vcpu.ram().clone();
     let cr3 = vcpu.cr3();
     let id = vcpu.id();

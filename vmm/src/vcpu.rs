@@ -56,8 +56,9 @@ use xen_abi::pv_vcpu::PvVcpuState;
 use crate::hypercall::HypercallCtx;
 use crate::memory::{GuestRam, MemArea, MemoryError};
 use crate::ring0::{
-    Ring0Error, Ring0Layer, VcpuRing0, PORT_SYSCALL, PORT_SYSCALL32, PORT_SYSENTER, RING0_CS,
-    RING0_DS, RING3_CS32, RING3_CS64, RING3_DS, SYSCALL_EXIT_GPA, TSS_SEL,
+    Ring0Error, Ring0Layer, VcpuRing0, MAX_REPLAY, PORT_SYSCALL, PORT_SYSCALL32, PORT_SYSENTER,
+    PORT_TLB_FLUSH, RING0_CS, RING0_DS, RING3_CS32, RING3_CS64, RING3_DS, SYSCALL_EXIT_GPA,
+    TSS_SEL,
 };
 use crate::trap::{read_exception_frame, CpuFrame, TrapError, VEC_GP};
 
@@ -540,6 +541,8 @@ impl Vm {
             pv: Box::default(),
             sync: false,
             kick: Arc::default(),
+            flush_pending: false,
+            pte_replay: Vec::new(),
         };
         install_kick_handler()?;
         vcpu.setup(&self.kvm)?;
@@ -589,6 +592,11 @@ pub struct Vcpu {
     /// Registers travel through `kvm_run` (KVM_CAP_SYNC_REGS) instead of ioctls.
     sync: bool,
     kick: Arc<KickState>,
+    /// A TLB flush is due before the next return to the guest ([`Vcpu::flush_tlb`]).
+    flush_pending: bool,
+    /// Alias addresses of page-table entries the VMM wrote, replayed in ring 0 before the
+    /// next return ([`Vcpu::sync_pte_writes`]).
+    pte_replay: Vec<u64>,
 }
 
 impl Vcpu {
@@ -817,6 +825,89 @@ impl Vcpu {
         self.sregs.cr3 = cr3;
     }
 
+    /// Load `cr3` for the next return and flush the guest's TLB first: the next
+    /// [`Vcpu::return_to_guest`] runs kxen's ring-0 flush stub (a CR3 write in ring 0, one
+    /// extra exit), which is what makes KVM drop translations the VMM changed behind the
+    /// guest's back. Non-global translations are flushed (kernel mappings are never global).
+    pub fn flush_tlb(&mut self, cr3: u64) {
+        self.sregs.cr3 = cr3;
+        self.flush_pending = true;
+    }
+
+    /// Guest-physical addresses of page-table entries the VMM wrote in guest RAM: KVM's
+    /// shadow MMU does not see writes from the VMM, so before the next return ring 0
+    /// rewrites each entry with its current value (a write KVM traps), then reloads CR3.
+    pub fn sync_pte_writes(&mut self, gpas: impl IntoIterator<Item = u64>) {
+        let before = self.pte_replay.len();
+        let ring0 = Arc::clone(&self.ring0);
+        self.pte_replay.extend(
+            gpas.into_iter()
+                .filter_map(|g| ring0.guest_alias_va(g & !7)),
+        );
+        if self.pte_replay.len() != before {
+            self.flush_pending = true;
+        }
+    }
+
+    /// Run the ring-0 replay-and-flush stub with the current CR3 (see [`Vcpu::flush_tlb`],
+    /// [`Vcpu::sync_pte_writes`]), in chunks of [`MAX_REPLAY`] entries.
+    fn run_flush_stub(&mut self) -> Result<(), VcpuError> {
+        let list = std::mem::take(&mut self.pte_replay);
+        let mut chunks: Vec<&[u64]> = list.chunks(MAX_REPLAY).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        for chunk in chunks {
+            self.run_flush_chunk(chunk)?;
+        }
+        Ok(())
+    }
+
+    fn run_flush_chunk(&mut self, list: &[u64]) -> Result<(), VcpuError> {
+        let bad = |what| VcpuError::Kvm {
+            what,
+            err: kvm_ioctls::Error::new(libc::EIO),
+        };
+        let stub = self.ring0.tlb_flush_stub();
+        let list_va = self.r0.rsp0_top - 2 * crate::memory::PAGE_SIZE;
+        if !list.is_empty() && self.ring0.write_words(list_va, list).is_none() {
+            return Err(bad("TLB flush stub: list"));
+        }
+        self.sregs.cs = seg(RING0_CS, 11, 0, 1, 0);
+        self.sregs.ss = seg(RING0_DS, 3, 0, 0, 1);
+        let regs = kvm_regs {
+            rip: stub,
+            rsp: self.r0.rsp0_top,
+            rbx: list_va,
+            rcx: list.len() as u64,
+            rflags: rflags::FIXED,
+            ..Default::default()
+        };
+        self.push_state(&regs)?;
+        // A kick arriving now interrupts KVM_RUN: keep it pending for the next `run` and
+        // retry (bounded: a kick storm must not spin forever).
+        for _ in 0..64 {
+            match self.fd.run() {
+                Ok(KvmExit::IoOut(port, _)) if port == PORT_TLB_FLUSH => {
+                    self.fetch_state()?;
+                    return Ok(());
+                }
+                Ok(KvmExit::Intr) => {}
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Ok(_) => return Err(bad("TLB flush stub: unexpected exit")),
+                Err(err) => {
+                    return Err(VcpuError::Kvm {
+                        what: "run TLB flush stub",
+                        err,
+                    })
+                }
+            }
+            self.set_immediate_exit(false);
+            self.kick.pending.store(true, Ordering::SeqCst);
+        }
+        Err(bad("TLB flush stub interrupted too often"))
+    }
+
     /// Set the start-of-day state: CPL3 in 64-bit mode at `entry.rip` with the given stack,
     /// rsi and page tables. The guest's L4 must contain [`Ring0Layer::private_l4_entries`].
     pub fn set_pv_entry(&mut self, entry: PvEntry) -> Result<(), VcpuError> {
@@ -836,6 +927,9 @@ impl Vcpu {
     /// SS is `FLAT_RING3_SS` (0xe02b). Data segments and the rest of the special registers
     /// stay as they were (or as changed through [`Vcpu::set_cr3`]).
     pub fn return_to_guest(&mut self, regs: &GuestRegs, cs: GuestCs) -> Result<(), VcpuError> {
+        if std::mem::take(&mut self.flush_pending) {
+            self.run_flush_stub()?;
+        }
         let mut r = *regs;
         r.rflags = sanitize_rflags(r.rflags);
         set_cpl3_segments(&mut self.sregs, cs);

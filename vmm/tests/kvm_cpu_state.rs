@@ -253,7 +253,7 @@ fn vm_creation_rejects_bad_sizes() {
     assert_eq!(vm.ram().nr_pages(), 16);
     assert_eq!(
         vm.ring0().private_l4_entries().len(),
-        2,
-        "ring 0 (257) and M2P (258)"
+        3,
+        "ring 0 (257), M2P (258), guest-RAM alias (259)"
     );
 }

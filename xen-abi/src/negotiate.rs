@@ -18,7 +18,8 @@ use core::fmt;
 
 use crate::elfnote::{FeatureDecl, KernelParams, ShortStr};
 use crate::features::{
-    FeatureSet, XENFEAT_AUTO_TRANSLATED_PHYSMAP, XENFEAT_DOM0, XENFEAT_HVM_CALLBACK_VECTOR,
+    FeatureSet, XENFEAT_AUTO_TRANSLATED_PHYSMAP, XENFEAT_DOM0, XENFEAT_GNTTAB_MAP_AVAIL_BITS,
+    XENFEAT_HIGHMEM_ASSIST, XENFEAT_HVM_CALLBACK_VECTOR, XENFEAT_MMU_PT_UPDATE_PRESERVE_AD,
     XENFEAT_PAE_PGDIR_ABOVE_4GB, XENFEAT_SUPERVISOR_MODE_KERNEL, XENFEAT_UNPRIVILEGED,
     XENFEAT_WRITABLE_DESCRIPTOR_TABLES, XENFEAT_WRITABLE_PAGE_TABLES,
 };
@@ -72,9 +73,18 @@ pub const REQUIRED_FEATURE_POLICY: [(u32, RequiredPolicy); 7] = [
     (XENFEAT_DOM0, RequiredPolicy::Privilege),
 ];
 
-/// The features kxen really implements, reported in `XENVER_get_features` submap 0.
-/// Empty for now: bits get added as kxen implements them.
-pub const KXEN_IMPLEMENTED: FeatureSet = FeatureSet::EMPTY;
+/// The features kxen really implements, reported in `XENVER_get_features` submap 0. Add a
+/// bit only when the mechanism it names works and is tested.
+// xen: common/kernel.c, XENVER_get_features sets these three for every PV domain
+/// - `mmu_pt_update_preserve_ad`: `MMU_PT_UPDATE_PRESERVE_AD` (hypercall/mmu.rs);
+/// - `highmem_assist`: `MMUEXT_CLEAR_PAGE` / `MMUEXT_COPY_PAGE`;
+/// - `gnttab_map_avail_bits`: grant maps keep the guest's available PTE bits (kxen keeps every
+///   software-available bit the guest's, docs/pte-abi.md). Linux 5.17+ panics at boot as a PV
+///   guest without it.
+pub const KXEN_IMPLEMENTED: FeatureSet = FeatureSet::EMPTY
+    .with(XENFEAT_MMU_PT_UPDATE_PRESERVE_AD)
+    .with(XENFEAT_HIGHMEM_ASSIST)
+    .with(XENFEAT_GNTTAB_MAP_AVAIL_BITS);
 
 /// Why kxen refuses to launch a kernel in a given mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

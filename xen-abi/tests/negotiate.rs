@@ -216,17 +216,18 @@ fn submap0_never_leaks_privilege_bits_from_implemented() {
 }
 
 #[test]
-fn kxen_implemented_is_empty_for_now() {
-    assert!(KXEN_IMPLEMENTED.is_empty());
+fn kxen_reports_exactly_the_pv_features_it_implements() {
+    // preserve_ad (5), highmem_assist (6), gnttab_map_avail_bits (7)
+    assert_eq!(KXEN_IMPLEMENTED.submap(0), 0xe0);
     let img = image_with(&[supported(1 << 12)]);
     let p = parse_xen_notes(&img).unwrap().kernel_params().unwrap();
     assert_eq!(
         features_submap(Unprivileged, &p, KXEN_IMPLEMENTED, 0),
-        Ok(1 << 12)
+        Ok(0xe0 | 1 << 12)
     );
     assert_eq!(
         features_submap(Privileged, &p, KXEN_IMPLEMENTED, 0),
-        Ok(1 << 11)
+        Ok(0xe0 | 1 << 11)
     );
 }
 

@@ -409,6 +409,7 @@ fn polite_shutdown(si: &StartInfo) {
 }
 
 /// Spin without hypercalls until an upcall arrives (or give up after a few seconds).
+#[cfg(kxen_guest = "events_spin")]
 fn spin_for_upcall(name: &str, before: u32) {
     let mut i = 0u64;
     while UPCALLS.get() == before && i < 3_000_000_000 {

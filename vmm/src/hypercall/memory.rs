@@ -39,6 +39,10 @@ pub fn memory_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) ->
             }
             match op {
                 XENMEM_MAXIMUM_GPFN => as_ret(nr_pages.saturating_sub(1)),
+                XENMEM_CURRENT_RESERVATION => {
+                    let gone = ctx.domain.mm.lock().map_or(0, |m| m.absent_pages());
+                    as_ret(nr_pages.saturating_sub(gone))
+                }
                 _ => as_ret(nr_pages),
             }
         }
@@ -80,6 +84,83 @@ pub fn memory_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) ->
             }
         }
         XENMEM_ADD_TO_PHYSMAP => super::grant::add_to_physmap(ctx, arg),
+        XENMEM_INCREASE_RESERVATION | XENMEM_DECREASE_RESERVATION | XENMEM_POPULATE_PHYSMAP => {
+            reservation(ctx, op, start_extent, arg)
+        }
+        // XENMEM_exchange and the rest: not implemented.
         _ => -ENOSYS,
     }
+}
+
+/// Largest extent order a domU may ask to be allocated (xen: CONFIG_DOMU_MAX_ORDER).
+pub const DOMU_MAX_ORDER: u32 = 9;
+
+/// `increase_reservation`, `decrease_reservation`, `populate_physmap` within the domain's
+/// maximum (its initial `nr_pages`), with the identity p2m: a frame given back is absent
+/// until increase/populate hands the same frame number back, zeroed. Returns the number of
+/// extents done (counting from `start_extent`), stopping at the first that cannot be.
+// xen: common/memory.c, do_memory_op reservation ops, increase_reservation,
+// decrease_reservation, populate_physmap, guest_remove_page.
+fn reservation(
+    ctx: &mut HypercallCtx<'_, DomainShared>,
+    op: u32,
+    start_extent: u64,
+    arg: u64,
+) -> i64 {
+    let r: XenMemoryReservation = match ctx.read_pod(arg) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let as_ret = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    if start_extent >= r.nr_extents {
+        return as_ret(start_extent);
+    }
+    if r.domid != DOMID_SELF {
+        return err(ESRCH);
+    }
+    if op != XENMEM_DECREASE_RESERVATION && r.extent_order > DOMU_MAX_ORDER {
+        return as_ret(start_extent);
+    }
+    let Some(pages) = 1u64
+        .checked_shl(r.extent_order)
+        .filter(|_| r.extent_order < 40)
+    else {
+        return as_ret(start_extent);
+    };
+    let ram = ctx.ram();
+    let dom: &DomainShared = ctx.domain;
+    let mut i = start_extent;
+    while i < r.nr_extents {
+        let slot = r.extent_start.wrapping_add(i.wrapping_mul(8));
+        let ok = match op {
+            XENMEM_INCREASE_RESERVATION => {
+                let mut mm = dom.mm.lock().unwrap_or_else(|p| p.into_inner());
+                match mm.find_absent(pages) {
+                    Some(mfn) if r.extent_start == 0 || ctx.write_obj(slot, &mfn).is_ok() => {
+                        mm.populate_pages(ram, mfn, pages)
+                    }
+                    _ => false,
+                }
+            }
+            _ => {
+                let Ok(frame) = ctx.read_obj::<u64>(slot) else {
+                    break;
+                };
+                let mut mm = dom.mm.lock().unwrap_or_else(|p| p.into_inner());
+                if op == XENMEM_POPULATE_PHYSMAP {
+                    mm.populate_pages(ram, frame, pages)
+                } else {
+                    mm.remove_pages(frame, pages) == pages
+                }
+            }
+        };
+        if !ok {
+            break;
+        }
+        i += 1;
+    }
+    if dom.mm.lock().map(|mut m| m.take_flush()).unwrap_or(false) {
+        ctx.reload_cr3 = true;
+    }
+    as_ret(i)
 }

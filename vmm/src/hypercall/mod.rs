@@ -45,6 +45,7 @@ pub mod cpu;
 pub mod event;
 pub mod grant;
 pub mod memory;
+pub mod mmu;
 pub mod multicall;
 pub mod pv;
 pub mod sched;
@@ -122,6 +123,9 @@ pub struct HypercallCtx<'a, D = ()> {
     pub return_cs: GuestCs,
     /// Inside a `multicall` (nested multicalls and continuations are refused).
     pub in_multicall: bool,
+    /// Set by a handler that switched the base pointer or must flush the TLB: the run loop
+    /// reloads CR3 from `pv.current_cr3()` with [`crate::vcpu::Vcpu::flush_tlb`].
+    pub reload_cr3: bool,
     ram: &'a GuestRam,
     mem: GuestVirt<'a>,
 }
@@ -144,6 +148,7 @@ impl<'a, D> HypercallCtx<'a, D> {
             regs_replaced: false,
             return_cs: GuestCs::Long64,
             in_multicall: false,
+            reload_cr3: false,
             ram,
             mem: GuestVirt::new(ram, cr3),
         }
@@ -307,7 +312,14 @@ impl<D> HypercallTable<D> {
 /// [`HypercallTable::with_stats`]); [`pv_hypercalls`] is the shared one.
 pub fn pv_hypercall_table() -> HypercallTable<DomainShared> {
     let mut t = HypercallTable::new();
-    let handlers: [(u64, HypercallFn<DomainShared>); 25] = [
+    let handlers: [(u64, HypercallFn<DomainShared>); 29] = [
+        (nr::MMU_UPDATE, mmu::mmu_update),
+        (nr::UPDATE_VA_MAPPING, mmu::update_va_mapping),
+        (
+            nr::UPDATE_VA_MAPPING_OTHERDOMAIN,
+            mmu::update_va_mapping_otherdomain,
+        ),
+        (nr::MMUEXT_OP, mmu::mmuext_op),
         (nr::SET_TRAP_TABLE, pv::set_trap_table),
         (nr::STACK_SWITCH, pv::stack_switch),
         (nr::SET_CALLBACKS, pv::set_callbacks),
