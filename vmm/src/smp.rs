@@ -107,6 +107,9 @@ pub struct InitContext {
     pub syscall_callback: u64,
     /// `vm_assist` bits.
     pub vm_assist: u64,
+    /// Virtual I/O privilege level (0..=3), from `user_regs.eflags`'s IOPL bits (Linux
+    /// passes IOPL 1 this way for its secondary CPUs).
+    pub iopl: u32,
     /// FS base.
     pub fs_base: u64,
     /// Kernel GS base.
@@ -209,6 +212,8 @@ pub fn parse_context(
         failsafe_callback: u64_at(b, OFF_FAILSAFE_CB),
         syscall_callback: u64_at(b, OFF_SYSCALL_CB),
         vm_assist: u64_at(b, OFF_VM_ASSIST),
+        // xen: arch_set_info_guest, the virtual IOPL comes from the context's eflags.
+        iopl: ((r(18) >> 12) & 3) as u32,
         fs_base: u64_at(b, OFF_FS_BASE),
         gs_base_kernel: u64_at(b, OFF_GS_BASE_KERNEL),
         gs_base_user: u64_at(b, OFF_GS_BASE_USER),
@@ -258,6 +263,7 @@ pub fn apply_context(vcpu: &mut Vcpu, c: &InitContext) -> Result<(), SmpError> {
     pv.gs_base_kernel = c.gs_base_kernel;
     pv.gs_base_user = c.gs_base_user;
     pv.vm_assist = c.vm_assist;
+    pv.iopl = c.iopl;
     pv.set_guest_mode(if c.flags & VGCF_IN_KERNEL != 0 {
         xen_abi::pv_vcpu::GuestMode::Kernel
     } else {
@@ -416,7 +422,7 @@ mod tests {
         put(OFF_REGS + 16 * 8, 0xffff_8000_0010_0000); // rip
         put(OFF_REGS + 19 * 8, 0xffff_8000_0020_0000); // rsp
         put(OFF_REGS + 14 * 8, 7); // rdi
-        put(OFF_REGS + 18 * 8, 0x202); // rflags
+        put(OFF_REGS + 18 * 8, 0x1202); // rflags, IOPL 1
         put(OFF_CTRLREG + 24, 0x5000);
         put(OFF_EVENT_CB, 0xffff_8000_0030_0000);
         put(OFF_KERNEL_SP, 0xffff_8000_0040_0000);
@@ -435,6 +441,8 @@ mod tests {
         assert_eq!(c.regs.rip, 0xffff_8000_0010_0000);
         assert_eq!(c.regs.rsp, 0xffff_8000_0020_0000);
         assert_eq!(c.regs.rdi, 7);
+        assert_eq!(c.iopl, 1, "virtual IOPL from eflags");
+        assert_eq!(c.regs.rflags & (3 << 12), 0, "real IOPL stays 0");
         assert_eq!(c.cr3, 0x5000);
         assert_eq!(c.event_callback, 0xffff_8000_0030_0000);
         assert_eq!(c.kernel_sp, 0xffff_8000_0040_0000);

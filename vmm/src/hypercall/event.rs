@@ -167,7 +167,11 @@ fn smp_vcpu_op(ctx: &mut HypercallCtx<'_, DomainShared>, cmd: u32, target: u32, 
             if let Err(e) = ctx.copy_from_guest(arg, &mut b[..]) {
                 return e;
             }
-            smp::parse_context(&b, ctx.domain.nr_pages).and_then(|c| s.initialise(target, c))
+            // xen: vm_assist is domain-wide (the context's field only sets it for vCPU 0);
+            // kxen keeps it per vCPU, so the new vCPU inherits the caller's.
+            let vm_assist = ctx.pv.vm_assist;
+            smp::parse_context(&b, ctx.domain.nr_pages)
+                .and_then(|c| s.initialise(target, smp::InitContext { vm_assist, ..c }))
         }
         smp::VCPUOP_UP => s.up(target),
         smp::VCPUOP_DOWN => {
