@@ -328,6 +328,24 @@ const HIDE_7_ECX: u32 = leaf7::ECX_UMIP
     | leaf7::ECX_WAITPKG
     | leaf7::ECX_LA57
     | leaf7::ECX_SGX_LC;
+/// Leaf 7 EDX speculation controls: IBRSB (26), STIBP (27), L1D_FLUSH (28), ARCH_CAPS (29),
+/// SSBD (31). Xen offers them and emulates their MSRs (SPEC_CTRL, PRED_CMD, FLUSH_CMD,
+/// ARCH_CAPABILITIES); kxen does not virtualize those MSRs yet, so it hides the features
+/// rather than let a guest fault on `wrmsr` (Linux issues IBPB through PRED_CMD on context
+/// switches when it sees them).
+const HIDE_7_EDX: u32 = (1 << 26) | (1 << 27) | (1 << 28) | (1 << 29) | (1 << 31);
+/// Leaf 0x80000008 EBX, AMD's view of the same controls: IBPB (12), IBRS (14), STIBP (15),
+/// IBRS/STIBP always-on (16, 17), IBRS preferred (18), AMD_SSBD (24), VIRT_SSBD (25),
+/// PSFD (28).
+const HIDE_E8_EBX: u32 = (1 << 12)
+    | (1 << 14)
+    | (1 << 15)
+    | (1 << 16)
+    | (1 << 17)
+    | (1 << 18)
+    | (1 << 24)
+    | (1 << 25)
+    | (1 << 28);
 const HIDE_E1_ECX: u32 =
     ext1::ECX_SVM | ext1::ECX_IBS | ext1::ECX_SKINIT | ext1::ECX_WDT | ext1::ECX_LWP;
 const HIDE_E1_EDX: u32 = ext1::EDX_PAGE1GB; // 'H': HVM only
@@ -394,6 +412,10 @@ pub fn pv_cpuid(
         7 if subleaf == 0 => {
             r[1] &= !HIDE_7_EBX;
             r[2] &= !HIDE_7_ECX;
+            r[3] &= !HIDE_7_EDX;
+        }
+        0x8000_0008 => {
+            r[1] &= !HIDE_E8_EBX;
         }
         0x8000_0001 => {
             r[2] &= !HIDE_E1_ECX;
