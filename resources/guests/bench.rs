@@ -16,7 +16,9 @@
 //! PV memory modes (`<mode>`): `mmuext_flush` (mmuext_op TLB_FLUSH_LOCAL, no PTE written),
 //! `mmu_update_x1`, `mmu_update_x32`, `mmu_update_x512` (N PTE updates through
 //! mmu_update batches of that many requests; at least one batch) and `ptwr_store` (N
-//! 64-bit `mov`s into the guest's own L1, emulated by kxen's writable-page-table path).
+//! 64-bit `mov`s into the guest's own L1, emulated by kxen's writable-page-table path);
+//! `mmu_same_x512` (batches of 512 requests rewriting one entry: one replayed entry per
+//! batch instead of 512).
 //! A mode that cannot run prints `<mode>_cycles=not measured: <reason>` instead, and the
 //! run goes on.
 
@@ -313,6 +315,41 @@ impl Scratch {
         Ok((t1.wrapping_sub(t0), calls * batch))
     }
 
+    /// `n` updates (at least one batch) in batches of 512 requests that all rewrite the
+    /// same entry (alternating between the two frames, ending where it started): kxen's
+    /// replay list then holds one entry per batch instead of 512.
+    fn mmu_update_same(&mut self, n: u64) -> Result<(u64, u64), NotMeasured> {
+        let calls = n.div_ceil(ENTRIES).max(1);
+        let reqs = self.reqs as *mut MmuUpdate;
+        let slot = 0;
+        let cur = (rd(self.l1_va + slot * 8) & ADDR) >> 12;
+        let other = if cur == self.frames[0] {
+            self.frames[1]
+        } else {
+            self.frames[0]
+        };
+        for j in 0..ENTRIES {
+            let frame = if j % 2 == 0 { other } else { cur };
+            let r = MmuUpdate {
+                ptr: self.l1_ma + slot * 8 | MMU_NORMAL_PT_UPDATE,
+                val: pte(frame, P | RW),
+            };
+            // SAFETY: j < 512: inside the two writable request pages.
+            unsafe { reqs.add(j as usize).write(r) };
+        }
+        self.last = (slot, pte(cur, P | RW));
+        let t0 = rdtsc();
+        for _ in 0..calls {
+            let rc = mmu_update(reqs as u64, ENTRIES);
+            if rc != 0 {
+                return Err(NotMeasured("mmu_update", rc));
+            }
+        }
+        let t1 = rdtsc();
+        self.verify()?;
+        Ok((t1.wrapping_sub(t0), calls * ENTRIES))
+    }
+
     /// `n` direct stores into the L1 (writable page tables).
     fn ptwr(&mut self, n: u64) -> Result<(u64, u64), NotMeasured> {
         let rc = hc::vm_assist(VMASST_CMD_ENABLE, VMASST_TYPE_WRITABLE_PAGETABLES);
@@ -392,6 +429,11 @@ fn pv_memory(si: &StartInfo, n: u64) {
             for (c, o, _) in modes {
                 report(c, o, Err(NotMeasured(e.0, e.1)));
             }
+            report(
+                "mmu_same_x512_cycles",
+                "mmu_same_x512_ops",
+                Err(NotMeasured(e.0, e.1)),
+            );
             report("ptwr_store_cycles", "ptwr_store_ops", Err(e));
             return;
         }
@@ -399,5 +441,10 @@ fn pv_memory(si: &StartInfo, n: u64) {
     for (c, o, batch) in modes {
         report(c, o, scratch.mmu_update(n, batch));
     }
+    report(
+        "mmu_same_x512_cycles",
+        "mmu_same_x512_ops",
+        scratch.mmu_update_same(n),
+    );
     report("ptwr_store_cycles", "ptwr_store_ops", scratch.ptwr(n));
 }

@@ -12,7 +12,8 @@
 //! CPL3, kxen's syscall and `int3` round trips without a handler, MMIO exits from ring 0
 //! and CPL3, with and without `return_to_guest`, in-kernel `cpuid` exits, and a bare
 //! `mmuext_op(TLB_FLUSH_LOCAL)` from the bench guest (a hypercall plus kxen's ring-0 CR3
-//! reload exit, the one its PTE replay uses).
+//! reload exit, the one its PTE replay uses) and `mmu_update` batches of 512 requests
+//! that rewrite one entry (one replayed entry per batch instead of 512).
 //!
 //! PV memory ([`PV_MEMORY`], same run, in the bench guest): PTE updates per second through
 //! `mmu_update` batches of 1, 32 and 512 requests and through writable-page-table stores
@@ -149,7 +150,7 @@ pub const PV_MEMORY: [&str; 4] = [
 ];
 
 /// What each guest-timed phase measures (bench guest key prefix, description).
-const GUEST_MODES: [(&str, &str); 5] = [
+const GUEST_MODES: [(&str, &str); 6] = [
     (
         "mmuext_flush",
         "mmuext_op(TLB_FLUSH_LOCAL) from the bench guest: a hypercall plus kxen's ring-0 CR3 reload exit, no PTE written",
@@ -165,6 +166,10 @@ const GUEST_MODES: [(&str, &str); 5] = [
     (
         "mmu_update_x512",
         "PTE update through mmu_update batches of 512 requests (one hypercall + one replay exit per batch)",
+    ),
+    (
+        "mmu_same_x512",
+        "mmu_update batches of 512 requests all rewriting one entry (kxen replays one entry per batch, not 512)",
     ),
     (
         "ptwr_store",
@@ -1269,14 +1274,63 @@ mod tests {
         let c = "KXEN-TEST: VALUE iterations=100\nKXEN-TEST: PASS hypercall_results_consistent\n\
                  KXEN-TEST: VALUE hypercall_cycles=5000\nKXEN-TEST: VALUE exception_cycles=9000\n\
                  KXEN-TEST: DONE pass=3 fail=0\n";
-        let p = phases_from_console(c, 100).unwrap();
+        let (p, missing) = phases_from_console(c, 100).unwrap();
         assert_eq!(p.len(), 2);
+        assert_eq!(missing.len(), GUEST_MODES.len());
         assert_eq!((p[0].name, p[0].cycles), ("hypercall", 5000));
         assert_eq!((p[1].name, p[1].cycles), ("exception", 9000));
         let m = p[0].clone().finish(1_000_000, 10.0, &[]);
         assert_eq!(m.ns_per_op, 50.0);
         assert_eq!(m.ratio_to_floor, 5.0);
         assert_eq!(m.wall_ns_per_op, None);
+    }
+
+    #[test]
+    fn pte_modes_are_measured_per_update_or_missing_with_the_guests_reason() {
+        let c = "KXEN-TEST: VALUE iterations=100\nKXEN-TEST: VALUE hypercall_cycles=5000\n\
+                 KXEN-TEST: VALUE exception_cycles=9000\n\
+                 KXEN-TEST: VALUE mmu_update_x1_cycles=2000\nKXEN-TEST: VALUE mmu_update_x1_ops=100\n\
+                 KXEN-TEST: VALUE mmu_update_x512_cycles=5120\nKXEN-TEST: VALUE mmu_update_x512_ops=512\n\
+                 KXEN-TEST: VALUE mmu_update_x32_cycles=not measured: mmu_update returned -22\n\
+                 KXEN-TEST: VALUE ptwr_store_cycles=77\nKXEN-TEST: VALUE ptwr_store_ops=0\n";
+        let (p, missing) = phases_from_console(c, 100).unwrap();
+        let x1 = p.iter().find(|p| p.name == "mmu_update_x1").unwrap();
+        assert_eq!((x1.iterations, x1.cycles), (100, 2000));
+        let m = p
+            .iter()
+            .find(|p| p.name == "mmu_update_x512")
+            .unwrap()
+            .clone()
+            .finish(1_000_000, 5.0, &[]);
+        assert_eq!(
+            (m.iterations, m.ns_per_op, m.ratio_to_floor),
+            (512, 10.0, 2.0)
+        );
+        assert_eq!(m.per_second, 1e8);
+        assert_eq!(m.section, Section::PvMemory);
+        assert!(!m.breakdown);
+        let reason = |n: &str| {
+            missing
+                .iter()
+                .find(|m| m.name == n)
+                .map(|m| m.reason.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            reason("mmu_update_x32"),
+            "bench guest: mmu_update returned -22"
+        );
+        assert!(reason("ptwr_store").contains("not a count"), "{missing:?}");
+        assert!(reason("mmuext_flush").contains("printed no"), "{missing:?}");
+        assert_eq!(Section::of("mmuext_flush"), Section::Breakdown);
+        assert_eq!(
+            missing
+                .iter()
+                .find(|m| m.name == "ptwr_store")
+                .unwrap()
+                .section,
+            Section::PvMemory
+        );
     }
 
     #[test]
