@@ -1334,6 +1334,36 @@ mod tests {
     }
 
     #[test]
+    fn pte_lines_print_under_their_heading_and_a_missing_mode_says_why() {
+        let p = Phase {
+            name: "mmu_update_x32",
+            what: "w".into(),
+            iterations: 64,
+            cycles: 64_000,
+            wall_ns: None,
+            exits: None,
+            round_cycles: Vec::new(),
+        };
+        let report = BenchReport {
+            iterations: 50,
+            tsc_khz: 1_000_000,
+            results: vec![p.finish(1_000_000, 500.0, &[])],
+            missing: vec![Missing::new("ptwr_store", "bench guest: no".into())],
+            notes: Vec::new(),
+        };
+        let text = report.to_string();
+        let heading = text.find("PV memory: PTE updates").expect("heading");
+        let line = text.find("mmu_update_x32:").expect("line");
+        let gone = text.find("ptwr_store:       not measured: bench guest: no");
+        assert!(heading < line, "{text}");
+        assert!(gone.is_some_and(|g| g > heading), "{text}");
+        assert!(
+            text.contains("1000.0 ns/update    1000000 updates/s    2.000x floor"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn ratio_is_the_median_of_per_round_ratios() {
         let p = Phase {
             name: "x",
