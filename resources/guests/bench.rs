@@ -228,7 +228,10 @@ impl Scratch {
         let stack = &end as *const u64 as u64;
         let pt_end = si.pt_base + si.nr_pt_frames * PAGE_SIZE;
         if page(4) < pt_end || page(4) < stack || end <= VIRT_BASE {
-            return Err(NotMeasured("no padding pages after the page tables and stack", 0));
+            return Err(NotMeasured(
+                "no padding pages after the page tables and stack",
+                0,
+            ));
         }
         let l1_va = page(0);
         for i in 0..ENTRIES {
@@ -254,12 +257,15 @@ impl Scratch {
             .find(|&i| rd(l2 + i * 8) & P == 0)
             .ok_or(NotMeasured("no free slot in the boot L2", 0))?;
         let hook = MmuUpdate {
-            ptr: mfn_of(l2) * PAGE_SIZE + slot * 8 | MMU_NORMAL_PT_UPDATE,
+            ptr: (mfn_of(l2) * PAGE_SIZE + slot * 8) | MMU_NORMAL_PT_UPDATE,
             val: pte(mfn_of(l1_va), P | RW),
         };
         let rc = mmu_update(&hook as *const MmuUpdate as u64, 1);
         if rc != 0 {
-            return Err(NotMeasured("mmu_update (hooking the scratch L1 into the L2)", rc));
+            return Err(NotMeasured(
+                "mmu_update (hooking the scratch L1 into the L2)",
+                rc,
+            ));
         }
         Ok(Self {
             l1_va,
@@ -299,7 +305,7 @@ impl Scratch {
             for j in 0..batch {
                 let (slot, val) = self.target();
                 let r = MmuUpdate {
-                    ptr: self.l1_ma + slot * 8 | MMU_NORMAL_PT_UPDATE,
+                    ptr: (self.l1_ma + slot * 8) | MMU_NORMAL_PT_UPDATE,
                     val,
                 };
                 // SAFETY: j < 512: inside the two writable request pages.
@@ -331,7 +337,7 @@ impl Scratch {
         for j in 0..ENTRIES {
             let frame = if j % 2 == 0 { other } else { cur };
             let r = MmuUpdate {
-                ptr: self.l1_ma + slot * 8 | MMU_NORMAL_PT_UPDATE,
+                ptr: (self.l1_ma + slot * 8) | MMU_NORMAL_PT_UPDATE,
                 val: pte(frame, P | RW),
             };
             // SAFETY: j < 512: inside the two writable request pages.
