@@ -10,7 +10,15 @@
 //!
 //! Breakdown phases (same run, see docs/performance.md) time the pieces: `syscall` from
 //! CPL3, kxen's syscall and `int3` round trips without a handler, MMIO exits from ring 0
-//! and CPL3, with and without `return_to_guest`, and in-kernel `cpuid` exits.
+//! and CPL3, with and without `return_to_guest`, in-kernel `cpuid` exits, and a bare
+//! `mmuext_op(TLB_FLUSH_LOCAL)` from the bench guest (a hypercall plus kxen's ring-0 CR3
+//! reload exit, the one its PTE replay uses) and `mmu_update` batches of 512 requests
+//! that rewrite one entry (one replayed entry per batch instead of 512).
+//!
+//! PV memory ([`PV_MEMORY`], same run, in the bench guest): PTE updates per second through
+//! `mmu_update` batches of 1, 32 and 512 requests and through writable-page-table stores
+//! (a guest `mov` into one of its own L1 entries, emulated by kxen's ptwr path), each as ns
+//! per PTE update, updates per second and the ratio to the floor.
 //!
 //! Every loop is timed by the guest's own TSC (`rdtsc` before and after N operations);
 //! cycles are converted to ns with KVM's TSC frequency (`KVM_GET_TSC_KHZ`). Ring-0 phases
@@ -98,11 +106,76 @@ pub struct Measurement {
     /// Not one of the four headline figures (hypercall, exception, exit, syscall) but a
     /// part of the breakdown that explains them.
     pub breakdown: bool,
+    /// Operations per second (1e9 / `ns_per_op`; PTE updates per second for
+    /// [`Section::PvMemory`]).
+    pub per_second: f64,
+    /// Where the line is printed.
+    pub section: Section,
+}
+
+/// The groups of lines `kxen bench` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Section {
+    /// The four headline figures ([`HEADLINE`]).
+    Headline,
+    /// The pieces that explain them.
+    Breakdown,
+    /// PTE updates ([`PV_MEMORY`]): one operation is one PTE update.
+    PvMemory,
+}
+
+impl Section {
+    /// The section a measurement called `name` belongs to.
+    pub fn of(name: &str) -> Self {
+        if HEADLINE.contains(&name) {
+            Self::Headline
+        } else if PV_MEMORY.contains(&name) {
+            Self::PvMemory
+        } else {
+            Self::Breakdown
+        }
+    }
 }
 
 /// The headline measurements, in the order printed.
 pub const HEADLINE: [&str; 4] = ["hypercall", "exception", "exit", "syscall"];
 
+/// The PV-memory measurements (PTE updates), in the order printed.
+pub const PV_MEMORY: [&str; 4] = [
+    "mmu_update_x1",
+    "mmu_update_x32",
+    "mmu_update_x512",
+    "ptwr_store",
+];
+
+/// What each guest-timed phase measures (bench guest key prefix, description).
+const GUEST_MODES: [(&str, &str); 6] = [
+    (
+        "mmuext_flush",
+        "mmuext_op(TLB_FLUSH_LOCAL) from the bench guest: a hypercall plus kxen's ring-0 CR3 reload exit, no PTE written",
+    ),
+    (
+        "mmu_update_x1",
+        "PTE update through mmu_update batches of 1 request (one hypercall + one replay exit per batch)",
+    ),
+    (
+        "mmu_update_x32",
+        "PTE update through mmu_update batches of 32 requests (one hypercall + one replay exit per batch)",
+    ),
+    (
+        "mmu_update_x512",
+        "PTE update through mmu_update batches of 512 requests (one hypercall + one replay exit per batch)",
+    ),
+    (
+        "mmu_same_x512",
+        "mmu_update batches of 512 requests all rewriting one entry (kxen replays one entry per batch, not 512)",
+    ),
+    (
+        "ptwr_store",
+        "PTE update by a guest 64-bit mov into its own L1 (writable page tables: #PF, kxen emulates, replay exit)",
+    ),
+];
 /// An operation that could not be measured in this run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Missing {
@@ -110,6 +183,18 @@ pub struct Missing {
     pub name: &'static str,
     /// Why.
     pub reason: String,
+    /// Where the line is printed.
+    pub section: Section,
+}
+
+impl Missing {
+    fn new(name: &'static str, reason: String) -> Self {
+        Self {
+            name,
+            reason,
+            section: Section::of(name),
+        }
+    }
 }
 
 /// Everything one `kxen bench` run measured.
@@ -164,21 +249,57 @@ impl fmt::Display for BenchReport {
                 m.what
             )
         };
-        for m in self.results.iter().filter(|m| !m.breakdown) {
+        let missing = |f: &mut fmt::Formatter<'_>, section: Section| {
+            for m in self.missing.iter().filter(|m| m.section == section) {
+                writeln!(
+                    f,
+                    "{:<17} not measured: {}",
+                    format!("{}:", m.name),
+                    m.reason
+                )?;
+            }
+            Ok(())
+        };
+        for m in self
+            .results
+            .iter()
+            .filter(|m| m.section == Section::Headline)
+        {
             line(f, m)?;
         }
-        for m in &self.missing {
+        missing(f, Section::Headline)?;
+        writeln!(f, "breakdown (same run):")?;
+        for m in self
+            .results
+            .iter()
+            .filter(|m| m.section == Section::Breakdown)
+        {
+            line(f, m)?;
+        }
+        missing(f, Section::Breakdown)?;
+        writeln!(
+            f,
+            "PV memory: PTE updates (same run, bench guest, rdtsc around all updates of a \
+             mode; ratio = ns per update / floor (exit)):"
+        )?;
+        for m in self
+            .results
+            .iter()
+            .filter(|m| m.section == Section::PvMemory)
+        {
             writeln!(
                 f,
-                "{:<17} not measured: {}",
+                "{:<17} {:>10.1} ns/update {:>10.0} updates/s {:>8.3}x floor  {:>7.0} cycles/update  [{} updates]  {}",
                 format!("{}:", m.name),
-                m.reason
+                m.ns_per_op,
+                m.per_second,
+                m.ratio_to_floor,
+                m.cycles_per_op,
+                m.iterations,
+                m.what
             )?;
         }
-        writeln!(f, "breakdown (same run):")?;
-        for m in self.results.iter().filter(|m| m.breakdown) {
-            line(f, m)?;
-        }
+        missing(f, Section::PvMemory)?;
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
         }
@@ -247,25 +368,33 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
         report.results.push(p.finish(khz, floor_ns, &floor_rounds));
     }
     match guest_phases(iterations) {
-        Ok(phases) => {
+        Ok((phases, missing)) => {
             for p in phases {
                 report.results.push(p.finish(khz, floor_ns, &[]));
             }
+            report.missing.extend(missing);
         }
         Err(reason) => {
-            for name in ["hypercall", "exception"] {
-                report.missing.push(Missing {
-                    name,
-                    reason: reason.clone(),
-                });
+            let names = ["hypercall", "exception"]
+                .into_iter()
+                .chain(GUEST_MODES.iter().map(|&(n, _)| n));
+            for name in names {
+                report.missing.push(Missing::new(name, reason.clone()));
             }
         }
     }
-    // Headline figures first, in the issue's order; the breakdown as measured.
+    // Headline figures first, in the issue's order; the breakdown as measured; then the
+    // PTE updates in their order.
     report.results.sort_by_key(|m| {
         HEADLINE
             .iter()
             .position(|&h| h == m.name)
+            .or_else(|| {
+                PV_MEMORY
+                    .iter()
+                    .position(|&h| h == m.name)
+                    .map(|i| HEADLINE.len() + 1 + i)
+            })
             .unwrap_or(HEADLINE.len())
     });
     Ok(report)
@@ -322,7 +451,9 @@ impl Phase {
                 0.0
             };
         Measurement {
-            breakdown: !HEADLINE.contains(&self.name),
+            breakdown: Section::of(self.name) == Section::Breakdown,
+            section: Section::of(self.name),
+            per_second: if ns > 0.0 { 1e9 / ns } else { 0.0 },
             name: self.name,
             what: self.what,
             iterations: self.iterations,
@@ -890,16 +1021,18 @@ impl Write for Captured {
     }
 }
 
-/// How long the bench guest may take: generous (a few exits per iteration at tens of µs
-/// each, on a loaded host), but bounded, since a guest kxen cannot serve yet spins forever.
+/// How long the bench guest may take: generous (about ten exits per iteration over all
+/// its phases, at tens of µs each, on a loaded host), but bounded, since a guest kxen
+/// cannot serve yet spins forever.
 fn guest_timeout(iterations: u64) -> Duration {
-    Duration::from_secs(20).saturating_add(Duration::from_millis(iterations.saturating_mul(2)))
+    Duration::from_secs(20).saturating_add(Duration::from_millis(iterations.saturating_mul(4)))
 }
 
-/// Boot the bench guest with `iterations=N`; `Err` says why (a)/(b) could not be measured.
+/// Boot the bench guest with `iterations=N`; `Err` says why nothing could be measured;
+/// modes the guest could not run come back as [`Missing`].
 /// The domain runs on its own thread so that a guest that never shuts down only costs the
 /// timeout (the thread is then left behind; the process exits after the report).
-fn guest_phases(iterations: u64) -> Result<Vec<Phase>, String> {
+fn guest_phases(iterations: u64) -> Result<(Vec<Phase>, Vec<Missing>), String> {
     let spec = LaunchSpec {
         name: "kxen-bench".into(),
         kernel: BENCH_GUEST.to_vec(),
@@ -918,8 +1051,15 @@ fn guest_phases(iterations: u64) -> Result<Vec<Phase>, String> {
             let r = Domain::create(&spec, Box::new(out)).and_then(|mut d| {
                 let outcome = d.run()?;
                 let s = d.stats();
-                // xen: public/xen.h __HYPERVISOR_xen_version = 17; #BP = vector 3
-                let counts = (s.hypercalls(17), s.vector(3), s.hypercalls(23));
+                // xen: public/xen.h __HYPERVISOR_xen_version = 17, __HYPERVISOR_iret = 23,
+                // __HYPERVISOR_mmuext_op = 26; #BP = vector 3, #PF = vector 14
+                let counts = GuestCounts {
+                    versions: s.hypercalls(17),
+                    bps: s.vector(3),
+                    irets: s.hypercalls(23),
+                    mmuext: s.hypercalls(26),
+                    pfs: s.vector(14),
+                };
                 Ok((outcome, d.stats_line(), counts))
             });
             let _ = tx.send(r.map_err(|e| e.to_string()));
@@ -928,7 +1068,7 @@ fn guest_phases(iterations: u64) -> Result<Vec<Phase>, String> {
         return Err(format!("cannot start the bench guest thread: {e}"));
     }
     let timeout = guest_timeout(iterations);
-    let (outcome, stats, (versions, bps, irets)) = match rx.recv_timeout(timeout) {
+    let (outcome, stats, counts) = match rx.recv_timeout(timeout) {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(format!("bench guest: {e}")),
         Err(_) => {
@@ -948,15 +1088,28 @@ fn guest_phases(iterations: u64) -> Result<Vec<Phase>, String> {
         ));
     }
     debug!("bench guest: {stats}");
-    let mut phases = phases_from_console(&text, iterations)?;
+    let (mut phases, missing) = phases_from_console(&text, iterations)?;
     for p in &mut phases {
-        // Exits the VMM saw for the whole guest run (a few come from outside the loops).
-        p.exits = Some(match p.name {
-            "hypercall" => versions,
-            _ => bps.saturating_add(irets),
-        });
+        // Exits the VMM saw for the whole guest run (a few come from outside the loops);
+        // the mmu_update modes share one counter, so none is given for them.
+        p.exits = match p.name {
+            "hypercall" => Some(counts.versions),
+            "exception" => Some(counts.bps.saturating_add(counts.irets)),
+            "mmuext_flush" => Some(counts.mmuext),
+            "ptwr_store" => Some(counts.pfs),
+            _ => None,
+        };
     }
-    Ok(phases)
+    Ok((phases, missing))
+}
+
+/// The VMM's counters for one bench guest run.
+struct GuestCounts {
+    versions: u64,
+    bps: u64,
+    irets: u64,
+    mmuext: u64,
+    pfs: u64,
 }
 
 /// The last line or so of a console transcript, for error messages.
@@ -966,9 +1119,14 @@ fn tail(text: &str) -> &str {
     &t[start..]
 }
 
-/// The hypercall and exception phases from the bench guest's console transcript.
-/// `Err` names the first problem: a failed check, a panic, a missing or bad value.
-fn phases_from_console(console: &str, iterations: u64) -> Result<Vec<Phase>, String> {
+/// The guest phases from the bench guest's console transcript. `Err` names the first
+/// problem with the hypercall and exception phases: a failed check, a panic, a missing or
+/// bad value; a PV-memory mode the guest could not run (or printed no number for) is
+/// [`Missing`] with the guest's reason.
+fn phases_from_console(
+    console: &str,
+    iterations: u64,
+) -> Result<(Vec<Phase>, Vec<Missing>), String> {
     for l in console.lines() {
         let l = l.trim();
         if l.starts_with("KXEN-TEST: FAIL") || l.starts_with("KXEN-TEST: PANIC") {
@@ -990,7 +1148,7 @@ fn phases_from_console(console: &str, iterations: u64) -> Result<Vec<Phase>, Str
             "bench guest ran {n} iterations, {iterations} were asked for"
         ));
     }
-    let phase = |name, what: &str, cycles| Phase {
+    let phase = |name, what: &str, iterations, cycles| Phase {
         name,
         what: what.into(),
         iterations,
@@ -999,18 +1157,43 @@ fn phases_from_console(console: &str, iterations: u64) -> Result<Vec<Phase>, Str
         exits: None,
         round_cycles: Vec::new(),
     };
-    Ok(vec![
+    let mut phases = vec![
         phase(
             "hypercall",
             "xen_version(XENVER_version) from the bench guest through kxen's hypercall path",
+            iterations,
             get("hypercall_cycles")?,
         ),
         phase(
             "exception",
             "int3 in the bench guest -> kxen -> guest #BP handler -> iret hypercall back",
+            iterations,
             get("exception_cycles")?,
         ),
-    ])
+    ];
+    let mut missing = Vec::new();
+    for (name, what) in GUEST_MODES {
+        let cycles_key = format!("{name}_cycles");
+        let raw = |key: &str| values.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+        let measured = match (raw(&cycles_key), raw(&format!("{name}_ops"))) {
+            (None, _) => Err(format!("bench guest printed no {cycles_key} value")),
+            (Some(c), ops) => match c.strip_prefix("not measured: ") {
+                Some(reason) => Err(format!("bench guest: {reason}")),
+                None => match (c.parse::<u64>(), ops.map(|o| o.parse::<u64>())) {
+                    (Ok(c), Some(Ok(o))) if o > 0 => Ok((c, o)),
+                    _ => Err(format!(
+                        "bench guest: {cycles_key}={c} over {name}_ops={} is not a count",
+                        ops.map_or("(none)", |o| o.as_str())
+                    )),
+                },
+            },
+        };
+        match measured {
+            Ok((cycles, ops)) => phases.push(phase(name, what, ops, cycles)),
+            Err(reason) => missing.push(Missing::new(name, reason)),
+        }
+    }
+    Ok((phases, missing))
 }
 
 /// `KXEN-TEST: VALUE name=value` pairs from a console transcript.
@@ -1091,14 +1274,93 @@ mod tests {
         let c = "KXEN-TEST: VALUE iterations=100\nKXEN-TEST: PASS hypercall_results_consistent\n\
                  KXEN-TEST: VALUE hypercall_cycles=5000\nKXEN-TEST: VALUE exception_cycles=9000\n\
                  KXEN-TEST: DONE pass=3 fail=0\n";
-        let p = phases_from_console(c, 100).unwrap();
+        let (p, missing) = phases_from_console(c, 100).unwrap();
         assert_eq!(p.len(), 2);
+        assert_eq!(missing.len(), GUEST_MODES.len());
         assert_eq!((p[0].name, p[0].cycles), ("hypercall", 5000));
         assert_eq!((p[1].name, p[1].cycles), ("exception", 9000));
         let m = p[0].clone().finish(1_000_000, 10.0, &[]);
         assert_eq!(m.ns_per_op, 50.0);
         assert_eq!(m.ratio_to_floor, 5.0);
         assert_eq!(m.wall_ns_per_op, None);
+    }
+
+    #[test]
+    fn pte_modes_are_measured_per_update_or_missing_with_the_guests_reason() {
+        let c = "KXEN-TEST: VALUE iterations=100\nKXEN-TEST: VALUE hypercall_cycles=5000\n\
+                 KXEN-TEST: VALUE exception_cycles=9000\n\
+                 KXEN-TEST: VALUE mmu_update_x1_cycles=2000\nKXEN-TEST: VALUE mmu_update_x1_ops=100\n\
+                 KXEN-TEST: VALUE mmu_update_x512_cycles=5120\nKXEN-TEST: VALUE mmu_update_x512_ops=512\n\
+                 KXEN-TEST: VALUE mmu_update_x32_cycles=not measured: mmu_update returned -22\n\
+                 KXEN-TEST: VALUE ptwr_store_cycles=77\nKXEN-TEST: VALUE ptwr_store_ops=0\n";
+        let (p, missing) = phases_from_console(c, 100).unwrap();
+        let x1 = p.iter().find(|p| p.name == "mmu_update_x1").unwrap();
+        assert_eq!((x1.iterations, x1.cycles), (100, 2000));
+        let m = p
+            .iter()
+            .find(|p| p.name == "mmu_update_x512")
+            .unwrap()
+            .clone()
+            .finish(1_000_000, 5.0, &[]);
+        assert_eq!(
+            (m.iterations, m.ns_per_op, m.ratio_to_floor),
+            (512, 10.0, 2.0)
+        );
+        assert_eq!(m.per_second, 1e8);
+        assert_eq!(m.section, Section::PvMemory);
+        assert!(!m.breakdown);
+        let reason = |n: &str| {
+            missing
+                .iter()
+                .find(|m| m.name == n)
+                .map(|m| m.reason.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            reason("mmu_update_x32"),
+            "bench guest: mmu_update returned -22"
+        );
+        assert!(reason("ptwr_store").contains("not a count"), "{missing:?}");
+        assert!(reason("mmuext_flush").contains("printed no"), "{missing:?}");
+        assert_eq!(Section::of("mmuext_flush"), Section::Breakdown);
+        assert_eq!(
+            missing
+                .iter()
+                .find(|m| m.name == "ptwr_store")
+                .unwrap()
+                .section,
+            Section::PvMemory
+        );
+    }
+
+    #[test]
+    fn pte_lines_print_under_their_heading_and_a_missing_mode_says_why() {
+        let p = Phase {
+            name: "mmu_update_x32",
+            what: "w".into(),
+            iterations: 64,
+            cycles: 64_000,
+            wall_ns: None,
+            exits: None,
+            round_cycles: Vec::new(),
+        };
+        let report = BenchReport {
+            iterations: 50,
+            tsc_khz: 1_000_000,
+            results: vec![p.finish(1_000_000, 500.0, &[])],
+            missing: vec![Missing::new("ptwr_store", "bench guest: no".into())],
+            notes: Vec::new(),
+        };
+        let text = report.to_string();
+        let heading = text.find("PV memory: PTE updates").expect("heading");
+        let line = text.find("mmu_update_x32:").expect("line");
+        let gone = text.find("ptwr_store:       not measured: bench guest: no");
+        assert!(heading < line, "{text}");
+        assert!(gone.is_some_and(|g| g > heading), "{text}");
+        assert!(
+            text.contains("1000.0 ns/update    1000000 updates/s    2.000x floor"),
+            "{text}"
+        );
     }
 
     #[test]

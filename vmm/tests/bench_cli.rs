@@ -1,5 +1,7 @@
 //! `kxen bench` end to end: one run prints the four measurements (hypercall, bounced
-//! exception, the bare-exit floor, in-VM syscall) with numeric ns/op and ratio values.
+//! exception, the bare-exit floor, in-VM syscall) with numeric ns/op and ratio values, and
+//! under the PV memory heading the PTE-update rates (mmu_update batches of 1, 32 and 512,
+//! writable-page-table stores) with numeric ns/update, updates/s and ratio values.
 //! Only the shape is checked, never the size of the numbers (no timing assertions).
 
 use std::process::{Command, Output};
@@ -7,6 +9,13 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 const FOUR: [&str; 4] = ["hypercall", "exception", "exit", "syscall"];
+const PTE: [&str; 4] = [
+    "mmu_update_x1",
+    "mmu_update_x32",
+    "mmu_update_x512",
+    "ptwr_store",
+];
+const PTE_HEADING: &str = "PV memory: PTE updates";
 
 fn kxen_bench(extra: &[&str]) -> Option<Output> {
     if !kxen::vcpu::kvm_available() {
@@ -57,6 +66,32 @@ fn bench_prints_the_four_measurements_with_numeric_values() {
 }
 
 #[test]
+fn bench_prints_pte_update_rates_under_their_heading_with_numeric_values() {
+    let Some(out) = kxen_bench(&[]) else { return };
+    let text = String::from_utf8(out.stdout).expect("utf-8 output");
+    let heading = text
+        .lines()
+        .position(|l| l.starts_with(PTE_HEADING))
+        .unwrap_or_else(|| panic!("no `{PTE_HEADING}` heading in:\n{text}"));
+    let lines: Vec<&str> = text.lines().collect();
+    for name in PTE {
+        let prefix = format!("{name}:");
+        let at = lines
+            .iter()
+            .position(|l| l.split_whitespace().next() == Some(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{text}"));
+        assert!(at > heading, "`{prefix}` is not under the heading:\n{text}");
+        let line = lines[at];
+        assert!(!line.contains("not measured"), "{line}");
+        for unit in ["ns/update", "updates/s", "floor"] {
+            let v = number_before(line, unit)
+                .unwrap_or_else(|| panic!("no numeric `{unit}` value on `{line}`"));
+            assert!(v.is_finite(), "{line}");
+        }
+    }
+}
+
+#[test]
 fn bench_json_has_the_four_results_as_numbers() {
     let Some(out) = kxen_bench(&["--json"]) else {
         return;
@@ -76,4 +111,15 @@ fn bench_json_has_the_four_results_as_numbers() {
     }
     let floor = results.iter().find(|r| r["name"] == "exit").unwrap();
     assert_eq!(floor["ratio_to_floor"].as_f64(), Some(1.0));
+    for name in PTE {
+        let r = results
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no `{name}` result in {v}"));
+        assert_eq!(r["section"], "pv_memory", "{r}");
+        for field in ["ns_per_op", "per_second", "ratio_to_floor", "cycles_per_op"] {
+            assert!(r[field].is_f64(), "{name}.{field} not a number: {r}");
+        }
+        assert!(r["iterations"].as_u64().is_some_and(|n| n >= 100), "{r}");
+    }
 }
