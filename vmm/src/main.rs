@@ -90,8 +90,9 @@ struct RunArgs {
     /// Domain name.
     #[arg(long, default_value = "kxen-domu")]
     name: String,
-    /// Page-table ABI: `kxen` (every software-available PTE bit is the guest's) or `xen`
-    /// (bit 52 marks kernel mappings, as under Xen); see docs/pte-abi.md.
+    /// Page-table ABI: `kxen` (every software-available PTE bit is the guest's), `xen` (bit 52
+    /// marks kernel mappings, as a Xen release build) or `xen-debug` (also bit 62 on grant
+    /// mappings); see docs/pte-abi.md.
     #[arg(long, value_enum, default_value_t = PteAbiArg::Kxen)]
     pte_abi: PteAbiArg,
     #[command(flatten)]
@@ -102,6 +103,7 @@ struct RunArgs {
 enum PteAbiArg {
     Kxen,
     Xen,
+    XenDebug,
 }
 
 impl From<PteAbiArg> for PteAbi {
@@ -109,6 +111,7 @@ impl From<PteAbiArg> for PteAbi {
         match a {
             PteAbiArg::Kxen => PteAbi::Kxen,
             PteAbiArg::Xen => PteAbi::Xen,
+            PteAbiArg::XenDebug => PteAbi::XenDebug,
         }
     }
 }
