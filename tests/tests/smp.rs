@@ -75,6 +75,8 @@ fn assert_all_passed(name: &str, vcpus: u32, want_pongs: &str) {
         "all_pongs",
         "ipi_upcall_on_vcpu0",
         "went_down",
+        "uvm_all_flushes_other_vcpu",
+        "tlb_flush_multi_flushes_other_vcpu",
     ] {
         assert!(
             console.contains(&format!("KXEN-TEST: PASS {check}\n")),

@@ -593,6 +593,27 @@ impl DomainShared {
             return Ok(());
         };
         let w = ev.wakers.get(vcpu as usize).ok_or(Errno::EINVAL)?;
+        // A blocked vCPU runs no guest code: remote TLB flushes need not wait for it.
+        let flush = self.smp().map(|s| &s.flush);
+        if let Some(f) = flush {
+            f.set_idle(vcpu, true);
+        }
+        let r = self.block_inner(ram, ev, w, vcpu, ports, deadline);
+        if let Some(f) = flush {
+            f.set_idle(vcpu, false);
+        }
+        r
+    }
+
+    fn block_inner(
+        &self,
+        ram: &GuestRam,
+        ev: &DomainEvents,
+        w: &Waker,
+        vcpu: u32,
+        ports: Option<&[EvtchnPort]>,
+        deadline: Option<Instant>,
+    ) -> Result<(), Errno> {
         let view = self.shared_info_view(ram);
         let mut tok = lock(&w.token);
         // Every raise that happened before this point is visible in guest memory.

@@ -384,6 +384,20 @@ impl Runner<'_> {
         &mut self,
         table: &crate::hypercall::HypercallTable<DomainShared>,
     ) -> Result<Option<String>, LaunchError> {
+        if let Some(smp) = self.shared.smp() {
+            smp.flush.set_idle(self.vcpu.id(), false);
+        }
+        let r = self.run_loop_inner(table);
+        if let Some(smp) = self.shared.smp() {
+            smp.flush.set_idle(self.vcpu.id(), true);
+        }
+        r
+    }
+
+    fn run_loop_inner(
+        &mut self,
+        table: &crate::hypercall::HypercallTable<DomainShared>,
+    ) -> Result<Option<String>, LaunchError> {
         let crash = loop {
             let exit = self.vcpu.run()?;
             crate::pvmode::capture(&mut self.vcpu);
@@ -421,7 +435,7 @@ impl Runner<'_> {
                     };
                     // Page-table entries the handlers wrote must reach KVM's shadow MMU;
                     // a new base pointer or a guest-requested flush reloads CR3 (crate::mm).
-                    // TODO(mmu/smp): flushes naming other vCPUs need a cross-vCPU kick.
+                    // Flushes naming other vCPUs are waited for in `flush_remote` below.
                     let written = self
                         .shared
                         .mm
@@ -429,7 +443,7 @@ impl Runner<'_> {
                         .map(|mut m| m.take_replay())
                         .unwrap_or_default();
                     self.vcpu.sync_pte_writes(written);
-                    if reload {
+                    if self.flush_remote() || reload {
                         let cr3 = self.vcpu.pv().current_cr3();
                         self.vcpu.flush_tlb(cr3);
                     }
@@ -515,6 +529,19 @@ impl Runner<'_> {
                 // which exits again at once anyway).
                 resume = self.vcpu.interrupted_guest_state()?;
             }
+            if let Some(f) = self.shared.smp().map(|s| &s.flush) {
+                // Another vCPU asked this one to flush: do it before any guest instruction
+                // (a vCPU stopped in a ring-0 stub exits again at once and flushes then).
+                if f.pending(self.vcpu.id()) {
+                    if resume.is_none() {
+                        resume = self.vcpu.interrupted_guest_state()?;
+                    }
+                    if resume.is_some() && f.ack(self.vcpu.id()) {
+                        let cr3 = self.vcpu.pv().current_cr3();
+                        self.vcpu.flush_tlb(cr3);
+                    }
+                }
+            }
             if let Some((mut regs, mut cs)) = resume {
                 if let Err(msg) = self.deliver_events(&mut regs, &mut cs) {
                     self.shared.crash(&msg);
@@ -526,6 +553,25 @@ impl Runner<'_> {
             }
         };
         Ok(crash)
+    }
+
+    /// After a hypercall: wait until the other vCPUs it asked to flush have acknowledged
+    /// ([`crate::tlbflush`]); true if this vCPU was asked to flush meanwhile.
+    fn flush_remote(&self) -> bool {
+        let Some(smp) = self.shared.smp() else {
+            return false;
+        };
+        let (own, late) = smp
+            .flush
+            .wait(self.vcpu.id(), crate::tlbflush::ACK_TIMEOUT);
+        if !late.is_empty() {
+            tracing::warn!(
+                vcpu = self.vcpu.id(),
+                ?late,
+                "remote TLB flush not acknowledged in time"
+            );
+        }
+        own
     }
 
     /// After `VCPUOP_down` on this vCPU: wait until it is up again; false if the domain
@@ -540,10 +586,14 @@ impl Runner<'_> {
         }
         tracing::debug!(vcpu = id, "vCPU down");
         let shared = self.shared;
-        matches!(
+        // A down vCPU runs no guest code: it flushes when it runs again.
+        smp.flush.set_idle(id, true);
+        let run = matches!(
             smp.wait_runnable(id, || shared.shutdown_reason().is_some()),
             crate::smp::Wake::Run(_)
-        )
+        );
+        smp.flush.set_idle(id, false);
+        run
     }
 
     /// A secondary vCPU's thread: wait for `VCPUOP_up`, start from the context given with

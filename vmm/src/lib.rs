@@ -21,5 +21,6 @@ pub mod pvmode;
 pub mod ring0;
 pub mod smp;
 pub mod time;
+pub mod tlbflush;
 pub mod trap;
 pub mod vcpu;

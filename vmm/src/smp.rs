@@ -6,10 +6,7 @@
 //! ([`apply_context`]) and enters the common run loop. `VCPUOP_down` parks a vCPU again
 //! (its state is kept; `up` resumes it where it stopped), as Xen's `vcpu_down`.
 //!
-//! TODO(mmu): TLB-flush operations naming other vCPUs (`MMUEXT_TLB_FLUSH_MULTI`,
-//! `UVMF_MULTI`/`UVMF_ALL`) need a cross-vCPU hook: kick the named vCPUs (their threads
-//! re-enter `KVM_RUN`, which under KVM's own shadowing/EPT flushes what the guest expects)
-//! and wait for each to pass an exit before returning.
+//! TLB-flush operations naming other vCPUs go through [`Smp::flush`] ([`crate::tlbflush`]).
 // xen: common/domain.c, do_vcpu_op (VCPUOP_initialise/up/down/is_up);
 // arch/x86/domain.c, arch_set_info_guest; public/arch-x86/xen.h, vcpu_guest_context.
 
@@ -294,6 +291,8 @@ pub struct Smp {
     slots: Box<[Mutex<Slot>]>,
     cv: Condvar,
     gate: Mutex<()>,
+    /// Cross-vCPU TLB flush requests ([`crate::tlbflush`]).
+    pub flush: crate::tlbflush::TlbFlush,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -324,6 +323,7 @@ impl Smp {
                 .collect(),
             cv: Condvar::new(),
             gate: Mutex::new(()),
+            flush: crate::tlbflush::TlbFlush::new(nr),
         }
     }
 

@@ -4,6 +4,10 @@
 //! arrives, answers with an IPI to vCPU 0, then goes down (VCPUOP_down) — except the last
 //! vCPU of smp_4, which spins without hypercalls to prove the shutdown stops a running vCPU.
 //! vCPU 0 waits for all of it and powers off.
+//! Remote TLB flushes: vCPU 1 spins reading a page through a VA (no hypercalls, so its TLB
+//! stays hot); vCPU 0 remaps the VA with update_va_mapping(UVMF_INVLPG|UVMF_ALL), then
+//! remaps it back without a flush and flushes with MMUEXT_TLB_FLUSH_MULTI naming vCPU 1;
+//! after each, vCPU 1 (told through a shared flag) must see the new frame at once.
 
 #![no_std]
 #![no_main]
@@ -15,7 +19,7 @@ mod kit;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use kit::abi::*;
 use kit::events::*;
-use kit::hypercall::hypercall3;
+use kit::hypercall::{hypercall3, hypercall4};
 
 xen_notes!(features = "writable_page_tables");
 
@@ -57,6 +61,108 @@ static mut STACKS: Stacks = Stacks([[0; STACK]; 4]);
 struct Ctx([u8; CTX_SIZE]);
 static mut CTX: Ctx = Ctx([0; CTX_SIZE]);
 
+// Remote TLB flush test (see the module docs).
+const HC_MMUEXT_OP: u32 = 26;
+const MMUEXT_TLB_FLUSH_MULTI: u32 = 8;
+const UVMF_ALL_VCPUS: u64 = 4;
+const UVMF_NO_FLUSH: u64 = 0;
+const DOMID_SELF_ID: u64 = 0x7ff0;
+const VAL_A: u64 = 0xaaaa_0000_0000_0001;
+const VAL_B: u64 = 0xbbbb_0000_0000_0002;
+/// The VA vCPU 1 reads (0 until vCPU 0 set it up).
+static TLB_VA: AtomicU64 = AtomicU64::new(0);
+/// 1: vCPU 1 read the VA; 2/4: vCPU 0 asks vCPU 1 to record what it sees; 3/5: recorded;
+/// 6: done.
+static TLB_PHASE: AtomicU32 = AtomicU32::new(0);
+/// What vCPU 1 saw in phases 2 and 4.
+static TLB_SEEN: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+
+fn rd(va: u64) -> u64 {
+    // SAFETY: callers pass a mapped address.
+    unsafe { core::ptr::read_volatile(va as *const u64) }
+}
+
+/// vCPU 1's side: spin reading the VA until vCPU 0 is done.
+fn tlb_reader() {
+    let va = loop {
+        let v = TLB_VA.load(Ordering::SeqCst);
+        if v != 0 {
+            break v;
+        }
+        core::hint::spin_loop();
+    };
+    let _ = rd(va);
+    TLB_PHASE.store(1, Ordering::SeqCst);
+    for _ in 0..2_000_000_000u64 {
+        let _ = rd(va);
+        match TLB_PHASE.load(Ordering::SeqCst) {
+            2 => {
+                TLB_SEEN[0].store(rd(va), Ordering::SeqCst);
+                TLB_PHASE.store(3, Ordering::SeqCst);
+            }
+            4 => {
+                TLB_SEEN[1].store(rd(va), Ordering::SeqCst);
+                TLB_PHASE.store(5, Ordering::SeqCst);
+            }
+            6 => return,
+            _ => {}
+        }
+    }
+}
+
+fn mfn_of_va(va: u64) -> u64 {
+    (va - VIRT_BASE) / PAGE_SIZE
+}
+
+/// vCPU 0's side.
+fn remote_tlb_flush(si: &StartInfo) {
+    let end = kit::layout::initial_mapping_end(si);
+    let (a, b) = (end - PAGE_SIZE, end - 2 * PAGE_SIZE);
+    let (fa, fb) = (mfn_of_va(a), mfn_of_va(b));
+    // SAFETY: spare pages at the end of the initial mapping, mapped writable, unused.
+    unsafe {
+        core::ptr::write_volatile(a as *mut u64, VAL_A);
+        core::ptr::write_volatile(b as *mut u64, VAL_B);
+    }
+    TLB_VA.store(a, Ordering::SeqCst);
+    if !wait_until("tlb_reader_ready", || TLB_PHASE.load(Ordering::SeqCst) == 1) {
+        return;
+    }
+    let uvm = |mfn: u64, flags: u64| {
+        // SAFETY: remaps the spare page's VA; the hypervisor validates the entry.
+        unsafe { hypercall3(HYPERVISOR_UPDATE_VA_MAPPING, a, (mfn << 12) | 0x63, flags) }
+    };
+    check_eq!("uvm_all_remap", uvm(fb, UVMF_INVLPG | UVMF_ALL_VCPUS), 0);
+    TLB_PHASE.store(2, Ordering::SeqCst);
+    if wait_until("tlb_reader_saw_uvm_all", || TLB_PHASE.load(Ordering::SeqCst) == 3) {
+        check_eq!(
+            "uvm_all_flushes_other_vcpu",
+            TLB_SEEN[0].load(Ordering::SeqCst),
+            VAL_B
+        );
+    }
+    check_eq!("uvm_remap_back_no_flush", uvm(fa, UVMF_NO_FLUSH), 0);
+    let mask: u64 = 1 << 1;
+    // struct mmuext_op: cmd (+pad), arg1, arg2 = vcpumask.
+    let op: [u64; 3] = [
+        u64::from(MMUEXT_TLB_FLUSH_MULTI),
+        0,
+        &mask as *const u64 as u64,
+    ];
+    // SAFETY: one mmuext_op on our stack, its vcpumask too.
+    let rc = unsafe { hypercall4(HC_MMUEXT_OP, op.as_ptr() as u64, 1, 0, DOMID_SELF_ID) };
+    check_eq!("tlb_flush_multi", rc, 0);
+    TLB_PHASE.store(4, Ordering::SeqCst);
+    if wait_until("tlb_reader_saw_flush_multi", || TLB_PHASE.load(Ordering::SeqCst) == 5) {
+        check_eq!(
+            "tlb_flush_multi_flushes_other_vcpu",
+            TLB_SEEN[1].load(Ordering::SeqCst),
+            VAL_A
+        );
+    }
+    TLB_PHASE.store(6, Ordering::SeqCst);
+}
+
 fn vcpu_op(cmd: u64, vcpu: u64, arg: u64) -> i64 {
     // SAFETY: every argument passed here is null or a readable buffer of the op's size.
     unsafe { hypercall3(HYPERVISOR_VCPU_OP, cmd, vcpu, arg) }
@@ -81,6 +187,9 @@ extern "C" fn ap_main(id: u64) -> ! {
     while poll(&[port], 0) != 0 {}
     PONGS.fetch_add(1, Ordering::SeqCst);
     send(BSP_PORT.load(Ordering::SeqCst));
+    if id == 1 {
+        tlb_reader();
+    }
     if NR == 4 && id == 3 {
         // Stay up, without hypercalls: the domain's shutdown must stop this vCPU too.
         loop {
@@ -207,6 +316,7 @@ fn kmain(si: &'static StartInfo) {
         wait_until("ipi_upcall_on_vcpu0", || UPCALLS.get() > before)
     );
     value!("pongs", "{}", PONGS.load(Ordering::SeqCst));
+    remote_tlb_flush(si);
 
     // The vCPUs that went down report so.
     let downs = if NR == 4 { 1..3 } else { 1..NR };

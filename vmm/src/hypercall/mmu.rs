@@ -59,6 +59,43 @@ fn vcpumask_has(ctx: &HypercallCtx<'_, DomainShared>, ptr: u64, me: u32) -> Resu
     Ok(w >> (me % 64) & 1 != 0)
 }
 
+/// Ask the other vCPUs named by `targets` to flush their TLBs before this hypercall
+/// returns (the run loop waits for them, [`crate::tlbflush`]).
+fn flush_others(ctx: &HypercallCtx<'_, DomainShared>, targets: impl IntoIterator<Item = u32>) {
+    let dom = ctx.domain;
+    if let Some(smp) = dom.smp() {
+        smp.flush.request(ctx.vcpu_id, targets, |t| {
+            if let Some(ev) = dom.events() {
+                ev.kick(t, Some(ctx.vcpu_id));
+            }
+        });
+    }
+}
+
+/// Every vCPU of the domain.
+fn all_vcpus(ctx: &HypercallCtx<'_, DomainShared>) -> std::ops::Range<u32> {
+    0..ctx.domain.smp().map_or(0, |s| s.flush.nr_vcpus())
+}
+
+/// The vCPUs named by the guest bitmap at `ptr` (xen: a vcpumask of `nr_vcpus` bits).
+fn vcpumask_targets(ctx: &HypercallCtx<'_, DomainShared>, ptr: u64) -> Result<Vec<u32>, i64> {
+    let mut out = Vec::new();
+    let nr = all_vcpus(ctx).end;
+    for word in 0..nr.div_ceil(64) {
+        let at = ptr
+            .checked_add(u64::from(word) * 8)
+            .ok_or(err(EFAULT))?;
+        let w: u64 = ctx.read_obj(at).map_err(|_| err(EFAULT))?;
+        for bit in 0..64u32 {
+            let v = word * 64 + bit;
+            if v < nr && w >> bit & 1 != 0 {
+                out.push(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Read the `pdone` counter of a continued call.
 fn continued(ctx: &HypercallCtx<'_, DomainShared>, count: u32, pdone: u64) -> (u32, u32) {
     if count & MMU_UPDATE_PREEMPTED == 0 {
@@ -227,13 +264,23 @@ fn do_update_va_mapping(
     }
     match flags & UVMF_FLUSHTYPE_MASK {
         UVMF_TLB_FLUSH | UVMF_INVLPG => match flags & !UVMF_FLUSHTYPE_MASK {
-            UVMF_LOCAL | UVMF_ALL => ctx.reload_cr3 = true,
+            UVMF_LOCAL => ctx.reload_cr3 = true,
+            UVMF_ALL => {
+                ctx.reload_cr3 = true;
+                flush_others(ctx, all_vcpus(ctx));
+            }
             ptr => {
                 // xen: the bitmap's read result replaces rc.
                 rc = match vcpumask_has(ctx, ptr, ctx.vcpu_id) {
                     Ok(mine) => {
                         ctx.reload_cr3 |= mine;
-                        0
+                        match vcpumask_targets(ctx, ptr) {
+                            Ok(t) => {
+                                flush_others(ctx, t);
+                                0
+                            }
+                            Err(e) => e,
+                        }
                     }
                     Err(e) => e,
                 };
@@ -343,14 +390,20 @@ fn one_op(ctx: &mut HypercallCtx<'_, DomainShared>, op: &MmuextOp) -> Result<(),
             ctx.pv.user_cr3 = op.mfn() << 12;
             Ok(())
         }
-        MMUEXT_TLB_FLUSH_LOCAL | MMUEXT_INVLPG_LOCAL | MMUEXT_TLB_FLUSH_ALL => {
+        MMUEXT_TLB_FLUSH_LOCAL | MMUEXT_INVLPG_LOCAL => {
             ctx.reload_cr3 = true;
+            Ok(())
+        }
+        MMUEXT_TLB_FLUSH_ALL => {
+            ctx.reload_cr3 = true;
+            flush_others(ctx, all_vcpus(ctx));
             Ok(())
         }
         MMUEXT_INVLPG_ALL => {
             // xen: only a guest-accessible address is flushed (no error otherwise).
             if addr_ok(op.linear_addr()) {
                 ctx.reload_cr3 = true;
+                flush_others(ctx, all_vcpus(ctx));
             }
             Ok(())
         }
@@ -358,6 +411,8 @@ fn one_op(ctx: &mut HypercallCtx<'_, DomainShared>, op: &MmuextOp) -> Result<(),
             // xen: a bitmap that cannot be read is -EINVAL here.
             let mine = vcpumask_has(ctx, op.vcpumask(), ctx.vcpu_id).map_err(|_| err(EINVAL))?;
             ctx.reload_cr3 |= mine;
+            let targets = vcpumask_targets(ctx, op.vcpumask()).map_err(|_| err(EINVAL))?;
+            flush_others(ctx, targets);
             Ok(())
         }
         // xen: a domain without cache-flush permission (no I/O resources) gets -EACCES for
