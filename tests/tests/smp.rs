@@ -32,7 +32,19 @@ fn kvm() -> bool {
     false
 }
 
+/// Remote TLB flushes vCPU 1 acknowledged, and flush waits that timed out.
+#[derive(Debug, Default)]
+struct FlushCounts {
+    acked_by_vcpu1: u64,
+    timeouts: u64,
+}
+
 fn boot(name: &str, vcpus: u32) -> (Outcome, String) {
+    let (o, c, _) = boot_counting(name, vcpus);
+    (o, c)
+}
+
+fn boot_counting(name: &str, vcpus: u32) -> (Outcome, String, FlushCounts) {
     let spec = LaunchSpec {
         name: name.into(),
         kernel: kxen_tests::guest(name)
@@ -55,6 +67,14 @@ fn boot(name: &str, vcpus: u32) -> (Outcome, String) {
         }
     });
     let outcome = domain.run().expect("run");
+    let counts = domain
+        .shared()
+        .smp()
+        .map(|s| FlushCounts {
+            acked_by_vcpu1: s.flush.acked(1),
+            timeouts: s.flush.timeouts(),
+        })
+        .unwrap_or_default();
     let _ = tx.send(());
     let _ = watchdog.join();
     let console = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
@@ -62,12 +82,16 @@ fn boot(name: &str, vcpus: u32) -> (Outcome, String) {
         "--- {name} console ---\n{console}--- {} ---",
         outcome.describe()
     );
-    (outcome, console)
+    (outcome, console, counts)
 }
 
 fn assert_all_passed(name: &str, vcpus: u32, want_pongs: &str) {
-    let (outcome, console) = boot(name, vcpus);
+    let (outcome, console, counts) = boot_counting(name, vcpus);
     let report = Report::parse(&console);
+    // vCPU 1 spins in guest code through both remote flushes (UVMF_ALL, TLB_FLUSH_MULTI):
+    // its run loop must have been kicked and acknowledged each, none timed out.
+    assert!(counts.acked_by_vcpu1 >= 2, "{counts:?}\n{console}");
+    assert_eq!(counts.timeouts, 0, "{counts:?}");
     assert_eq!(outcome.reason, ShutdownReason::Poweroff, "{console}");
     assert!(report.all_passed(), "{console}");
     for check in [

@@ -561,9 +561,7 @@ impl Runner<'_> {
         let Some(smp) = self.shared.smp() else {
             return false;
         };
-        let (own, late) = smp
-            .flush
-            .wait(self.vcpu.id(), crate::tlbflush::ACK_TIMEOUT);
+        let (own, late) = smp.flush.wait(self.vcpu.id(), crate::tlbflush::ACK_TIMEOUT);
         if !late.is_empty() {
             tracing::warn!(
                 vcpu = self.vcpu.id(),

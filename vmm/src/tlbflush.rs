@@ -34,6 +34,8 @@ struct Slot {
 #[derive(Debug)]
 pub struct TlbFlush {
     slots: Box<[Slot]>,
+    /// Waits that ended with a target that never acknowledged.
+    timeouts: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -52,7 +54,20 @@ impl TlbFlush {
                     waits: Mutex::new(Vec::new()),
                 })
                 .collect(),
+            timeouts: AtomicU64::new(0),
         }
+    }
+
+    /// The flush generation `vcpu` last acknowledged (how many remote requests it served).
+    pub fn acked(&self, vcpu: u32) -> u64 {
+        self.slots
+            .get(vcpu as usize)
+            .map_or(0, |s| s.acked.load(Ordering::SeqCst))
+    }
+
+    /// How many waits gave up on a target that never acknowledged.
+    pub fn timeouts(&self) -> u64 {
+        self.timeouts.load(Ordering::SeqCst)
     }
 
     /// Number of vCPUs.
@@ -93,9 +108,9 @@ impl TlbFlush {
 
     /// Whether `vcpu` has a flush request it has not acknowledged.
     pub fn pending(&self, vcpu: u32) -> bool {
-        self.slots.get(vcpu as usize).is_some_and(|s| {
-            s.requested.load(Ordering::SeqCst) > s.acked.load(Ordering::SeqCst)
-        })
+        self.slots
+            .get(vcpu as usize)
+            .is_some_and(|s| s.requested.load(Ordering::SeqCst) > s.acked.load(Ordering::SeqCst))
     }
 
     /// Acknowledge `vcpu`'s requests: the caller has scheduled a flush that runs before its
@@ -131,6 +146,7 @@ impl TlbFlush {
             }
             if start.elapsed() >= timeout {
                 let late = waits.iter().map(|&(t, _)| t).collect();
+                self.timeouts.fetch_add(1, Ordering::SeqCst);
                 return (own, late);
             }
             spins = spins.saturating_add(1);
@@ -172,7 +188,9 @@ mod tests {
             kicked.set(v);
         });
         assert_eq!(kicked.take(), vec![2]);
+        assert_eq!(f.timeouts(), 0);
         assert_eq!(f.wait(0, Duration::from_millis(20)), (false, vec![2]));
+        assert_eq!(f.timeouts(), 1);
         assert!(!f.pending(0));
     }
 
@@ -210,5 +228,7 @@ mod tests {
         });
         assert_eq!(f.wait(0, Duration::from_secs(5)), (false, vec![]));
         t.join().unwrap();
+        assert_eq!(f.acked(1), 1);
+        assert_eq!(f.timeouts(), 0);
     }
 }

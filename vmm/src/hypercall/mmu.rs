@@ -82,9 +82,7 @@ fn vcpumask_targets(ctx: &HypercallCtx<'_, DomainShared>, ptr: u64) -> Result<Ve
     let mut out = Vec::new();
     let nr = all_vcpus(ctx).end;
     for word in 0..nr.div_ceil(64) {
-        let at = ptr
-            .checked_add(u64::from(word) * 8)
-            .ok_or(err(EFAULT))?;
+        let at = ptr.checked_add(u64::from(word) * 8).ok_or(err(EFAULT))?;
         let w: u64 = ctx.read_obj(at).map_err(|_| err(EFAULT))?;
         for bit in 0..64u32 {
             let v = word * 64 + bit;
