@@ -46,6 +46,7 @@ fn spec(name: &str, privileged: bool) -> LaunchSpec {
         memory_mib: 64,
         vcpus: 1,
         privileged,
+        ..Default::default()
     }
 }
 

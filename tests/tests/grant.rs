@@ -52,6 +52,7 @@ fn guest_grant_table_ops_match_xen_and_backends_reach_granted_pages() {
         memory_mib: 64,
         vcpus: 1,
         privileged: false,
+        ..Default::default()
     };
     let out = Capture::default();
     let mut domain = Domain::create(&spec, Box::new(out.clone())).unwrap();

@@ -48,6 +48,7 @@ fn spec(name: &str, privileged: bool) -> LaunchSpec {
         memory_mib: 64,
         vcpus: 1,
         privileged,
+        ..Default::default()
     }
 }
 
@@ -251,4 +252,46 @@ fn privileged_operations_are_emulated_as_xen_does() {
         return;
     }
     assert_all_passed(&boot("privop", false));
+}
+
+/// The L1 entry mapping `va` in the domain's initial page tables (as installed by kxen).
+fn initial_l1_entry(domain: &Domain, va: u64) -> u64 {
+    use vm_memory::{Bytes, GuestAddress};
+    let mem = domain.ram().mem();
+    let mut table = domain.boot_state().cr3 & !0xfff;
+    let mut entry = 0;
+    for level in (0..4).rev() {
+        let idx = (va >> (12 + 9 * level)) & 511;
+        entry = mem.read_obj::<u64>(GuestAddress(table + idx * 8)).unwrap();
+        assert_ne!(entry & 1, 0, "level {level} not present");
+        table = entry & 0x000f_ffff_ffff_f000;
+    }
+    entry
+}
+
+#[test]
+fn pte_abi_selects_whether_kernel_mappings_carry_xens_bit_52() {
+    if !kvm() {
+        return;
+    }
+    for (abi, bit52) in [
+        (xen_abi::pte::PteAbi::Kxen, false),
+        (xen_abi::pte::PteAbi::Xen, true),
+    ] {
+        let mut s = spec("startinfo", false);
+        s.pte_abi = abi;
+        let domain = Domain::create(&s, Box::new(std::io::sink())).unwrap();
+        let va = domain.boot_state().rsi; // start_info: a kernel mapping
+        let e = initial_l1_entry(&domain, va);
+        assert_ne!(
+            e & 4,
+            0,
+            "kernel mappings get _PAGE_USER in both ABIs: {e:#x}"
+        );
+        assert_eq!(e & (1 << 52) != 0, bit52, "{abi:?}: {e:#x}");
+    }
+    // And a guest runs the same under both.
+    let mut s = spec("startinfo", false);
+    s.pte_abi = xen_abi::pte::PteAbi::Xen;
+    assert_all_passed(&boot_spec(&s).unwrap());
 }

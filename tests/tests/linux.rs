@@ -68,6 +68,7 @@ fn boot_and_type(vcpus: u32, script: &[&str]) -> Option<(String, Outcome)> {
         memory_mib: 512,
         vcpus,
         privileged: false,
+        ..Default::default()
     };
     let out = Capture::default();
     let mut domain = Domain::create(&spec, Box::new(out.clone())).expect("create");

@@ -38,6 +38,7 @@ fn mmu_guest_page_table_hypercalls_ptwr_and_hostile_inputs_behave_as_xen() {
         memory_mib: 64,
         vcpus: 1,
         privileged: false,
+        ..Default::default()
     };
     let out = Capture::default();
     let mut domain = Domain::create(&spec, Box::new(out.clone())).expect("create");

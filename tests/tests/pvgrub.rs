@@ -57,6 +57,7 @@ fn pvgrub_reaches_its_prompt_answers_echo_and_halts() {
         memory_mib: 128,
         vcpus: 1,
         privileged: false,
+        ..Default::default()
     };
     let out = Capture::default();
     let mut domain = Domain::create(&spec, Box::new(out.clone())).unwrap();

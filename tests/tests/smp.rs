@@ -43,6 +43,7 @@ fn boot(name: &str, vcpus: u32) -> (Outcome, String) {
         memory_mib: 64,
         vcpus,
         privileged: false,
+        ..Default::default()
     };
     let out = Capture::default();
     let mut domain = Domain::create(&spec, Box::new(out.clone())).expect("create");

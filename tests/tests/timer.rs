@@ -43,6 +43,7 @@ fn spec(name: &str) -> LaunchSpec {
         memory_mib: 64,
         vcpus: 1,
         privileged: false,
+        ..Default::default()
     }
 }
 

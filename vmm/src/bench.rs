@@ -1041,6 +1041,7 @@ fn guest_phases(iterations: u64) -> Result<(Vec<Phase>, Vec<Missing>), String> {
         memory_mib: 32,
         vcpus: 1,
         privileged: false,
+        ..Default::default()
     };
     let console = Captured::default();
     let out = console.clone();

@@ -1023,12 +1023,12 @@ fn build(settings: &Settings, base: &Path, file: &str) -> Result<DomainConfig, C
 
     let pte_abi = match cx.string("pte_abi")? {
         None => None,
-        Some((v @ ("kxen" | "xen"), _)) => Some(v.to_string()),
+        Some((v, _)) if xen_abi::pte::PteAbi::from_name(v).is_some() => Some(v.to_string()),
         Some((v, pos)) => {
             return Err(cx.err(
                 "pte_abi",
                 pos,
-                format!("unknown page-table ABI `{v}` (one of: kxen, xen)"),
+                format!("unknown page-table ABI `{v}` (one of: kxen, xen, xen-debug)"),
             ))
         }
     };

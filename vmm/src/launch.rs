@@ -58,6 +58,9 @@ pub struct LaunchSpec {
     pub vcpus: u32,
     /// Privileged (dom0-like) launch.
     pub privileged: bool,
+    /// Page-table ABI the guest sees: kxen's (every software-available PTE bit is the
+    /// guest's) or Xen's (bit 52 marks kernel mappings); `pte_abi` in xl.cfg, docs/pte-abi.md.
+    pub pte_abi: xen_abi::pte::PteAbi,
 }
 
 /// Why a domain could not be created or run.
@@ -681,7 +684,10 @@ impl Domain {
         let mut mm = crate::mm::DomainMm::new(
             nr_pages,
             &shared_frames,
-            Default::default(),
+            xen_abi::pte::PteConfig {
+                abi: spec.pte_abi,
+                ..Default::default()
+            },
             vm.ring0().private_l4_entries(),
         );
         mm.start_of_day(vm.ram(), boot.cr3 / PAGE_SIZE)?;

@@ -16,6 +16,7 @@ use std::io::{Read, Write};
 use kxen::inspect;
 use kxen::launch::{Domain, LaunchSpec};
 use xen_abi::negotiate::LaunchMode;
+use xen_abi::pte::PteAbi;
 
 #[derive(Parser)]
 #[command(name = "kxen", version, about = "Run Xen PV guests on Linux KVM")]
@@ -89,8 +90,30 @@ struct RunArgs {
     /// Domain name.
     #[arg(long, default_value = "kxen-domu")]
     name: String,
+    /// Page-table ABI: `kxen` (every software-available PTE bit is the guest's), `xen` (bit 52
+    /// marks kernel mappings, as a Xen release build) or `xen-debug` (also bit 62 on grant
+    /// mappings); see docs/pte-abi.md.
+    #[arg(long, value_enum, default_value_t = PteAbiArg::Kxen)]
+    pte_abi: PteAbiArg,
     #[command(flatten)]
     run: RunOptions,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PteAbiArg {
+    Kxen,
+    Xen,
+    XenDebug,
+}
+
+impl From<PteAbiArg> for PteAbi {
+    fn from(a: PteAbiArg) -> Self {
+        match a {
+            PteAbiArg::Kxen => PteAbi::Kxen,
+            PteAbiArg::Xen => PteAbi::Xen,
+            PteAbiArg::XenDebug => PteAbi::XenDebug,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -215,6 +238,7 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         memory_mib: args.memory,
         vcpus: args.vcpus,
         privileged: args.privileged,
+        pte_abi: args.pte_abi.into(),
     };
     launch(&spec, args.run)
 }
@@ -238,6 +262,15 @@ fn cmd_create(args: CreateArgs) -> Result<ExitCode> {
         memory_mib: cfg.memory_mib,
         vcpus: cfg.vcpus,
         privileged: cfg.privileged,
+        pte_abi: match cfg.pte_abi.as_deref() {
+            None => PteAbi::default(),
+            Some(name) => PteAbi::from_name(name).ok_or_else(|| {
+                refused(format_args!(
+                    "{}: unknown pte_abi `{name}`",
+                    args.config.display()
+                ))
+            })?,
+        },
     };
     launch(&spec, args.run)
 }
@@ -256,6 +289,7 @@ fn cmd_demo(args: DemoArgs) -> Result<ExitCode> {
         memory_mib: 64,
         vcpus: 1,
         privileged: args.privileged,
+        ..Default::default()
     };
     launch(&spec, args.run)
 }
