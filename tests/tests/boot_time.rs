@@ -20,6 +20,7 @@ fn boot(name: &str, kernel: &[u8]) -> Option<Outcome> {
         memory_mib: 64,
         vcpus: 1,
         privileged: false,
+        ..Default::default()
     };
     let mut domain = Domain::create(&spec, Box::new(std::io::sink())).expect("create");
     let stop = domain.stop_handle();
