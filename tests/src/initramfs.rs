@@ -96,6 +96,16 @@ echo KXEN-INITRAMFS: userspace reached
 exec /bin/sh
 ";
 
+/// The `/init` of the boot benchmark (scripts/bench-boot): print [`BENCH_MARKER`] as soon as
+/// userspace runs, then power off at once (no applet install, no mounts).
+pub const POWEROFF_INIT: &str = "\
+echo KXEN-BOOTBENCH: userspace reached
+exec /bin/busybox poweroff -f
+";
+
+/// The line [`POWEROFF_INIT`] prints first.
+pub const BENCH_MARKER: &str = "KXEN-BOOTBENCH: userspace reached";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +137,12 @@ mod tests {
         assert!(text.contains("bin/busybox"));
         assert!(text.contains("#!/bin/sh\necho hi\n"));
         assert!(text.contains("bin/sh\0"));
+    }
+
+    #[test]
+    fn poweroff_init_prints_the_marker_then_powers_off() {
+        let m = POWEROFF_INIT.find(BENCH_MARKER).expect("marker");
+        let p = POWEROFF_INIT.find("poweroff -f").expect("poweroff");
+        assert!(m < p);
     }
 }

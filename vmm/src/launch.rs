@@ -169,6 +169,9 @@ pub struct Outcome {
     pub crash_message: Option<String>,
     /// Wall time from the first instruction to the end.
     pub run_time: Duration,
+    /// Wall time from the first instruction to the first entry of any vCPU into guest user
+    /// mode (boot to first userspace); `None` if the guest never entered user mode.
+    pub boot_to_user: Option<Duration>,
 }
 
 impl Outcome {
@@ -256,6 +259,8 @@ struct Runner<'a> {
     console: &'a std::sync::Mutex<ConsoleBackend>,
     console_gpa: u64,
     no_callback_logged: bool,
+    /// When any vCPU first entered guest user mode (set once, by the first).
+    first_user: &'a std::sync::OnceLock<Instant>,
 }
 
 impl std::fmt::Debug for Domain {
@@ -640,6 +645,12 @@ impl Runner<'_> {
     /// debug registers) first, then the registers.
     fn resume(&mut self, regs: &GuestRegs, cs: GuestCs) -> Result<(), LaunchError> {
         crate::pvmode::apply(&mut self.vcpu)?;
+        // Every entry into guest user mode (an iret with RPL 3, a vCPU initialised in user
+        // mode) resumes through here: note the first one (a mode check and an atomic load
+        // per resume after that).
+        if self.vcpu.pv().guest_mode() == GuestMode::User && self.first_user.get().is_none() {
+            let _ = self.first_user.set(Instant::now());
+        }
         Ok(self.vcpu.return_to_guest(regs, cs)?)
     }
 }
@@ -818,6 +829,7 @@ impl Domain {
     /// vCPU's shutdown or crash stops them all; their threads are joined before returning.
     pub fn run(&mut self) -> Result<Outcome, LaunchError> {
         let start = Instant::now();
+        let first_user = std::sync::OnceLock::new();
         let table = crate::hypercall::pv_hypercall_table().with_stats(self.vm.stats().clone());
         let vcpus = std::mem::take(&mut self.vcpus);
         let (vm, shared, stop, console) = (&self.vm, &self.shared, &self.stop, &self.console);
@@ -830,6 +842,7 @@ impl Domain {
             console,
             console_gpa,
             no_callback_logged: false,
+            first_user: &first_user,
         };
         let mut it = vcpus.into_iter();
         let Some(vcpu0) = it.next() else {
@@ -867,6 +880,7 @@ impl Domain {
             reason,
             crash_message: crash,
             run_time: start.elapsed(),
+            boot_to_user: first_user.get().map(|t| t.saturating_duration_since(start)),
         };
         tracing::debug!(
             "run summary: {} in {:?}; {}",

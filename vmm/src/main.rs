@@ -139,7 +139,8 @@ struct DemoArgs {
 
 #[derive(Args, Clone, Copy)]
 struct RunOptions {
-    /// At the end, print run time, exits by kind, hypercalls by number and traps by vector.
+    /// At the end, print run time, boot-to-first-userspace time, exits by kind, hypercalls
+    /// by number and traps by vector.
     #[arg(long)]
     stats: bool,
     /// At the end, print the xenstore tree (`path = "value" (perms)`) to stderr.
@@ -315,6 +316,13 @@ fn launch(spec: &LaunchSpec, opts: RunOptions) -> Result<ExitCode> {
     }
     if opts.stats {
         eprintln!("kxen: run time {:.3} s", outcome.run_time.as_secs_f64());
+        match outcome.boot_to_user {
+            Some(t) => eprintln!(
+                "kxen: boot to first userspace {:.3} s (first entry of a vCPU into guest user mode)",
+                t.as_secs_f64()
+            ),
+            None => eprintln!("kxen: boot to first userspace: never (no guest user mode entered)"),
+        }
         for (k, v) in domain.stats().snapshot() {
             eprintln!("kxen:   {k:<24} {v}");
         }

@@ -363,7 +363,10 @@ mod tests {
             let (area, done) = (area.clone(), done.clone());
             std::thread::spawn(move || {
                 let (mut accepted, mut retried) = (0u64, 0u64);
-                while !done.load(Ordering::Relaxed) {
+                // Keep reading until the writer is done *and* one record was accepted: a
+                // loaded host may not schedule this thread before the writer finishes, and
+                // the final record, no longer changing, must then be accepted.
+                while !(done.load(Ordering::Acquire) && accepted > 0) {
                     let v0 = area.load_u32(0);
                     fence(Ordering::SeqCst);
                     let bytes = area.snapshot();
@@ -399,7 +402,7 @@ mod tests {
             );
             v.write_to(&*area).unwrap();
         }
-        done.store(true, Ordering::Relaxed);
+        done.store(true, Ordering::Release);
         let (accepted, retried) = reader.join().unwrap();
         println!("reader accepted {accepted} records, retried {retried}");
         assert!(accepted > 0);
