@@ -61,6 +61,9 @@ pub struct DomainShared {
     pub(crate) time: OnceLock<crate::time::wire::TimeWiring>,
     /// Up/down state of the vCPUs ([`crate::smp`]), once attached.
     pub(crate) smp: OnceLock<crate::smp::Smp>,
+    /// Machine frames of the M2P's 2 MiB extents ([`crate::ring0::Ring0Layer::m2p_extent_mfns`]),
+    /// once set at launch; `XENMEM_machphys_mfn_list` reports them.
+    pub m2p_extent_mfns: OnceLock<Vec<u64>>,
 }
 
 /// vCPUs whose `vcpu_info` may be moved with `VCPUOP_register_vcpu_info`.
@@ -115,6 +118,7 @@ impl DomainShared {
             events: OnceLock::new(),
             time: OnceLock::new(),
             smp: OnceLock::new(),
+            m2p_extent_mfns: OnceLock::new(),
         }
     }
 

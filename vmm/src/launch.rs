@@ -758,6 +758,7 @@ impl Domain {
             console_out,
         ));
         *shared.mm.lock().unwrap_or_else(|p| p.into_inner()) = mm;
+        let _ = shared.m2p_extent_mfns.set(vm.ring0().m2p_extent_mfns());
         let events = DomainEvents::new(
             vm.ram().clone(),
             &EventsConfig {

@@ -370,6 +370,18 @@ impl Ring0Layer {
         Ok(())
     }
 
+    /// Machine frame (guest-physical address >> 12 in kxen's identity scheme) of the first
+    /// table page of each 2 MiB extent of the M2P, in order (`XENMEM_machphys_mfn_list`). The
+    /// table pages are private memory, contiguous, and never guest-writable.
+    pub fn m2p_extent_mfns(&self) -> Vec<u64> {
+        let pages = m2p_pages(self.guest_pages);
+        // Same layout as `write_m2p`: L3, L2, the L1s, then the table pages.
+        let first_data = self.ring0_pages + 2 + pages.div_ceil(512);
+        (0..pages.div_ceil(512))
+            .map(|i| gpa_of(first_data + i * 512) / PAGE_SIZE)
+            .collect()
+    }
+
     /// Guest frames the M2P covers.
     pub fn m2p_entries(&self) -> u64 {
         self.guest_pages

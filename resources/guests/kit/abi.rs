@@ -51,6 +51,7 @@ pub const SHUTDOWN_CRASH: u32 = 3;
 
 // xen: public/memory.h
 pub const XENMEM_MACHPHYS_MAPPING: u64 = 12;
+pub const XENMEM_MACHPHYS_MFN_LIST: u64 = 5;
 
 // xen: public/xen.h, vm_assist
 pub const VMASST_CMD_ENABLE: u32 = 0;
@@ -137,6 +138,17 @@ pub struct MachphysMapping {
     pub v_start: u64,
     pub v_end: u64,
     pub max_mfn: u64,
+}
+
+/// xen: public/memory.h `xen_machphys_mfn_list`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct MachphysMfnList {
+    pub max_extents: u32,
+    pub _pad0: u32,
+    pub extent_start: u64,
+    pub nr_extents: u32,
+    pub _pad1: u32,
 }
 
 /// xen: public/sched.h `sched_shutdown`.

@@ -259,6 +259,23 @@ pub unsafe fn memory_op(cmd: u64, arg: u64) -> i64 {
     unsafe { hypercall2(HYPERVISOR_MEMORY_OP, cmd, arg) }
 }
 
+/// XENMEM_machphys_mfn_list: the machine frames of the M2P's 2 MiB extents, into `out`;
+/// returns how many were written.
+pub fn machphys_mfn_list(out: &mut [u64]) -> Result<usize, i64> {
+    let mut l = MachphysMfnList {
+        max_extents: u32::try_from(out.len()).unwrap_or(u32::MAX),
+        extent_start: out.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: `l` is a writable xen_machphys_mfn_list naming `out`, writable for max_extents.
+    let rc = unsafe { memory_op(XENMEM_MACHPHYS_MFN_LIST, (&raw mut l) as u64) };
+    if rc == 0 {
+        Ok(l.nr_extents as usize)
+    } else {
+        Err(rc)
+    }
+}
+
 /// XENMEM_machphys_mapping: where the read-only M2P table is mapped.
 pub fn machphys_mapping() -> Result<MachphysMapping, i64> {
     let mut m = MachphysMapping::default();

@@ -215,6 +215,32 @@ fn kmain(si: &'static StartInfo) {
                 "{:#x?}",
                 (m.v_start, m.v_end, m.max_mfn)
             );
+            // XENMEM_machphys_mfn_list: one frame per 2 MiB extent of v_start..v_end, and
+            // they are not guest RAM (the M2P is hypervisor memory).
+            let mut mfns = [0u64; 8];
+            match hc::machphys_mfn_list(&mut mfns) {
+                Ok(n) => {
+                    let size = m.v_end.saturating_sub(m.v_start);
+                    let want = size.div_ceil(2 << 20) as usize;
+                    value!("m2p_extents", "{} first {:#x}", n, mfns[0]);
+                    check!(
+                        "machphys_mfn_list_matches_mapping",
+                        n >= 1 && n == want.min(mfns.len()) && mfns[0] > m.max_mfn,
+                        "n {} want {} first {:#x}",
+                        n,
+                        want,
+                        mfns[0]
+                    );
+                }
+                Err(e) => {
+                    check!(
+                        "machphys_mfn_list_matches_mapping",
+                        false,
+                        "XENMEM_machphys_mfn_list returned {}",
+                        e
+                    );
+                }
+            }
             if fits {
                 let mut bad = None;
                 for (pfn, &mfn) in p2m.iter().enumerate() {

@@ -728,6 +728,40 @@ mod memory {
     }
 
     #[test]
+    fn machphys_mfn_list_reports_m2p_extents_up_to_max_and_faults_on_bad_handles() {
+        let mut g = Guest::new(LaunchMode::Unprivileged);
+        // A guest of 2^19 pages: a 4 MiB M2P, two 2 MiB extents.
+        let ring0 = crate::ring0::Ring0Layer::new(1, 1 << 19).unwrap();
+        let mfns = ring0.m2p_extent_mfns();
+        assert_eq!(mfns.len(), 2);
+        assert_eq!(mfns[1], mfns[0] + 512);
+        g.dom.m2p_extent_mfns.set(mfns.clone()).unwrap();
+        let list = |max: u32, at: u64| XenMachphysMfnList {
+            max_extents: max,
+            extent_start: at,
+            ..Default::default()
+        };
+        g.put::<[u64; 3]>(VA + 64, &[!0; 3]);
+        g.put(VA, &list(8, VA + 64));
+        assert_eq!(g.call(nr::MEMORY_OP, [5, VA, 0, 0, 0]), 0);
+        assert_eq!(g.get::<XenMachphysMfnList>(VA).nr_extents, 2);
+        assert_eq!(g.get::<[u64; 3]>(VA + 64), [mfns[0], mfns[1], !0]);
+        // max_extents caps what is written.
+        g.put::<[u64; 3]>(VA + 64, &[!0; 3]);
+        g.put(VA, &list(1, VA + 64));
+        assert_eq!(g.call(nr::MEMORY_OP, [5, VA, 0, 0, 0]), 0);
+        assert_eq!(g.get::<XenMachphysMfnList>(VA).nr_extents, 1);
+        assert_eq!(g.get::<[u64; 3]>(VA + 64), [mfns[0], !0, !0]);
+        // Bad handles: the array, and the argument itself.
+        g.put(VA, &list(2, UNMAPPED));
+        assert_eq!(g.call(nr::MEMORY_OP, [5, VA, 0, 0, 0]), -EFAULT);
+        g.put(VA, &list(2, RO));
+        assert_eq!(g.call(nr::MEMORY_OP, [5, VA, 0, 0, 0]), -EFAULT);
+        assert_eq!(g.call(nr::MEMORY_OP, [5, UNMAPPED, 0, 0, 0]), -EFAULT);
+        assert_eq!(g.call(nr::MEMORY_OP, [5, RO, 0, 0, 0]), -EFAULT);
+    }
+
+    #[test]
     fn memory_map_is_one_ram_entry() {
         let mut g = Guest::new(LaunchMode::Unprivileged);
         g.put(

@@ -83,12 +83,39 @@ pub fn memory_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) ->
                 Err(e) => e,
             }
         }
+        XENMEM_MACHPHYS_MFN_LIST => machphys_mfn_list(ctx, arg),
         XENMEM_ADD_TO_PHYSMAP => super::grant::add_to_physmap(ctx, arg),
         XENMEM_INCREASE_RESERVATION | XENMEM_DECREASE_RESERVATION | XENMEM_POPULATE_PHYSMAP => {
             reservation(ctx, op, start_extent, arg)
         }
         // XENMEM_exchange and the rest: not implemented.
         _ => -ENOSYS,
+    }
+}
+
+/// `XENMEM_machphys_mfn_list`: the machine frame of each 2 MiB extent of the M2P, at most
+/// `max_extents` of them, and `nr_extents` written back. The frames are kxen-private; the
+/// guest can map them read-only at most, like Xen's M2P frames.
+// xen: arch/x86/x86_64/mm.c, subarch_memory_op XENMEM_machphys_mfn_list.
+fn machphys_mfn_list(ctx: &mut HypercallCtx<'_, DomainShared>, arg: u64) -> i64 {
+    let mut list: XenMachphysMfnList = match ctx.read_pod(arg) {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    let dom: &DomainShared = ctx.domain;
+    let mfns: &[u64] = dom.m2p_extent_mfns.get().map_or(&[], |v| v.as_slice());
+    let mut n: u32 = 0;
+    for &mfn in mfns.iter().take(list.max_extents as usize) {
+        let slot = list.extent_start.wrapping_add(u64::from(n) * 8);
+        if let Err(e) = ctx.write_obj(slot, &mfn) {
+            return e;
+        }
+        n += 1;
+    }
+    list.nr_extents = n;
+    match ctx.write_pod(arg, &list) {
+        Ok(()) => 0,
+        Err(e) => e,
     }
 }
 
