@@ -269,10 +269,28 @@ fn apply_effect(
                 Err(_) => gp0,
             }
         }
-        EmuEffect::NewCr3 { .. } => {
-            // TODO(issue: PV memory): validate and switch like MMUEXT_NEW_BASEPTR.
-            tracing::debug!("mov to %cr3 is not emulated yet");
-            gp0
+        EmuEffect::NewCr3 { pfn } => {
+            // xen: a PV kernel's CR3 write is new_guest_cr3, as MMUEXT_NEW_BASEPTR; a
+            // frame that cannot become an L4 is #GP(0) with rip unchanged.
+            match crate::hypercall::mmu::switch_kernel_base(domain, ram, vcpu.pv_mut(), pfn) {
+                Ok(()) => {
+                    // Entries the validation fixed up must reach KVM's shadow MMU, as after
+                    // a hypercall (crate::mm).
+                    let written = domain
+                        .mm
+                        .lock()
+                        .map(|mut m| m.take_replay())
+                        .unwrap_or_default();
+                    vcpu.sync_pte_writes(written);
+                    let cr3 = vcpu.pv().current_cr3();
+                    vcpu.flush_tlb(cr3);
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(pfn, error = %e, "mov to %cr3 refused");
+                    gp0
+                }
+            }
         }
         EmuEffect::FpuTaskSwitch { ts } => {
             // clts / mov to %cr0: the virtual TS; crate::pvmode::apply mirrors it into the VM.

@@ -44,6 +44,25 @@ fn xen_cpuid(leaf: u32) -> [u32; 4] {
     [a, b, c, d]
 }
 
+fn read_cr3() -> u64 {
+    let v: u64;
+    // SAFETY: at CPL3 `mov %cr3` raises #GP(0), which kxen emulates.
+    unsafe { asm!("mov %cr3, %rax", out("rax") v, options(att_syntax, nomem, nostack)) };
+    v
+}
+
+/// `mov %rax, %cr3` (3 bytes).
+fn write_cr3(v: u64) {
+    // SAFETY: at CPL3 this raises #GP(0): kxen switches to `v` if it names a valid L4
+    // (the current one, here) or bounces #GP(0) to the kit, which skips the 3 bytes.
+    unsafe { asm!("mov %rax, %cr3", in("rax") v, options(att_syntax, nostack)) };
+}
+
+/// A writable page full of invalid entries: it can never become an L4.
+#[repr(C, align(4096))]
+struct Page([u64; 512]);
+static mut NOT_L4: Page = Page([0; 512]);
+
 fn kmain(_si: &'static StartInfo) {
     // The kit has installed its trap table, so unknown MSRs now raise #GP (Xen only fakes
     // reads as 0 before a #GP handler exists).
@@ -76,4 +95,27 @@ fn kmain(_si: &'static StartInfo) {
     unsafe { asm!("cli", options(nomem, nostack)) };
     let f = traps::take_last();
     check!("cli_without_iopl_gp", f.is_some_and(|f| f.vector == 13), "{:?}", f);
+
+    // mov to %cr3: like MMUEXT_NEW_BASEPTR (xen: new_guest_cr3). Reloading the current
+    // base succeeds and execution continues after the instruction.
+    let cr3 = read_cr3();
+    value!("cr3", "{:#x}", cr3);
+    traps::expect(13, ANY_RIP, 3);
+    write_cr3(cr3);
+    let f = traps::take_last();
+    check!("mov_cr3_current_ok", f.is_none() && read_cr3() == cr3, "{:?}", f);
+    // A frame that is not a page table: #GP(0), rip left on the instruction.
+    // SAFETY: single-threaded guest; the page is only touched here.
+    let page = unsafe { &mut *(&raw mut NOT_L4) };
+    page.0.fill(!0);
+    let frame = kit::events::pfn_of(page as *const Page as u64);
+    traps::expect(13, ANY_RIP, 3);
+    write_cr3(frame << 12);
+    let f = traps::take_last();
+    check!(
+        "mov_cr3_non_l4_gp",
+        f.is_some_and(|f| f.vector == 13 && f.error_code == 0) && read_cr3() == cr3,
+        "{:?}",
+        f
+    );
 }

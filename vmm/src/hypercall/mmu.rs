@@ -360,6 +360,26 @@ pub fn mmuext_op(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) ->
     )
 }
 
+/// Make `mfn` the vCPU's kernel page-table base: validate it as an L4 and take its type
+/// reference, drop the old base's, and record it in `pv.kernel_cr3`. The caller reloads CR3
+/// (flushing the TLB). Shared by `MMUEXT_NEW_BASEPTR` and an emulated `mov %reg, %cr3`.
+/// Frame 0 is refused: unlike the user base, the kernel base cannot be cleared.
+// xen: arch/x86/mm.c, new_guest_cr3 (also reached from the emulated CR3 write).
+pub(crate) fn switch_kernel_base(
+    dom: &DomainShared,
+    ram: &GuestRam,
+    pv: &mut xen_abi::pv_vcpu::PvVcpuState,
+    mfn: u64,
+) -> Result<(), crate::mm::MmError> {
+    if mfn == 0 {
+        return Err(crate::mm::MmError::BadFrame(0));
+    }
+    let old = pv.kernel_cr3 >> 12;
+    lock(dom).switch_base(ram, old, mfn)?;
+    pv.kernel_cr3 = mfn << 12;
+    Ok(())
+}
+
 fn one_op(ctx: &mut HypercallCtx<'_, DomainShared>, op: &MmuextOp) -> Result<(), i64> {
     let ram = ctx.ram();
     let dom: &DomainShared = ctx.domain;
@@ -371,11 +391,7 @@ fn one_op(ctx: &mut HypercallCtx<'_, DomainShared>, op: &MmuextOp) -> Result<(),
         }
         MMUEXT_UNPIN_TABLE => lock(dom).unpin(ram, op.mfn()).map_err(|e| e.ret()),
         MMUEXT_NEW_BASEPTR => {
-            let old = ctx.pv.kernel_cr3 >> 12;
-            lock(dom)
-                .switch_base(ram, old, op.mfn())
-                .map_err(|e| e.ret())?;
-            ctx.pv.kernel_cr3 = op.mfn() << 12;
+            switch_kernel_base(dom, ram, ctx.pv, op.mfn()).map_err(|e| e.ret())?;
             ctx.reload_cr3 = true;
             Ok(())
         }
