@@ -601,9 +601,22 @@ pub struct Vcpu {
 
 impl Vcpu {
     fn setup(&mut self, kvm: &Kvm) -> Result<(), VcpuError> {
-        let cpuid = kvm
+        let host = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("get supported cpuid"))?;
+        // The vCPU's native `cpuid` (which does not fault under KVM) sees the same PV view
+        // as the forced-emulation path, Xen's leaves at 0x40000000 included.
+        let pv = crate::emulate::cpuid::pv_native_table(
+            &crate::emulate::cpuid::CpuidTable::from_kvm(host.as_slice()),
+            &crate::emulate::cpuid::PvCpuidConfig::default(),
+        )
+        .to_kvm();
+        let cpuid = kvm_bindings::CpuId::from_entries(&pv).map_err(|_| VcpuError::Kvm {
+            what: "build cpuid",
+            // E2BIG: more entries than KVM_MAX_CPUID_ENTRIES.
+            err: kvm_ioctls::Error::new(7),
+        })?;
+        // XSAVE and XCR0 follow what the guest is shown (KVM checks CR4/XCR0 against it).
         let leaf = |f: u32, i: u32| {
             cpuid
                 .as_slice()

@@ -76,6 +76,19 @@ fn kmain(_si: &'static StartInfo) {
     name[8..12].copy_from_slice(&sig[3].to_le_bytes());
     check!("forced_cpuid_signature", &name == b"XenVMMXenVMM", "{:?}", name);
     check!("forced_cpuid_max_leaf", sig[0] >= 0x4000_0002, "{:#x}", sig[0]);
+    // A plain cpuid does not fault under KVM: kxen loads the same PV view into the vCPU.
+    let (b, c, d): (u32, u32, u32);
+    // SAFETY: cpuid has no memory effects; rbx is saved around it (reserved by the compiler).
+    unsafe {
+        asm!("xchg {b:r}, %rbx", "cpuid", "xchg {b:r}, %rbx",
+             b = out(reg) b, inout("eax") 0x4000_0000u32 => _, inout("ecx") 0u32 => c,
+             out("edx") d, options(att_syntax));
+    }
+    let mut plain = [0u8; 12];
+    plain[0..4].copy_from_slice(&b.to_le_bytes());
+    plain[4..8].copy_from_slice(&c.to_le_bytes());
+    plain[8..12].copy_from_slice(&d.to_le_bytes());
+    check!("plain_cpuid_signature", &plain == b"XenVMMXenVMM", "{:?}", plain);
     let ver = xen_cpuid(0x4000_0001);
     value!("xen_cpuid_version", "{:#x}", ver[0]);
     check_eq!("forced_cpuid_version", ver[0], (4u32 << 16) | 19);
