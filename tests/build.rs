@@ -102,6 +102,10 @@ const GUESTS: &[GuestSpec] = &[
         name: "smp_4",
         source: "tests/smp.rs",
     },
+    GuestSpec {
+        name: "evstress",
+        source: "tests/evstress.rs",
+    },
 ];
 
 fn main() {

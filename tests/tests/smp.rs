@@ -136,3 +136,40 @@ fn secondary_vcpus_never_brought_up_do_not_keep_the_domain_alive() {
     assert_eq!(outcome.reason, ShutdownReason::Poweroff, "{console}");
     assert!(outcome.run_time < Duration::from_secs(30));
 }
+
+#[test]
+fn four_vcpus_exchange_ipi_events_without_loss_or_deadlock() {
+    if !kvm() {
+        return;
+    }
+    let (outcome, console) = boot("evstress", 4);
+    let report = Report::parse(&console);
+    assert_eq!(outcome.reason, ShutdownReason::Poweroff, "{console}");
+    assert!(report.all_passed(), "{console}");
+    for check in [
+        "evstress_ports_bound",
+        "evstress_no_deadlock",
+        "evstress_no_spurious_delivery",
+        "evstress_no_event_lost",
+        "pvclock_nonzero",
+        "pvclock_advances",
+        "pvclock_monotonic_across_vcpus",
+    ] {
+        assert!(
+            console.contains(&format!("KXEN-TEST: PASS {check}\n")),
+            "{check} missing:\n{console}"
+        );
+    }
+    // 12 ordered pairs of vCPUs, PER_PAIR events each (the guest's constant).
+    let total: u64 = report
+        .value("evstress_events")
+        .and_then(|v| v.parse().ok())
+        .expect("evstress_events value");
+    assert_eq!(total, 12 * 10_000, "{console}");
+    // No pvclock read was earlier than a value another vCPU had already published.
+    assert_eq!(
+        report.value("pvclock_backwards_reads"),
+        Some("0"),
+        "{console}"
+    );
+}

@@ -1,0 +1,384 @@
+//! evstress: 4 vCPUs send each other events over IPI event channels. Every vCPU `r` binds one
+//! IPI port per sender `s` (`PORT[r][s]`, notifying `r`). A sender sends on a pair's port only
+//! after the receiver consumed its previous event there (`SENT[s][r] == RECV[r][s]`), so Xen's
+//! 2-level coalescing of a still-pending event cannot hide a loss: at the end every pair must
+//! have exactly `PER_PAIR` sends and `PER_PAIR` deliveries, no delivery without a send, and no
+//! vCPU may have stalled (deadlock bound). Receivers consume by testing and clearing the
+//! pending bit in the mapped shared_info (events stay masked, so no upcall races them).
+//! The total is printed as `VALUE evstress_events`.
+//!
+//! pvclock across vCPUs: afterwards every vCPU reads its own system time (pvclock in its
+//! vcpu_info in shared_info) many times; before each read it takes the latest value any vCPU
+//! published, and its read must not be earlier; then it publishes its read (`fetch_max`).
+//! The TSC is read with `lfence; rdtsc` (as Linux's rdtsc_ordered): without the fence the
+//! rdtsc can run ahead of the load of the published value and reads go backwards by us.
+
+#![no_std]
+#![no_main]
+
+#[macro_use]
+#[path = "../kit/mod.rs"]
+mod kit;
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use kit::abi::*;
+use kit::events::*;
+use kit::hypercall::hypercall3;
+
+xen_notes!(features = "writable_page_tables");
+
+const NR: usize = 4;
+/// Events per ordered (sender, receiver) pair; 12 pairs. Scaled to what a debug-build VMM
+/// runs in well under a minute on a loaded 2-core host (each send is a VMM exit).
+const PER_PAIR: u64 = 10_000;
+/// Idle rounds (each a SCHEDOP_yield) after which a vCPU declares itself stuck.
+const IDLE_LIMIT: u32 = 2_000_000;
+
+// xen: public/vcpu.h, public/arch-x86/xen.h
+const VCPUOP_INITIALISE: u64 = 0;
+const VCPUOP_UP: u64 = 1;
+const VCPUOP_DOWN: u64 = 2;
+const VGCF_IN_KERNEL: u64 = 1 << 2;
+const CTX_SIZE: usize = 5168;
+const OFF_FLAGS: usize = 512;
+const OFF_REGS: usize = 520;
+const OFF_KERNEL_SS: usize = 4968;
+const OFF_KERNEL_SP: usize = 4976;
+const OFF_CTRLREG: usize = 4984;
+const STACK: usize = 16384;
+/// shared_info.evtchn_pending, in u64 words.
+const PENDING_WORD0: usize = 2048 / 8;
+
+/// `PORT[r][s]`: the IPI port vCPU `r` bound for sender `s` (0 = not bound).
+static PORT: [[AtomicU32; NR]; NR] = [const { [const { AtomicU32::new(0) }; NR] }; NR];
+/// `SENT[s][r]`: events `s` sent to `r` (incremented before the send).
+static SENT: [[AtomicU64; NR]; NR] = [const { [const { AtomicU64::new(0) }; NR] }; NR];
+/// `RECV[r][s]`: events `r` consumed from `s`.
+static RECV: [[AtomicU64; NR]; NR] = [const { [const { AtomicU64::new(0) }; NR] }; NR];
+/// Deliveries that found no matching send.
+static SPURIOUS: AtomicU64 = AtomicU64::new(0);
+/// Send hypercalls that failed.
+static SEND_ERRORS: AtomicU64 = AtomicU64::new(0);
+/// vCPUs that gave up (idle too long).
+static STUCK: AtomicU32 = AtomicU32::new(0);
+/// vCPUs whose ports are bound.
+static READY: AtomicU32 = AtomicU32::new(0);
+/// Set by vCPU 0 once every port is bound.
+static START: AtomicU32 = AtomicU32::new(0);
+/// vCPUs that finished the stress.
+static DONE: AtomicU32 = AtomicU32::new(0);
+/// Latest system time (ns) any vCPU published.
+static PUBLISHED: AtomicU64 = AtomicU64::new(0);
+/// Reads earlier than an already published value, and the worst such gap (ns).
+static BACKWARDS: AtomicU64 = AtomicU64::new(0);
+static WORST_GAP: AtomicU64 = AtomicU64::new(0);
+/// Reads that returned 0 (no pvclock for that vCPU).
+static ZERO_READS: AtomicU64 = AtomicU64::new(0);
+/// pvclock reads per vCPU.
+const CLOCK_ROUNDS: u32 = 100_000;
+
+fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: rdtsc only reads the time-stamp counter.
+    unsafe { core::arch::asm!("lfence", "rdtsc", out("eax") lo, out("edx") hi, options(nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// System time (ns) from vCPU `me`'s vcpu_time_info (shared_info.vcpu_info[me].time, words
+/// 4..8 of the 64-byte vcpu_info) with the version protocol. xen: public/xen.h,
+/// struct vcpu_time_info.
+fn system_time(me: usize) -> u64 {
+    let w = |i: usize| &SHINFO.0[me * 8 + i];
+    loop {
+        let v = w(4).load(Ordering::Acquire) as u32;
+        if v & 1 != 0 {
+            continue;
+        }
+        let tsc_ts = w(5).load(Ordering::Acquire);
+        let st = w(6).load(Ordering::Acquire);
+        let w7 = w(7).load(Ordering::Acquire);
+        let tsc = rdtsc();
+        if w(4).load(Ordering::Acquire) as u32 != v {
+            continue;
+        }
+        let mul = w7 as u32;
+        let shift = (w7 >> 32) as u8 as i8;
+        let mut delta = tsc.wrapping_sub(tsc_ts);
+        if (delta as i64) < 0 {
+            delta = 0;
+        }
+        if shift >= 0 {
+            delta <<= shift;
+        } else {
+            delta >>= -shift;
+        }
+        return st.wrapping_add(((u128::from(delta) * u128::from(mul)) >> 32) as u64);
+    }
+}
+
+/// One vCPU's share of the cross-vCPU monotonicity check.
+fn clock_rounds(me: usize) {
+    for _ in 0..CLOCK_ROUNDS {
+        let seen = PUBLISHED.load(Ordering::SeqCst);
+        let t = system_time(me);
+        if t == 0 {
+            ZERO_READS.fetch_add(1, Ordering::SeqCst);
+        }
+        if t < seen {
+            BACKWARDS.fetch_add(1, Ordering::SeqCst);
+            WORST_GAP.fetch_max(seen - t, Ordering::SeqCst);
+        }
+        PUBLISHED.fetch_max(t, Ordering::SeqCst);
+    }
+}
+
+#[repr(C, align(16))]
+struct Stacks([[u8; STACK]; NR]);
+static mut STACKS: Stacks = Stacks([[0; STACK]; NR]);
+
+#[repr(C, align(64))]
+struct Ctx([u8; CTX_SIZE]);
+static mut CTX: Ctx = Ctx([0; CTX_SIZE]);
+
+fn vcpu_op(cmd: u64, vcpu: u64, arg: u64) -> i64 {
+    // SAFETY: every argument passed here is null or a readable buffer of the op's size.
+    unsafe { hypercall3(HYPERVISOR_VCPU_OP, cmd, vcpu, arg) }
+}
+
+fn yield_now() {
+    // SAFETY: SCHEDOP_yield takes no argument.
+    unsafe { kit::hypercall::sched_op(SCHEDOP_YIELD, 0) };
+}
+
+/// Test and clear `port`'s pending bit in the mapped shared_info.
+fn take_pending(port: u32) -> bool {
+    let (w, m) = ((port / 64) as usize, 1u64 << (port % 64));
+    let Some(word) = SHINFO.0.get(PENDING_WORD0 + w) else {
+        return false;
+    };
+    word.fetch_and(!m, Ordering::SeqCst) & m != 0
+}
+
+fn bind_ports(me: usize) {
+    for s in 0..NR {
+        if s != me {
+            let p = bind_ipi(me as u32).unwrap_or(0);
+            PORT[me][s].store(p, Ordering::SeqCst);
+        }
+    }
+    READY.fetch_add(1, Ordering::SeqCst);
+}
+
+/// One vCPU's share: consume what arrived, send where the previous event was consumed.
+fn stress(me: usize) {
+    while START.load(Ordering::SeqCst) == 0 {
+        yield_now();
+    }
+    let mut idle = 0u32;
+    let mut next = 0usize;
+    loop {
+        let mut progress = false;
+        for s in (0..NR).filter(|&s| s != me) {
+            if take_pending(PORT[me][s].load(Ordering::SeqCst)) {
+                let n = RECV[me][s].fetch_add(1, Ordering::SeqCst) + 1;
+                if n > SENT[s][me].load(Ordering::SeqCst) {
+                    SPURIOUS.fetch_add(1, Ordering::SeqCst);
+                }
+                progress = true;
+            }
+        }
+        for k in 0..NR {
+            let r = (next + k) % NR;
+            if r == me {
+                continue;
+            }
+            let sent = SENT[me][r].load(Ordering::SeqCst);
+            if sent < PER_PAIR && sent == RECV[r][me].load(Ordering::SeqCst) {
+                SENT[me][r].store(sent + 1, Ordering::SeqCst);
+                if send(PORT[r][me].load(Ordering::SeqCst)) != 0 {
+                    SEND_ERRORS.fetch_add(1, Ordering::SeqCst);
+                }
+                progress = true;
+            }
+        }
+        next = (next + 1) % NR;
+        let done = (0..NR).filter(|&o| o != me).all(|o| {
+            SENT[me][o].load(Ordering::SeqCst) == PER_PAIR
+                && RECV[me][o].load(Ordering::SeqCst) == PER_PAIR
+        });
+        if done {
+            break;
+        }
+        if progress {
+            idle = 0;
+        } else {
+            idle += 1;
+            if idle > IDLE_LIMIT {
+                STUCK.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+            yield_now();
+        }
+    }
+    clock_rounds(me);
+    DONE.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A secondary vCPU's Rust entry (rdi = its id).
+extern "C" fn ap_main(id: u64) -> ! {
+    let me = (id as usize).min(NR - 1);
+    bind_ports(me);
+    stress(me);
+    vcpu_op(VCPUOP_DOWN, id, 0);
+    loop {
+        yield_now();
+    }
+}
+
+core::arch::global_asm!(
+    ".globl kit_evstress_ap_entry",
+    "kit_evstress_ap_entry:",
+    "call {main}",
+    "ud2",
+    main = sym ap_main,
+);
+
+fn put(b: &mut [u8; CTX_SIZE], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// The context of vCPU `id`: entry kit_evstress_ap_entry, its own stack, rdi = id, the
+/// current page tables.
+fn context(si: &StartInfo, id: usize) -> u64 {
+    extern "C" {
+        fn kit_evstress_ap_entry();
+    }
+    // SAFETY: only vCPU 0 builds contexts, one at a time, before the target vCPU runs.
+    let b = unsafe { &mut (*(&raw mut CTX)).0 };
+    b.fill(0);
+    // SAFETY: address of the static stack array; each vCPU uses its own slot.
+    let stack_top = unsafe { (&raw const STACKS.0[id]) as u64 } + STACK as u64;
+    let cr3 = pfn_of(si.pt_base) << 12;
+    put(b, OFF_FLAGS, VGCF_IN_KERNEL);
+    put(b, OFF_REGS + 14 * 8, id as u64); // rdi
+    put(
+        b,
+        OFF_REGS + 16 * 8,
+        kit_evstress_ap_entry as *const () as usize as u64,
+    ); // rip
+    put(b, OFF_REGS + 17 * 8, u64::from(FLAT_KERNEL_CS)); // cs
+    put(b, OFF_REGS + 18 * 8, 0x202); // rflags
+    put(b, OFF_REGS + 19 * 8, stack_top - 8); // rsp (as after a call)
+    put(b, OFF_REGS + 20 * 8, u64::from(FLAT_KERNEL_SS)); // ss
+    put(b, OFF_KERNEL_SS, u64::from(FLAT_KERNEL_SS));
+    put(b, OFF_KERNEL_SP, stack_top);
+    put(b, OFF_CTRLREG + 3 * 8, cr3);
+    b.as_ptr() as u64
+}
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) -> bool {
+    for _ in 0..20_000_000u32 {
+        if cond() {
+            return true;
+        }
+        yield_now();
+    }
+    check!(what, false, "timed out");
+    false
+}
+
+fn kmain(si: &'static StartInfo) {
+    // Events stay masked on every vCPU: receivers consume pending bits themselves.
+    check_eq!("map_shared_info", map_shared_info(si), 0);
+    if !shared_info_mapped() {
+        return;
+    }
+    bind_ports(0);
+    for id in 1..NR {
+        let c = context(si, id);
+        check_eq!("initialise", vcpu_op(VCPUOP_INITIALISE, id as u64, c), 0);
+        check_eq!("up", vcpu_op(VCPUOP_UP, id as u64, 0), 0);
+    }
+    if !wait_until("evstress_ports_bound", || {
+        READY.load(Ordering::SeqCst) == NR as u32
+    }) {
+        return;
+    }
+    let all_bound =
+        (0..NR).all(|r| (0..NR).all(|s| s == r || PORT[r][s].load(Ordering::SeqCst) != 0));
+    check!("evstress_ports_bound", all_bound);
+    let t0 = system_time(0);
+    START.store(1, Ordering::SeqCst);
+    stress(0);
+    if !wait_until("evstress_all_done", || {
+        DONE.load(Ordering::SeqCst) == NR as u32
+    }) {
+        return;
+    }
+    check_eq!("evstress_no_deadlock", STUCK.load(Ordering::SeqCst), 0u32);
+    check_eq!(
+        "evstress_send_errors",
+        SEND_ERRORS.load(Ordering::SeqCst),
+        0u64
+    );
+    check_eq!(
+        "evstress_no_spurious_delivery",
+        SPURIOUS.load(Ordering::SeqCst),
+        0u64
+    );
+    let mut sends = 0u64;
+    let mut deliveries = 0u64;
+    let mut exact = true;
+    for s in 0..NR {
+        for r in (0..NR).filter(|&r| r != s) {
+            let a = SENT[s][r].load(Ordering::SeqCst);
+            let b = RECV[r][s].load(Ordering::SeqCst);
+            sends += a;
+            deliveries += b;
+            if a != PER_PAIR || b != PER_PAIR {
+                exact = false;
+                check!(
+                    "evstress_pair",
+                    false,
+                    "{} -> {}: sent {} delivered {}",
+                    s,
+                    r,
+                    a,
+                    b
+                );
+            }
+        }
+    }
+    check!(
+        "evstress_no_event_lost",
+        exact && sends == deliveries,
+        "sends {} deliveries {}",
+        sends,
+        deliveries
+    );
+    value!("evstress_events", "{}", deliveries);
+    value!("pvclock_cross_vcpu_reads", "{}", CLOCK_ROUNDS as usize * NR);
+    value!(
+        "pvclock_worst_gap_ns",
+        "{}",
+        WORST_GAP.load(Ordering::SeqCst)
+    );
+    check_eq!("pvclock_nonzero", ZERO_READS.load(Ordering::SeqCst), 0u64);
+    check!(
+        "pvclock_advances",
+        PUBLISHED.load(Ordering::SeqCst) > t0,
+        "start {} latest {}",
+        t0,
+        PUBLISHED.load(Ordering::SeqCst)
+    );
+    value!(
+        "pvclock_backwards_reads",
+        "{}",
+        BACKWARDS.load(Ordering::SeqCst)
+    );
+    check_eq!(
+        "pvclock_monotonic_across_vcpus",
+        BACKWARDS.load(Ordering::SeqCst),
+        0u64
+    );
+}
