@@ -199,12 +199,22 @@ mod tests {
         let f = Arc::new(TlbFlush::new(2));
         f.set_idle(0, false);
         f.set_idle(1, false);
+        let finished = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let hs: Vec<_> = (0..2u32)
             .map(|me| {
                 let f = Arc::clone(&f);
+                let finished = Arc::clone(&finished);
                 std::thread::spawn(move || {
                     f.request(me, [1 - me], |_| {});
-                    f.wait(me, Duration::from_secs(5))
+                    let r = f.wait(me, Duration::from_secs(5));
+                    // A running vCPU keeps exiting (the kick) and acknowledging after its own
+                    // wait; model that until the other one is done too, whichever ran first.
+                    finished.fetch_add(1, Ordering::SeqCst);
+                    while finished.load(Ordering::SeqCst) < 2 {
+                        f.ack(me);
+                        std::thread::yield_now();
+                    }
+                    r
                 })
             })
             .collect();
