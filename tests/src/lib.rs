@@ -391,3 +391,39 @@ mod tests {
         );
     }
 }
+
+/// Shared pieces of the integration tests that boot guests.
+pub mod harness {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    /// A console sink the test can read while the guest runs.
+    #[derive(Clone, Default)]
+    pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
+
+    impl Capture {
+        /// Everything written so far, as text.
+        pub fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Whether /dev/kvm works; prints the one-line skip reason when it does not.
+    pub fn kvm() -> bool {
+        if kxen::vcpu::kvm_available() {
+            return true;
+        }
+        eprintln!("skipped: /dev/kvm is not available");
+        false
+    }
+}

@@ -1,37 +1,15 @@
 //! The PV CPU model end to end: boot the `cpu` kit guests under kxen (KVM) and judge what
 //! they print (resources/guests/tests/cpu.rs). Without /dev/kvm every test skips with one line.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kxen::launch::{Domain, LaunchError, LaunchSpec, Outcome};
+use kxen_tests::harness::{kvm, Capture};
 use kxen_tests::Report;
 use xen_abi::sched::ShutdownReason;
 
 /// How long a guest may run before the test stops it (it then fails).
 const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn kvm() -> bool {
-    if kxen::vcpu::kvm_available() {
-        return true;
-    }
-    eprintln!("skipped: /dev/kvm is not available");
-    false
-}
 
 fn spec(name: &str, privileged: bool) -> LaunchSpec {
     let image = match name {

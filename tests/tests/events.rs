@@ -3,42 +3,15 @@
 //! xenstore) and `events_masked` (a guest that never unmasks events must not stall kxen).
 //! Without /dev/kvm every test here skips with one line.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kxen::launch::{Domain, LaunchSpec, Outcome};
+use kxen_tests::harness::{kvm, Capture};
 use kxen_tests::Report;
 use xen_abi::sched::ShutdownReason;
 
 const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn kvm() -> bool {
-    if kxen::vcpu::kvm_available() {
-        return true;
-    }
-    eprintln!("skipped: /dev/kvm is not available");
-    false
-}
 
 fn spec(name: &str) -> LaunchSpec {
     LaunchSpec {

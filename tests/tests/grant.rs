@@ -2,8 +2,6 @@
 //! (Xen's statuses and errnos) and grants two pages to domain 0; after it powers off, this
 //! test plays kxen's backend and reaches those pages through the domain's grant table.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kxen::hypercall::grant::{GuestGrantMem, BACKEND_DOMID};
@@ -12,21 +10,9 @@ use kxen_devices::grant::{
     GNTST_BAD_GNTREF, GNTST_GENERAL_ERROR, GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY,
     GTF_WRITING,
 };
+use kxen_tests::harness::Capture;
 use kxen_tests::Report;
 use xen_abi::sched::ShutdownReason;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn number(report: &Report, name: &str, console: &str) -> u64 {
     let v = report

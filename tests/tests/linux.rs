@@ -2,32 +2,12 @@
 //! a Xen PV domU with a busybox initramfs built here, a person types at its shell, and the
 //! guest's own poweroff ends kxen with status 0; a guest panic ends it with the crash status.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kxen::launch::{Domain, LaunchSpec, Outcome};
+use kxen_tests::harness::Capture;
 use xen_abi::sched::ShutdownReason;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn assets() -> Option<(Vec<u8>, Vec<u8>)> {
     let dir = std::env::var_os("KXEN_ASSETS")

@@ -3,26 +3,12 @@
 //! continuations, writable page tables, A/D and software bits, hostile requests refused
 //! with Xen's errno (resources/guests/tests/mmu.rs).
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kxen::launch::{Domain, LaunchSpec};
+use kxen_tests::harness::Capture;
 use kxen_tests::Report;
 use xen_abi::sched::ShutdownReason;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[test]
 fn mmu_guest_page_table_hypercalls_ptwr_and_hostile_inputs_behave_as_xen() {

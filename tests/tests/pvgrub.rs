@@ -1,26 +1,12 @@
 //! PV-GRUB (built by scripts/fetch-assets with grub-mkimage -O x86_64-xen from Debian's
 //! packages) boots under kxen to its prompt and runs commands typed at it.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kxen::launch::{Domain, LaunchSpec};
+use kxen_tests::harness::Capture;
 use xen_abi::sched::ShutdownReason;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn pvgrub() -> Option<Vec<u8>> {
     let dir = std::env::var_os("KXEN_ASSETS")

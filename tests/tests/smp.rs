@@ -3,34 +3,12 @@
 //! power off while one vCPU still spins (every vCPU thread must stop and be joined).
 //! Without /dev/kvm every test here skips with one line.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kxen::launch::{Domain, LaunchSpec, Outcome};
+use kxen_tests::harness::{kvm, Capture};
 use kxen_tests::Report;
 use xen_abi::sched::ShutdownReason;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn kvm() -> bool {
-    if kxen::vcpu::kvm_available() {
-        return true;
-    }
-    eprintln!("skipped: /dev/kvm is not available");
-    false
-}
 
 /// Remote TLB flushes vCPU 1 acknowledged, and flush waits that timed out.
 #[derive(Debug, Default)]

@@ -2,35 +2,13 @@
 //! with VIRQ_TIMER upcalls, -ETIME, cancelling, SCHEDOP_poll's absolute timeout) and the
 //! wallclock kxen writes into shared_info. Without /dev/kvm every test here skips with one line.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kxen::launch::{Domain, LaunchSpec};
+use kxen_tests::harness::{kvm, Capture};
 use kxen_tests::Report;
 use vm_memory::{Bytes, GuestAddress};
 use xen_abi::sched::ShutdownReason;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn kvm() -> bool {
-    if kxen::vcpu::kvm_available() {
-        return true;
-    }
-    eprintln!("skipped: /dev/kvm is not available");
-    false
-}
 
 fn spec(name: &str) -> LaunchSpec {
     LaunchSpec {
