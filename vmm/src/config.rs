@@ -31,6 +31,9 @@
 //!   form of `kxen run --privileged`. A number like xl's booleans: non-zero is true. Default 0.
 //! * `pte_abi = "kxen" | "xen"` — which guest page-table-update ABI kxen applies to this
 //!   guest. Absent means kxen's default, `"kxen"`; any other value is an error.
+//! * `cpuid_freq_leaf = 0` — do not offer CPUID leaf 0x16 (processor frequency) when the host
+//!   leaves it empty. Xen never shows it to PV guests; kxen does by default so Linux skips
+//!   its PIT calibration loop (docs/performance.md). A number like `privileged`; default 1.
 //!
 //! xl ignores keys it does not know; so does kxen, but it lists them in
 //! [`DomainConfig::unknown`] so the caller can warn once per key.
@@ -69,6 +72,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "on_crash",
     "privileged",
     "pte_abi",
+    "cpuid_freq_leaf",
 ];
 
 /// Kind of guest. kxen only runs PV guests; PVH and HVM configs are refused at parse time.
@@ -165,6 +169,8 @@ pub struct DomainConfig {
     /// kxen extension `pte_abi`: `Some("kxen")`, `Some("xen")`, or `None` when absent
     /// (meaning kxen's default, `"kxen"`).
     pub pte_abi: Option<String>,
+    /// kxen extension `cpuid_freq_leaf` (default true).
+    pub cpuid_freq_leaf: bool,
     /// Keys present in the file that kxen does not interpret, in order of first appearance,
     /// each once.
     pub unknown: Vec<String>,
@@ -1021,6 +1027,8 @@ fn build(settings: &Settings, base: &Path, file: &str) -> Result<DomainConfig, C
     // Boolean like xl's defbool: a number, non-zero is true.
     let privileged = cx.number("privileged")?.is_some_and(|(v, _)| v != 0);
 
+    let cpuid_freq_leaf = cx.number("cpuid_freq_leaf")?.is_none_or(|(v, _)| v != 0);
+
     let pte_abi = match cx.string("pte_abi")? {
         None => None,
         Some((v, _)) if xen_abi::pte::PteAbi::from_name(v).is_some() => Some(v.to_string()),
@@ -1054,6 +1062,7 @@ fn build(settings: &Settings, base: &Path, file: &str) -> Result<DomainConfig, C
         on_crash,
         privileged,
         pte_abi,
+        cpuid_freq_leaf,
         unknown,
     })
 }

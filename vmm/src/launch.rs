@@ -61,6 +61,9 @@ pub struct LaunchSpec {
     /// Page-table ABI the guest sees: kxen's (every software-available PTE bit is the
     /// guest's) or Xen's (bit 52 marks kernel mappings); `pte_abi` in xl.cfg, docs/pte-abi.md.
     pub pte_abi: xen_abi::pte::PteAbi,
+    /// Do not offer CPUID leaf 0x16 (kxen's processor-frequency leaf, on by default;
+    /// `cpuid_freq_leaf = 0` in xl.cfg, `--no-cpuid-freq-leaf`).
+    pub no_cpuid_freq_leaf: bool,
 }
 
 /// Why a domain could not be created or run.
@@ -699,6 +702,7 @@ impl Domain {
 
         let vcpus = spec.vcpus.max(1);
         let vm = Vm::new(nr_pages + SHARED_FRAMES, vcpus)?;
+        vm.set_cpuid_freq_leaf(!spec.no_cpuid_freq_leaf);
         let boot = builder::build(
             vm.ram().mem(),
             &DomainSpec {

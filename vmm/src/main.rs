@@ -95,6 +95,10 @@ struct RunArgs {
     /// mappings); see docs/pte-abi.md.
     #[arg(long, value_enum, default_value_t = PteAbiArg::Kxen)]
     pte_abi: PteAbiArg,
+    /// Do not offer CPUID leaf 0x16 (processor frequency) where the host leaves it empty, as
+    /// Xen never does; by default kxen offers it so Linux skips its slow PIT calibration.
+    #[arg(long)]
+    no_cpuid_freq_leaf: bool,
     #[command(flatten)]
     run: RunOptions,
 }
@@ -239,6 +243,7 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         vcpus: args.vcpus,
         privileged: args.privileged,
         pte_abi: args.pte_abi.into(),
+        no_cpuid_freq_leaf: args.no_cpuid_freq_leaf,
     };
     launch(&spec, args.run)
 }
@@ -271,6 +276,7 @@ fn cmd_create(args: CreateArgs) -> Result<ExitCode> {
                 ))
             })?,
         },
+        no_cpuid_freq_leaf: !cfg.cpuid_freq_leaf,
     };
     launch(&spec, args.run)
 }

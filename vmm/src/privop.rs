@@ -13,7 +13,7 @@ use kvm_ioctls::Kvm;
 use xen_abi::arch::PAGE_SIZE;
 
 use crate::domain::DomainShared;
-use crate::emulate::cpuid::{CpuidLeaf, CpuidSource, CpuidTable};
+use crate::emulate::cpuid::{CpuidLeaf, CpuidSource, CpuidTable, PvCpuidConfig};
 use crate::emulate::{self, EmuEffect, EmuEnv, EmuOutcome, EmuRegs, EmuState, Gpr};
 use crate::memory::{GuestRam, GuestVirt};
 use crate::vcpu::{GuestRegs, Vcpu};
@@ -58,6 +58,7 @@ fn host_cpuid() -> &'static CpuidTable {
 
 struct Env<'a> {
     guest: GuestVirt<'a>,
+    cpuid: PvCpuidConfig,
 }
 
 impl CpuidSource for Env<'_> {
@@ -67,6 +68,10 @@ impl CpuidSource for Env<'_> {
 }
 
 impl EmuEnv for Env<'_> {
+    fn cpuid_config(&self) -> PvCpuidConfig {
+        self.cpuid
+    }
+
     fn tsc(&mut self) -> u64 {
         // SAFETY: rdtsc has no memory effects; every x86_64 CPU has it.
         unsafe { core::arch::x86_64::_rdtsc() }
@@ -162,6 +167,7 @@ pub fn try_emulate(
     let ram: GuestRam = vcpu.ram().clone();
     let mut env = Env {
         guest: GuestVirt::new(&ram, vcpu.cr3()),
+        cpuid: *vcpu.cpuid_config(),
     };
     let mut bytes = [0u8; FETCH];
     let got = env.read_guest(regs.rip, &mut bytes);

@@ -85,6 +85,12 @@ pub fn pv_native_table(host: &CpuidTable, cfg: &PvCpuidConfig) -> CpuidTable {
         .filter(|(leaf, _, _)| !(0x4000_0000..0x5000_0000).contains(leaf))
         .map(|&(leaf, sub, _)| (leaf, sub, pv_cpuid(host, cfg, ctx, leaf, sub)))
         .collect();
+    if !entries.iter().any(|e| e.0 == FREQ_LEAF) {
+        let r = pv_cpuid(host, cfg, ctx, FREQ_LEAF, 0);
+        if r != [0; 4] {
+            entries.push((FREQ_LEAF, 0, r));
+        }
+    }
     for idx in 0..=XEN_CPUID_MAX_NUM_LEAVES {
         let leaf = XEN_CPUID_FIRST_LEAF + idx;
         // The time leaf has subleaves; KVM matches it by index only when flagged, so list 0-2.
@@ -161,6 +167,13 @@ pub struct PvCpuidConfig {
     pub max_machine_addr_bits: u8,
     /// Time leaf contents.
     pub time: TimeLeaf,
+    /// kxen extension: when non-zero and the host's leaf 0x16 (processor frequency) is
+    /// empty, report this base/maximum frequency in MHz there. Xen caps a PV guest's basic
+    /// leaves at 0xd, so Linux under Xen calibrates `cpu_khz` with ~100 000 reads of the PIT
+    /// (`quick_pit_calibrate`), each a cheap in-hypervisor emulation there but a ~20 µs
+    /// userspace exit here; with the leaf, Linux takes the frequency from CPUID instead
+    /// (`cpuid_freq_leaf` in xl.cfg turns it off; docs/performance.md).
+    pub freq_leaf_mhz: u32,
 }
 
 impl Default for PvCpuidConfig {
@@ -171,6 +184,7 @@ impl Default for PvCpuidConfig {
             preserve_ad: true,
             max_machine_addr_bits: 40,
             time: TimeLeaf::default(),
+            freq_leaf_mhz: 0,
         }
     }
 }
@@ -350,6 +364,9 @@ const HIDE_E1_ECX: u32 =
     ext1::ECX_SVM | ext1::ECX_IBS | ext1::ECX_SKINIT | ext1::ECX_WDT | ext1::ECX_LWP;
 const HIDE_E1_EDX: u32 = ext1::EDX_PAGE1GB; // 'H': HVM only
 
+/// The processor frequency information leaf (Intel SDM: base, maximum and bus MHz).
+pub const FREQ_LEAF: u32 = 0x16;
+
 /// Per-call facts the dynamic parts of the view depend on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuidContext {
@@ -389,7 +406,13 @@ pub fn pv_cpuid(
     if !in_range {
         return [0; 4];
     }
-    let Some(mut r) = src.host_cpuid(leaf, subleaf) else {
+    let host = src.host_cpuid(leaf, subleaf);
+    if leaf == FREQ_LEAF && cfg.freq_leaf_mhz != 0 && host.unwrap_or([0; 4]) == [0; 4] {
+        // kxen: base and maximum frequency; the bus (reference) frequency is not enumerated.
+        let mhz = cfg.freq_leaf_mhz & 0xffff;
+        return [mhz, mhz, 0, 0];
+    }
+    let Some(mut r) = host else {
         return [0; 4];
     };
     match leaf {

@@ -1270,3 +1270,38 @@ proptest! {
         prop_assert!(rcx - left <= MAX_REPS_PER_CALL);
     }
 }
+
+fn host_with_max(max: u32, leaf16: Option<[u32; 4]>) -> CpuidTable {
+    let mut t = host_table();
+    t.entries[0].2[0] = max;
+    if let Some(r) = leaf16 {
+        t.entries.push((0x16, 0, r));
+    }
+    t
+}
+
+#[test]
+fn frequency_leaf_is_synthesized_only_when_enabled_and_the_host_leaves_it_empty() {
+    let on = PvCpuidConfig {
+        freq_leaf_mhz: 2000,
+        ..PvCpuidConfig::default()
+    };
+    let off = PvCpuidConfig::default();
+    let ctx = CpuidContext::default();
+    // Nested KVM reports leaf 0x16 as zeros (or not at all): kxen fills base = max MHz.
+    for host in [host_with_max(0x20, Some([0; 4])), host_with_max(0x20, None)] {
+        assert_eq!(pv_cpuid(&host, &on, ctx, 0x16, 0), [2000, 2000, 0, 0]);
+        assert_eq!(pv_cpuid(&host, &off, ctx, 0x16, 0), [0; 4]);
+        let t = pv_native_table(&host, &on);
+        assert_eq!(t.host_cpuid(0x16, 0), Some([2000, 2000, 0, 0]));
+        let t = pv_native_table(&host, &off);
+        assert_ne!(t.host_cpuid(0x16, 0), Some([2000, 2000, 0, 0]));
+    }
+    // A host that enumerates its frequencies keeps its own values.
+    let real = host_with_max(0x20, Some([2100, 3900, 100, 0]));
+    assert_eq!(pv_cpuid(&real, &on, ctx, 0x16, 0), [2100, 3900, 100, 0]);
+    // Below the host's max basic leaf the leaf does not exist: zeros, not invented.
+    let old = host_with_max(0xd, None);
+    assert_eq!(pv_cpuid(&old, &on, ctx, 0x16, 0), [0; 4]);
+    assert_eq!(pv_native_table(&old, &on).host_cpuid(0x16, 0), None);
+}
