@@ -18,6 +18,7 @@ pub mod mm;
 pub mod privop;
 pub mod ptwr;
 pub mod pvmode;
+pub mod replay;
 pub mod ring0;
 pub mod smp;
 pub mod time;

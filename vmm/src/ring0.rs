@@ -106,15 +106,13 @@ pub const GUEST_ALIAS_L4_SLOT: usize = 259;
 /// Virtual base of the guest-RAM alias: GPA `x` is at `GUEST_ALIAS_BASE + x`.
 pub const GUEST_ALIAS_BASE: u64 = 0xffff_8180_0000_0000;
 const _: () = assert!((GUEST_ALIAS_BASE >> 39) & 511 == GUEST_ALIAS_L4_SLOT as u64);
-/// Most page-table writes one run of the flush stub replays (its list sits at the bottom
-/// of the vCPU's RSP0 stack).
-pub const MAX_REPLAY: usize = 960;
+/// Most page-table writes one replay program holds (`crate::replay`; it is generated
+/// into the vCPU's [`REPLAY_PAGES`] code pages).
+pub const MAX_REPLAY: usize = crate::replay::capacity((REPLAY_PAGES * PAGE_SIZE) as usize);
 const PTE_PS: u64 = 1 << 7;
 
-/// Port of the TLB-flush stub (1-byte access; told apart from vector stubs by its rip).
+/// Port a replay program that exits writes (`crate::replay::End::Exit`; 1-byte access).
 pub const PORT_TLB_FLUSH: u16 = 0xf1;
-/// Offset of the TLB-flush stub in the stub page.
-const TLB_FLUSH_STUB: u64 = 0xa00;
 
 /// IST index used for #DF.
 pub const IST_DF: u8 = 1;
@@ -141,7 +139,11 @@ const STACK_OFF: u64 = TSS_OFF + 1;
 const STACK_PAGES: u64 = 2;
 const IST_OFF: u64 = STACK_OFF + STACK_PAGES;
 const IST_COUNT: u64 = 3;
-const PER_VCPU_PAGES: u64 = IST_OFF + IST_COUNT;
+const REPLAY_OFF: u64 = IST_OFF + IST_COUNT;
+/// Code pages per vCPU for its replay program (mapped user-accessible, read-only and
+/// executable, as this host requires of ring-0 code; the VMM rewrites them).
+pub const REPLAY_PAGES: u64 = 4;
+const PER_VCPU_PAGES: u64 = REPLAY_OFF + REPLAY_PAGES;
 /// Offset of the special (syscall/sysenter) stubs in the stub page.
 const SPECIAL_STUBS: u64 = 256 * 4;
 /// Most vCPUs one private area supports (all of it must fit under one L2 = 1 GiB).
@@ -183,6 +185,8 @@ pub struct VcpuRing0 {
     pub rsp0_top: u64,
     /// Tops of the IST stacks 1..=3 (#DF, NMI, #MC), one page each.
     pub ist_tops: [u64; 3],
+    /// The vCPU's replay program ([`REPLAY_PAGES`] pages of code, `crate::replay`).
+    pub replay_code: u64,
 }
 
 impl VcpuRing0 {
@@ -291,8 +295,12 @@ impl Ring0Layer {
         for i in 0..nr_l1 {
             self.w64(gpa_of(L2_PAGE) + i * 8, gpa_of(FIRST_L1_PAGE + i) | upper)?;
         }
+        let replay_page = |page: u64| {
+            page >= self.first_vcpu_page
+                && (page - self.first_vcpu_page) % PER_VCPU_PAGES >= REPLAY_OFF
+        };
         for page in 0..total {
-            let flags = if page == STUB_PAGE {
+            let flags = if page == STUB_PAGE || replay_page(page) {
                 PTE_P | PTE_US
             } else {
                 PTE_P | PTE_RW | PTE_NX
@@ -325,6 +333,12 @@ impl Ring0Layer {
     /// Where ring 0 reaches guest-physical `gpa` (the alias of guest RAM).
     pub fn guest_alias_va(&self, gpa: u64) -> Option<u64> {
         (gpa < self.guest_pages.checked_mul(PAGE_SIZE)?).then(|| GUEST_ALIAS_BASE + gpa)
+    }
+
+    /// Write `bytes` into the ring-0 area at `va` (private memory only).
+    pub fn write_bytes(&self, va: u64, bytes: &[u8]) -> Option<()> {
+        let gpa = self.va_to_gpa(va, u64::try_from(bytes.len()).ok()?)?;
+        self.mem.mem().write_slice(bytes, GuestAddress(gpa)).ok()
     }
 
     /// Write `words` into the ring-0 area at `va` (private memory only).
@@ -431,49 +445,6 @@ impl Ring0Layer {
         page[o] = 0xa3;
         page[o + 1..o + 9].copy_from_slice(&self.syscall_exit_va().to_le_bytes());
         page[o + 9..o + 11].copy_from_slice(&[0x0f, 0x0b]);
-        // Replay + flush. rbx = list of alias addresses, rcx = count:
-        //   loop: test %rcx,%rcx ; je done ; mov (%rbx),%rdi ; lock orq $0,(%rdi) ;
-        //         add $8,%rbx ; dec %rcx ; jmp loop
-        //   done: mov %cr3,%rax ; mov %rax,%cr3 ; out %al,$PORT_TLB_FLUSH ; ud2
-        // Each `lock or` rewrites a page-table entry the VMM changed with its current value:
-        // a write KVM traps when it shadows that table, so its shadow entry is dropped. The
-        // CR3 write then flushes the TLB.
-        let o = TLB_FLUSH_STUB as usize;
-        let code: [u8; 32] = [
-            0x48,
-            0x85,
-            0xc9, // test %rcx,%rcx
-            0x74,
-            0x11, // je done
-            0x48,
-            0x8b,
-            0x3b, // mov (%rbx),%rdi
-            0xf0,
-            0x48,
-            0x83,
-            0x0f,
-            0x00, // lock orq $0,(%rdi)
-            0x48,
-            0x83,
-            0xc3,
-            0x08, // add $8,%rbx
-            0x48,
-            0xff,
-            0xc9, // dec %rcx
-            0xeb,
-            0xea, // jmp loop
-            0x0f,
-            0x20,
-            0xd8, // done: mov %cr3,%rax
-            0x0f,
-            0x22,
-            0xd8, // mov %rax,%cr3
-            0xe6,
-            PORT_TLB_FLUSH as u8, // out %al,$PORT_TLB_FLUSH
-            0x0f,
-            0x0b, // ud2
-        ];
-        page[o..o + code.len()].copy_from_slice(&code);
         self.mem
             .mem()
             .write_slice(&page, GuestAddress(gpa_of(STUB_PAGE)))?;
@@ -552,12 +523,6 @@ impl Ring0Layer {
         va_of(STUB_PAGE) + SYSCALL_MMIO_STUB
     }
 
-    /// The replay-and-flush stub: rewrites the `rcx` page-table entries whose alias
-    /// addresses are listed at `rbx`, reloads CR3, then exits with [`PORT_TLB_FLUSH`].
-    pub fn tlb_flush_stub(&self) -> u64 {
-        va_of(STUB_PAGE) + TLB_FLUSH_STUB
-    }
-
     /// Address of the special port stub for `port` (`PORT_SYSCALL`, ...).
     pub fn special_stub(&self, port: u16) -> u64 {
         va_of(STUB_PAGE) + SPECIAL_STUBS + u64::from(port) * 4
@@ -574,6 +539,7 @@ impl Ring0Layer {
             tss_base: va_of(first + TSS_OFF),
             rsp0_top: va_of(first + STACK_OFF + STACK_PAGES),
             ist_tops: [1, 2, 3].map(|i| va_of(first + IST_OFF + i)),
+            replay_code: va_of(first + REPLAY_OFF),
         })
     }
 
@@ -712,6 +678,25 @@ mod tests {
             let e = walk(&l, va).unwrap();
             assert_eq!(e & PTE_ADDR_MASK, l.va_to_gpa(va & !0xfff, 1).unwrap());
         }
+    }
+
+    #[test]
+    fn replay_code_pages_are_user_readonly_executable_and_the_rest_is_not() {
+        let l = Ring0Layer::new(3, 16).unwrap();
+        for cpu in 0..3 {
+            let v = l.vcpu(cpu).unwrap();
+            for p in 0..REPLAY_PAGES {
+                let e = walk(&l, v.replay_code + p * PAGE_SIZE).unwrap();
+                assert_eq!(e & (PTE_US | PTE_RW | PTE_NX), PTE_US, "cpu {cpu} page {p}");
+            }
+            for va in [v.gdt_base, v.tss_base, v.rsp0_top - 8, v.ist_tops[2] - 8] {
+                let e = walk(&l, va).unwrap();
+                assert_eq!(e & (PTE_US | PTE_RW | PTE_NX), PTE_RW | PTE_NX);
+            }
+            let code = vec![0x90u8; (REPLAY_PAGES * PAGE_SIZE) as usize];
+            assert!(l.write_bytes(v.replay_code, &code).is_some());
+        }
+        assert!(MAX_REPLAY >= 960, "room for a full L1 and more");
     }
 
     #[test]

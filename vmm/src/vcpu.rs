@@ -53,12 +53,14 @@ use thiserror::Error;
 use tracing::{debug, warn};
 use xen_abi::pv_vcpu::PvVcpuState;
 
+use crate::emulate::cpuid::PvCpuidConfig;
 use crate::hypercall::HypercallCtx;
 use crate::memory::{GuestRam, MemArea, MemoryError};
+use crate::replay;
 use crate::ring0::{
-    Ring0Error, Ring0Layer, VcpuRing0, MAX_REPLAY, PORT_SYSCALL, PORT_SYSCALL32, PORT_SYSENTER,
-    PORT_TLB_FLUSH, RING0_CS, RING0_DS, RING3_CS32, RING3_CS64, RING3_DS, SYSCALL_EXIT_GPA,
-    TSS_SEL,
+    Ring0Error, Ring0Layer, VcpuRing0, GUEST_ALIAS_BASE, MAX_REPLAY, PORT_SYSCALL, PORT_SYSCALL32,
+    PORT_SYSENTER, PORT_TLB_FLUSH, REPLAY_PAGES, RING0_CS, RING0_DS, RING3_CS32, RING3_CS64,
+    RING3_DS, SYSCALL_EXIT_GPA, TSS_SEL,
 };
 use crate::trap::{read_exception_frame, CpuFrame, TrapError, VEC_GP};
 
@@ -443,6 +445,8 @@ pub struct Vm {
     ring0: Arc<Ring0Layer>,
     stats: Arc<ExitStats>,
     created: std::sync::Mutex<Vec<bool>>,
+    /// Offer CPUID leaf 0x16 (processor frequency) to vCPUs created from now on.
+    freq_leaf: AtomicBool,
 }
 
 impl Vm {
@@ -475,7 +479,14 @@ impl Vm {
             ring0: Arc::new(ring0),
             stats: Arc::new(ExitStats::default()),
             created: std::sync::Mutex::new(vec![false; nr_vcpus as usize]),
+            freq_leaf: AtomicBool::new(true),
         })
+    }
+
+    /// Whether vCPUs created from now on see CPUID leaf 0x16 filled with the TSC frequency
+    /// when the host leaves it empty ([`PvCpuidConfig::freq_leaf_mhz`]; on by default).
+    pub fn set_cpuid_freq_leaf(&self, on: bool) {
+        self.freq_leaf.store(on, Ordering::Relaxed);
     }
 
     fn add_slot(fd: &VmFd, slot: u32, area: &MemArea) -> Result<(), VmError> {
@@ -542,10 +553,14 @@ impl Vm {
             sync: false,
             kick: Arc::default(),
             flush_pending: false,
+            reload_cr3: false,
+            flush_cr3: None,
             pte_replay: Vec::new(),
+            in_flight: None,
+            cpuid_cfg: PvCpuidConfig::default(),
         };
         install_kick_handler()?;
-        vcpu.setup(&self.kvm)?;
+        vcpu.setup(&self.kvm, self.freq_leaf.load(Ordering::Relaxed))?;
         Ok(vcpu)
     }
 }
@@ -592,23 +607,41 @@ pub struct Vcpu {
     /// Registers travel through `kvm_run` (KVM_CAP_SYNC_REGS) instead of ioctls.
     sync: bool,
     kick: Arc<KickState>,
-    /// A TLB flush is due before the next return to the guest ([`Vcpu::flush_tlb`]).
+    /// Replays or a TLB flush are due before the guest's next instruction
+    /// ([`Vcpu::flush_tlb`], [`Vcpu::sync_pte_writes`]); `run` prepares them.
     flush_pending: bool,
-    /// Alias addresses of page-table entries the VMM wrote, replayed in ring 0 before the
-    /// next return ([`Vcpu::sync_pte_writes`]).
+    /// The due work includes a CR3 reload ([`Vcpu::flush_tlb`]).
+    reload_cr3: bool,
+    /// The CR3 [`Vcpu::flush_tlb`] asked for, applied when the replay is prepared.
+    flush_cr3: Option<u64>,
+    /// The domain-level inputs of this vCPU's CPUID view (native and forced-emulation).
+    cpuid_cfg: PvCpuidConfig,
+    /// Guest-physical addresses of page-table entries the VMM wrote, replayed in ring 0
+    /// before the guest's next instruction ([`Vcpu::sync_pte_writes`]).
     pte_replay: Vec<u64>,
+    /// The entries of the folded replay program last handed to KVM (it returns to the guest
+    /// by itself; kept in case a kick stops the vCPU inside it).
+    in_flight: Option<Vec<u64>>,
 }
 
 impl Vcpu {
-    fn setup(&mut self, kvm: &Kvm) -> Result<(), VcpuError> {
+    fn setup(&mut self, kvm: &Kvm, freq_leaf: bool) -> Result<(), VcpuError> {
         let host = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("get supported cpuid"))?;
+        // xen: cpuid.c, leaf 0x40000003: the guest TSC frequency in subleaf 0 ECX and the
+        // CPU frequency in subleaf 2 EAX (kxen: both are KVM's TSC rate for this vCPU).
+        let tsc_khz = self.tsc_khz().unwrap_or(0);
+        self.cpuid_cfg.time.tsc_khz = tsc_khz;
+        self.cpuid_cfg.time.cpu_khz = tsc_khz;
+        if freq_leaf {
+            self.cpuid_cfg.freq_leaf_mhz = tsc_khz / 1000;
+        }
         // The vCPU's native `cpuid` (which does not fault under KVM) sees the same PV view
         // as the forced-emulation path, Xen's leaves at 0x40000000 included.
         let pv = crate::emulate::cpuid::pv_native_table(
             &crate::emulate::cpuid::CpuidTable::from_kvm(host.as_slice()),
-            &crate::emulate::cpuid::PvCpuidConfig::default(),
+            &self.cpuid_cfg,
         )
         .to_kvm();
         let cpuid = kvm_bindings::CpuId::from_entries(&pv).map_err(|_| VcpuError::Kvm {
@@ -743,6 +776,11 @@ impl Vcpu {
         Some(guest.wrapping_sub(mid))
     }
 
+    /// The inputs of this vCPU's PV CPUID view.
+    pub fn cpuid_config(&self) -> &PvCpuidConfig {
+        &self.cpuid_cfg
+    }
+
     /// The vCPU id.
     pub fn id(&self) -> u32 {
         self.id
@@ -838,61 +876,176 @@ impl Vcpu {
         self.sregs.cr3 = cr3;
     }
 
-    /// Load `cr3` for the next return and flush the guest's TLB first: the next
-    /// [`Vcpu::return_to_guest`] runs kxen's ring-0 flush stub (a CR3 write in ring 0, one
-    /// extra exit), which is what makes KVM drop translations the VMM changed behind the
-    /// guest's back. Non-global translations are flushed (kernel mappings are never global).
+    /// Load `cr3` for the next return and flush the guest's TLB first: before the guest's
+    /// next instruction kxen's ring-0 replay program reloads CR3 (see [`crate::replay`]),
+    /// which is what makes KVM drop translations the VMM changed behind the guest's back.
+    /// Non-global translations are flushed (kernel mappings are never global).
     pub fn flush_tlb(&mut self, cr3: u64) {
         self.sregs.cr3 = cr3;
+        self.flush_cr3 = Some(cr3);
+        self.reload_cr3 = true;
         self.flush_pending = true;
     }
 
     /// Guest-physical addresses of page-table entries the VMM wrote in guest RAM: KVM's
-    /// shadow MMU does not see writes from the VMM, so before the next return ring 0
-    /// rewrites each entry with its current value (a write KVM traps), then reloads CR3.
+    /// shadow MMU does not see writes from the VMM, so before the guest's next instruction
+    /// ring 0 rewrites each entry with its current value (a write KVM traps).
     pub fn sync_pte_writes(&mut self, gpas: impl IntoIterator<Item = u64>) {
         let before = self.pte_replay.len();
         let ring0 = Arc::clone(&self.ring0);
         self.pte_replay.extend(
             gpas.into_iter()
-                .filter_map(|g| ring0.guest_alias_va(g & !7)),
+                .map(|g| g & !7)
+                .filter(|&g| ring0.guest_alias_va(g).is_some()),
         );
         if self.pte_replay.len() != before {
             self.flush_pending = true;
         }
     }
 
-    /// Run the ring-0 replay-and-flush stub with the current CR3 (see [`Vcpu::flush_tlb`],
-    /// [`Vcpu::sync_pte_writes`]), in chunks of [`MAX_REPLAY`] entries.
-    fn run_flush_stub(&mut self) -> Result<(), VcpuError> {
-        let list = std::mem::take(&mut self.pte_replay);
-        let mut chunks: Vec<&[u64]> = list.chunks(MAX_REPLAY).collect();
-        if chunks.is_empty() {
-            chunks.push(&[]);
-        }
-        for chunk in chunks {
-            self.run_flush_chunk(chunk)?;
-        }
-        Ok(())
+    /// Whether `rip` lies in this vCPU's replay program.
+    fn in_replay_code(&self, rip: u64) -> bool {
+        self.sregs.cs.selector == RING0_CS
+            && rip
+                .checked_sub(self.r0.replay_code)
+                .is_some_and(|off| off < REPLAY_PAGES * crate::memory::PAGE_SIZE)
     }
 
-    fn run_flush_chunk(&mut self, list: &[u64]) -> Result<(), VcpuError> {
+    /// Where a folded replay program finds the guest's frame (rdi, rip, cs, rflags, rsp, ss).
+    fn replay_frame_va(&self) -> u64 {
+        self.r0.rsp0_top - 64
+    }
+
+    /// Before `KVM_RUN`: turn due replays and flushes into a ring-0 replay program that the
+    /// vCPU runs first and that returns straight to the guest (no exit of its own). What does
+    /// not fit one program, and work due while the vCPU is not in guest code, runs now as
+    /// separate programs that exit (`End::Exit`).
+    fn prepare_replay(&mut self) -> Result<(), VcpuError> {
+        let mut regs = self.fetch_state()?;
+        if let Some(cr3) = self.flush_cr3.take() {
+            self.sregs.cr3 = cr3;
+        }
+        if let Some(g) = self.finish_in_flight(&regs)? {
+            regs = g;
+        }
+        let mut gpas = std::mem::take(&mut self.pte_replay);
+        let reload = std::mem::take(&mut self.reload_cr3);
+        gpas.sort_unstable();
+        gpas.dedup();
+        let guest_cs = self.sregs.cs.selector;
+        let in_guest = matches!(guest_cs, RING3_CS64 | RING3_CS32);
+        if in_guest && gpas.is_empty() && !reload {
+            return Ok(());
+        }
+        let folded = if in_guest {
+            gpas.len().min(MAX_REPLAY)
+        } else {
+            0
+        };
+        let (head, tail) = gpas.split_at(gpas.len() - folded);
+        if !head.is_empty() || !in_guest {
+            let saved = self.sregs;
+            let mut chunks: Vec<&[u64]> = head.chunks(MAX_REPLAY).collect();
+            if chunks.is_empty() {
+                chunks.push(&[]);
+            }
+            for chunk in chunks {
+                self.run_program(chunk)?;
+            }
+            self.sregs = saved;
+            if !in_guest {
+                return self.push_state(&regs);
+            }
+        }
         let bad = |what| VcpuError::Kvm {
             what,
             err: kvm_ioctls::Error::new(libc::EIO),
         };
-        let stub = self.ring0.tlb_flush_stub();
-        let list_va = self.r0.rsp0_top - 2 * crate::memory::PAGE_SIZE;
-        if !list.is_empty() && self.ring0.write_words(list_va, list).is_none() {
-            return Err(bad("TLB flush stub: list"));
+        let frame_va = self.replay_frame_va();
+        let frame = [
+            regs.rdi,
+            regs.rip,
+            u64::from(guest_cs),
+            regs.rflags,
+            regs.rsp,
+            u64::from(self.sregs.ss.selector),
+        ];
+        self.ring0
+            .write_words(frame_va, &frame)
+            .ok_or_else(|| bad("replay: guest frame"))?;
+        let code = replay::program(tail, replay::End::Return { reload_cr3: reload });
+        self.ring0
+            .write_bytes(self.r0.replay_code, &code)
+            .ok_or_else(|| bad("replay: program"))?;
+        self.in_flight = Some(tail.to_vec());
+        self.sregs.cs = seg(RING0_CS, 11, 0, 1, 0);
+        self.sregs.ss = seg(RING0_DS, 3, 0, 0, 1);
+        let entry = kvm_regs {
+            rip: self.r0.replay_code,
+            rsp: frame_va,
+            rdi: GUEST_ALIAS_BASE,
+            rflags: rflags::FIXED,
+            ..regs
+        };
+        self.push_state(&entry)
+    }
+
+    /// If the vCPU stopped inside its folded replay program (a kick interrupted it), finish
+    /// the program with a run of its own and put the guest's state back as the state to
+    /// enter; returns that state. `None` when no program is under way.
+    fn finish_in_flight(&mut self, regs: &kvm_regs) -> Result<Option<kvm_regs>, VcpuError> {
+        let Some(gpas) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        if !self.in_replay_code(regs.rip) {
+            return Ok(None); // it completed: the guest has run since
         }
+        let frame_va = self.replay_frame_va();
+        let mut w = [0u64; replay::FRAME_WORDS];
+        for (i, v) in w.iter_mut().enumerate() {
+            *v = self
+                .ring0
+                .read_u64(frame_va + 8 * i as u64)
+                .ok_or(VcpuError::Kvm {
+                    what: "replay: read guest frame",
+                    err: kvm_ioctls::Error::new(libc::EIO),
+                })?;
+        }
+        self.run_program(&gpas)?;
+        let guest = kvm_regs {
+            rdi: w[0],
+            rip: w[1],
+            rflags: w[3],
+            rsp: w[4],
+            ..*regs
+        };
+        let cs = if w[2] == u64::from(RING3_CS32) {
+            GuestCs::Compat32
+        } else {
+            GuestCs::Long64
+        };
+        set_cpl3_segments(&mut self.sregs, cs);
+        self.push_state(&guest)?;
+        Ok(Some(guest))
+    }
+
+    /// Run a replay program that rewrites `gpas`, reloads CR3 and exits, as a `KVM_RUN` of
+    /// its own. Leaves the vCPU's registers as the program left them.
+    fn run_program(&mut self, gpas: &[u64]) -> Result<(), VcpuError> {
+        let bad = |what| VcpuError::Kvm {
+            what,
+            err: kvm_ioctls::Error::new(libc::EIO),
+        };
+        let code = replay::program(gpas, replay::End::Exit);
+        self.ring0
+            .write_bytes(self.r0.replay_code, &code)
+            .ok_or_else(|| bad("replay: program"))?;
         self.sregs.cs = seg(RING0_CS, 11, 0, 1, 0);
         self.sregs.ss = seg(RING0_DS, 3, 0, 0, 1);
         let regs = kvm_regs {
-            rip: stub,
-            rsp: self.r0.rsp0_top,
-            rbx: list_va,
-            rcx: list.len() as u64,
+            rip: self.r0.replay_code,
+            rsp: self.replay_frame_va() - 64,
+            rdi: GUEST_ALIAS_BASE,
             rflags: rflags::FIXED,
             ..Default::default()
         };
@@ -907,10 +1060,10 @@ impl Vcpu {
                 }
                 Ok(KvmExit::Intr) => {}
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-                Ok(_) => return Err(bad("TLB flush stub: unexpected exit")),
+                Ok(_) => return Err(bad("replay program: unexpected exit")),
                 Err(err) => {
                     return Err(VcpuError::Kvm {
-                        what: "run TLB flush stub",
+                        what: "run replay program",
                         err,
                     })
                 }
@@ -918,7 +1071,7 @@ impl Vcpu {
             self.set_immediate_exit(false);
             self.kick.pending.store(true, Ordering::SeqCst);
         }
-        Err(bad("TLB flush stub interrupted too often"))
+        Err(bad("replay program interrupted too often"))
     }
 
     /// Set the start-of-day state: CPL3 in 64-bit mode at `entry.rip` with the given stack,
@@ -940,9 +1093,6 @@ impl Vcpu {
     /// SS is `FLAT_RING3_SS` (0xe02b). Data segments and the rest of the special registers
     /// stay as they were (or as changed through [`Vcpu::set_cr3`]).
     pub fn return_to_guest(&mut self, regs: &GuestRegs, cs: GuestCs) -> Result<(), VcpuError> {
-        if std::mem::take(&mut self.flush_pending) {
-            self.run_flush_stub()?;
-        }
         let mut r = *regs;
         r.rflags = sanitize_rflags(r.rflags);
         set_cpl3_segments(&mut self.sregs, cs);
@@ -980,7 +1130,11 @@ impl Vcpu {
     /// `None` if it stopped inside kxen's ring 0 (then it must simply be resumed). Nothing is
     /// changed unless the caller then uses [`Vcpu::return_to_guest`].
     pub fn interrupted_guest_state(&mut self) -> Result<Option<(GuestRegs, GuestCs)>, VcpuError> {
-        let kregs = self.fetch_state()?;
+        let mut kregs = self.fetch_state()?;
+        // Stopped inside a folded replay program: finish it, then it is the guest's state.
+        if let Some(g) = self.finish_in_flight(&kregs)? {
+            kregs = g;
+        }
         let cs = match self.sregs.cs.selector {
             RING3_CS64 => GuestCs::Long64,
             RING3_CS32 => GuestCs::Compat32,
@@ -1078,6 +1232,9 @@ impl Vcpu {
 
     /// One `KVM_RUN`; `None` when the exit was handled here and the guest should just go on.
     fn run_once(&mut self) -> Result<Option<VcpuExit>, VcpuError> {
+        if std::mem::take(&mut self.flush_pending) {
+            self.prepare_replay()?;
+        }
         let io = match self.fd.run() {
             Ok(KvmExit::MmioWrite(addr, _)) if addr & !0xfff == SYSCALL_EXIT_GPA => {
                 // The LSTAR stub's store (or the guest writing the exit page itself, any size or
