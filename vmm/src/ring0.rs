@@ -109,6 +109,8 @@ const _: () = assert!((GUEST_ALIAS_BASE >> 39) & 511 == GUEST_ALIAS_L4_SLOT as u
 /// Most page-table writes one replay program holds (`crate::replay`; it is generated
 /// into the vCPU's [`REPLAY_PAGES`] code pages).
 pub const MAX_REPLAY: usize = crate::replay::capacity((REPLAY_PAGES * PAGE_SIZE) as usize);
+// Room for a whole L1's worth of entries and more in one program.
+const _: () = assert!(MAX_REPLAY >= 960);
 const PTE_PS: u64 = 1 << 7;
 
 /// Port a replay program that exits writes (`crate::replay::End::Exit`; 1-byte access).
@@ -696,7 +698,6 @@ mod tests {
             let code = vec![0x90u8; (REPLAY_PAGES * PAGE_SIZE) as usize];
             assert!(l.write_bytes(v.replay_code, &code).is_some());
         }
-        assert!(MAX_REPLAY >= 960, "room for a full L1 and more");
     }
 
     #[test]
