@@ -269,6 +269,33 @@ mod tests {
     }
 
     #[test]
+    fn hypercall_entry_check_accepts_xens_and_kxens_forms_only() {
+        let exit_va = 0xffff_8080_001f_f000u64;
+        let page = kxen::builder::hypercall_page(exit_va);
+        for i in [0u32, 17, 23, 40, 127] {
+            let at = i as usize * HYPERCALL_ENTRY_SIZE;
+            let kx = &page[at..at + HYPERCALL_ENTRY_SIZE];
+            assert!(hypercall_entry_keeps_xens_contract(i, kx), "kxen entry {i}");
+            assert!(hypercall_entry_keeps_xens_contract(
+                i,
+                &expected_hypercall_entry(i)
+            ));
+            // Wrong number, store outside kxen's area, missing restore: refused.
+            assert!(!hypercall_entry_keeps_xens_contract(i + 1, kx));
+            let mut bad = [0u8; HYPERCALL_ENTRY_SIZE];
+            bad.copy_from_slice(kx);
+            let store = if i == 23 { 20 } else { 19 };
+            bad[store + 7] = 0x12; // address byte 7: 0xff -> 0x12
+            assert!(!hypercall_entry_keeps_xens_contract(i, &bad), "entry {i}");
+            if i != 23 {
+                bad.copy_from_slice(kx);
+                bad[27] = 0x90; // pop %r11 gone
+                assert!(!hypercall_entry_keeps_xens_contract(i, &bad));
+            }
+        }
+    }
+
+    #[test]
     fn feature_names_follow_public_features_h() {
         assert_eq!(feature_name(0), Some("writable_page_tables"));
         assert_eq!(feature_name(11), Some("dom0"));

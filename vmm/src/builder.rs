@@ -91,6 +91,8 @@ pub struct DomainSpec<'a> {
     pub console_evtchn: u32,
     /// L4 entries kxen installs in every guest L4 (its ring-0 area, the M2P).
     pub private_l4: &'a [(usize, u64)],
+    /// kxen's exit page, which the hypercall page's entries store to.
+    pub exit_va: u64,
 }
 
 /// What the vCPU needs to start, and where things are.
@@ -208,7 +210,7 @@ pub fn build<M: GuestMemoryBackend>(
     write_page_tables(mem, spec, &layout)?;
 
     let hypercall_page_gpa = match k.hypercall_page {
-        Some(va) => Some(write_hypercall_page(mem, k, &layout, va)?),
+        Some(va) => Some(write_hypercall_page(mem, k, &layout, va, spec.exit_va)?),
         None => None,
     };
 
@@ -302,35 +304,49 @@ fn write_hypercall_page<M: GuestMemoryBackend>(
     k: &KernelSpec,
     layout: &Layout,
     va: u64,
+    exit_va: u64,
 ) -> Result<u64, BuildError> {
     let page_va = va & !(PAGE_SIZE - 1);
     if page_va < layout.kernel.vstart || page_va >= layout.kernel.vend() {
         return Err(BuildError::HypercallPage(va));
     }
     let gpa = page_va - k.virt_base;
-    write(mem, gpa, &hypercall_page())?;
+    write(mem, gpa, &hypercall_page(exit_va))?;
     Ok(gpa)
 }
 
-/// The bytes of the hypercall page.
-pub fn hypercall_page() -> [u8; PAGE_SIZE as usize] {
+/// The bytes of the hypercall page; `exit_va` is kxen's exit page
+/// (`Ring0Layer::syscall_exit_va`).
+///
+/// Xen's entries for a 64-bit guest kernel save rcx and r11, put the hypercall number in
+/// eax and execute `syscall`. kxen's entries keep that contract (same registers saved and
+/// restored, same stack for `iret`) but leave the VM directly: they load rcx with the return
+/// address and r11 with the flags, as `syscall` would, and store eax to the exit page, the
+/// store kxen's LSTAR stub would make. On this host a `syscall` from CPL3 is a trap of its
+/// own before that store (docs/performance.md), so this saves it on every hypercall. A guest
+/// that issues `syscall` itself still gets the same hypercall.
+pub fn hypercall_page(exit_va: u64) -> [u8; PAGE_SIZE as usize] {
     let mut page = [0xccu8; PAGE_SIZE as usize];
+    let ea = exit_va.to_le_bytes();
+    // lea 12(%rip),%rcx ; pushfq ; pop %r11 ; mov %eax,exit_va  (rcx = the next instruction)
+    let leave: [u8; 19] = [
+        0x48, 0x8d, 0x0d, 0x0c, 0x00, 0x00, 0x00, 0x9c, 0x41, 0x5b, 0xa3, ea[0], ea[1], ea[2],
+        ea[3], ea[4], ea[5], ea[6], ea[7],
+    ];
     for (i, entry) in page.chunks_exact_mut(HYPERCALL_ENTRY_SIZE).enumerate() {
         let nr = (i as u32).to_le_bytes();
+        let mut code = Vec::with_capacity(HYPERCALL_ENTRY_SIZE);
         if i == HYPERVISOR_IRET {
-            // push %rcx; push %r11; push %rax; mov $23,%eax; syscall
-            let code = [
-                0x51, 0x41, 0x53, 0x50, 0xb8, nr[0], nr[1], nr[2], nr[3], 0x0f, 0x05,
-            ];
-            entry[..code.len()].copy_from_slice(&code);
+            // push %rcx; push %r11; push %rax; mov $23,%eax; <leave> (never returns here)
+            code.extend_from_slice(&[0x51, 0x41, 0x53, 0x50, 0xb8, nr[0], nr[1], nr[2], nr[3]]);
+            code.extend_from_slice(&leave);
         } else {
-            // push %rcx; push %r11; mov $i,%eax; syscall; pop %r11; pop %rcx; ret
-            let code = [
-                0x51, 0x41, 0x53, 0xb8, nr[0], nr[1], nr[2], nr[3], 0x0f, 0x05, 0x41, 0x5b, 0x59,
-                0xc3,
-            ];
-            entry[..code.len()].copy_from_slice(&code);
+            // push %rcx; push %r11; mov $i,%eax; <leave>; pop %r11; pop %rcx; ret
+            code.extend_from_slice(&[0x51, 0x41, 0x53, 0xb8, nr[0], nr[1], nr[2], nr[3]]);
+            code.extend_from_slice(&leave);
+            code.extend_from_slice(&[0x41, 0x5b, 0x59, 0xc3]);
         }
+        entry[..code.len()].copy_from_slice(&code);
     }
     page
 }
@@ -427,20 +443,81 @@ mod tests {
         mem.read_obj::<u64>(GuestAddress(gpa)).unwrap()
     }
 
+    /// Decode one hypercall-page entry at its address in the page.
+    fn decode_entry(p: &[u8], nr: usize) -> Vec<iced_x86::Instruction> {
+        use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+        let at = nr * HYPERCALL_ENTRY_SIZE;
+        let bytes = &p[at..at + HYPERCALL_ENTRY_SIZE];
+        let mut d = Decoder::with_ip(64, bytes, at as u64, DecoderOptions::NONE);
+        let mut out = Vec::new();
+        while d.can_decode() {
+            let i = d.decode();
+            if i.mnemonic() == Mnemonic::Int3 {
+                break;
+            }
+            out.push(i);
+        }
+        out
+    }
+
     #[test]
-    fn hypercall_page_entries_are_xens_stubs() {
-        let p = hypercall_page();
+    fn hypercall_page_entries_save_rcx_r11_and_leave_through_the_exit_page() {
+        use iced_x86::{Mnemonic, Register};
+        let exit_va = 0xffff_8080_001f_f000u64;
+        let p = hypercall_page(exit_va);
+        for nr in [0usize, 17, 40] {
+            let ins = decode_entry(&p, nr);
+            let m: Vec<Mnemonic> = ins.iter().map(|i| i.mnemonic()).collect();
+            assert_eq!(
+                m,
+                [
+                    Mnemonic::Push,
+                    Mnemonic::Push,
+                    Mnemonic::Mov,
+                    Mnemonic::Lea,
+                    Mnemonic::Pushfq,
+                    Mnemonic::Pop,
+                    Mnemonic::Mov,
+                    Mnemonic::Pop,
+                    Mnemonic::Pop,
+                    Mnemonic::Ret
+                ],
+                "entry {nr}"
+            );
+            assert_eq!(ins[0].op0_register(), Register::RCX);
+            assert_eq!(ins[1].op0_register(), Register::R11);
+            assert_eq!(ins[2].op0_register(), Register::EAX);
+            assert_eq!(ins[2].immediate32(), nr as u32);
+            // rcx = where the guest resumes (the instruction after the store), as `syscall`
+            // would leave it; r11 = the flags.
+            assert_eq!(ins[3].op0_register(), Register::RCX);
+            assert_eq!(ins[3].memory_displacement64(), ins[7].ip());
+            assert_eq!(ins[5].op0_register(), Register::R11);
+            assert_eq!(ins[6].memory_displacement64(), exit_va);
+            assert_eq!(ins[6].op1_register(), Register::EAX);
+            assert_eq!(ins[7].op0_register(), Register::R11);
+            assert_eq!(ins[8].op0_register(), Register::RCX);
+            assert!(ins[9].next_ip() <= ((nr + 1) * HYPERCALL_ENTRY_SIZE) as u64);
+        }
+        // iret: push rcx, r11, rax (Xen's frame), eax = 23, then leave; never returns.
+        let ins = decode_entry(&p, 23);
+        let m: Vec<Mnemonic> = ins.iter().map(|i| i.mnemonic()).collect();
         assert_eq!(
-            &p[0..14],
-            &[0x51, 0x41, 0x53, 0xb8, 0, 0, 0, 0, 0x0f, 0x05, 0x41, 0x5b, 0x59, 0xc3]
+            m,
+            [
+                Mnemonic::Push,
+                Mnemonic::Push,
+                Mnemonic::Push,
+                Mnemonic::Mov,
+                Mnemonic::Lea,
+                Mnemonic::Pushfq,
+                Mnemonic::Pop,
+                Mnemonic::Mov
+            ]
         );
-        assert_eq!(&p[17 * 32 + 3..17 * 32 + 8], &[0xb8, 17, 0, 0, 0]);
-        assert_eq!(
-            &p[23 * 32..23 * 32 + 11],
-            &[0x51, 0x41, 0x53, 0x50, 0xb8, 23, 0, 0, 0, 0x0f, 0x05]
-        );
-        assert!(p[23 * 32 + 11..24 * 32].iter().all(|&b| b == 0xcc));
-        assert!(p[14..32].iter().all(|&b| b == 0xcc));
+        assert_eq!(ins[2].op0_register(), Register::RAX);
+        assert_eq!(ins[3].immediate32(), 23);
+        assert_eq!(ins[7].memory_displacement64(), exit_va);
     }
 
     /// A minimal PV kernel: one PT_LOAD at paddr `paddr`, notes passed in as params.
@@ -455,6 +532,7 @@ mod tests {
             store_evtchn: 1,
             console_evtchn: 2,
             private_l4: &[(257, 0x80_0000_0000_0067)],
+            exit_va: 0xffff_8080_001f_f000,
         }
     }
 

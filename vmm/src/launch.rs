@@ -715,6 +715,7 @@ impl Domain {
                 store_evtchn: STORE_EVTCHN,
                 console_evtchn: CONSOLE_EVTCHN,
                 private_l4: vm.ring0().private_l4_entries(),
+                exit_va: vm.ring0().syscall_exit_va(),
             },
         )?;
         tracing::info!(

@@ -265,7 +265,7 @@ fn apply_effect(
             if gfn >= domain.nr_pages {
                 return gp0;
             }
-            let page = crate::builder::hypercall_page();
+            let page = crate::builder::hypercall_page(vcpu.ring0_layer().syscall_exit_va());
             match vm_memory::Bytes::write_slice(
                 ram.mem(),
                 &page,

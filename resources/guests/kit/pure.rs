@@ -32,6 +32,56 @@ pub fn expected_hypercall_entry(i: u32) -> [u8; HYPERCALL_ENTRY_SIZE] {
     e
 }
 
+/// kxen's ring-0 area (L4 slot 257), where its exit page is.
+pub const KXEN_RING0_AREA: core::ops::Range<u64> = 0xffff_8080_0000_0000..0xffff_8100_0000_0000;
+
+/// Whether hypercall-page entry `i` keeps Xen's contract: either Xen's own bytes
+/// ([`expected_hypercall_entry`]), or kxen's form, which saves and restores the same
+/// registers, pushes the same iret frame and leaves by a store to kxen's exit page instead of
+/// `syscall`: `push %rcx; push %r11; [push %rax;] mov $i,%eax; lea 12(%rip),%rcx; pushfq;
+/// pop %r11; mov %eax,<exit page in slot 257>; [pop %r11; pop %rcx; ret]`, then `int3`s.
+pub fn hypercall_entry_keeps_xens_contract(i: u32, entry: &[u8]) -> bool {
+    if entry.len() != HYPERCALL_ENTRY_SIZE {
+        return false;
+    }
+    if entry == expected_hypercall_entry(i) {
+        return true;
+    }
+    let n = i.to_le_bytes();
+    let iret = i == IRET_ENTRY;
+    let (head, rest): (&[u8], &[u8]) = if iret {
+        entry.split_at(9)
+    } else {
+        entry.split_at(8)
+    };
+    let want_head: &[u8] = if iret {
+        &[0x51, 0x41, 0x53, 0x50, 0xb8, n[0], n[1], n[2], n[3]]
+    } else {
+        &[0x51, 0x41, 0x53, 0xb8, n[0], n[1], n[2], n[3]]
+    };
+    if head != want_head || rest.len() < 19 {
+        return false;
+    }
+    let (leave, tail) = rest.split_at(19);
+    if leave[..11] != [0x48, 0x8d, 0x0d, 0x0c, 0x00, 0x00, 0x00, 0x9c, 0x41, 0x5b, 0xa3] {
+        return false;
+    }
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&leave[11..19]);
+    if !KXEN_RING0_AREA.contains(&u64::from_le_bytes(a)) {
+        return false;
+    }
+    let fill = if iret {
+        tail
+    } else {
+        if tail.len() < 4 || tail[..4] != [0x41, 0x5b, 0x59, 0xc3] {
+            return false;
+        }
+        &tail[4..]
+    };
+    fill.iter().all(|&b| b == 0xcc)
+}
+
 /// Name of XENFEAT bit `bit` (public/features.h), if known.
 pub fn feature_name(bit: u32) -> Option<&'static str> {
     Some(match bit {
