@@ -315,6 +315,10 @@ fn write_hypercall_page<M: GuestMemoryBackend>(
     Ok(gpa)
 }
 
+/// Length of the exit sequence of a hypercall-page entry (`lea`, `pushfq`, `pop %r11`, the
+/// store): a continuation restarts the call this many bytes before its return address.
+pub const HYPERCALL_EXIT_LEN: u64 = 19;
+
 /// The bytes of the hypercall page; `exit_va` is kxen's exit page
 /// (`Ring0Layer::syscall_exit_va`).
 ///
@@ -329,7 +333,7 @@ pub fn hypercall_page(exit_va: u64) -> [u8; PAGE_SIZE as usize] {
     let mut page = [0xccu8; PAGE_SIZE as usize];
     let ea = exit_va.to_le_bytes();
     // lea 12(%rip),%rcx ; pushfq ; pop %r11 ; mov %eax,exit_va  (rcx = the next instruction)
-    let leave: [u8; 19] = [
+    let leave: [u8; HYPERCALL_EXIT_LEN as usize] = [
         0x48, 0x8d, 0x0d, 0x0c, 0x00, 0x00, 0x00, 0x9c, 0x41, 0x5b, 0xa3, ea[0], ea[1], ea[2],
         ea[3], ea[4], ea[5], ea[6], ea[7],
     ];

@@ -557,6 +557,7 @@ impl Vm {
             flush_cr3: None,
             pte_replay: Vec::new(),
             in_flight: None,
+            restart_len: 2,
             cpuid_cfg: PvCpuidConfig::default(),
         };
         install_kick_handler()?;
@@ -622,6 +623,8 @@ pub struct Vcpu {
     /// The entries of the folded replay program last handed to KVM (it returns to the guest
     /// by itself; kept in case a kick stops the vCPU inside it).
     in_flight: Option<Vec<u64>>,
+    /// How far back the last hypercall restarts (see [`HypercallCtx::restart_len`]).
+    restart_len: u64,
 }
 
 impl Vcpu {
@@ -808,14 +811,16 @@ impl Vcpu {
         regs: &'a mut GuestRegs,
         domain: &'a D,
     ) -> HypercallCtx<'a, D> {
-        HypercallCtx::new(
+        let mut ctx = HypercallCtx::new(
             self.id,
             &self.ram,
             self.sregs.cr3,
             regs,
             &mut self.pv,
             domain,
-        )
+        );
+        ctx.restart_len = self.restart_len;
+        ctx
     }
 
     /// Guest RAM (the vCPU keeps the mapping alive while it exists).
@@ -1243,6 +1248,15 @@ impl Vcpu {
                 let mut regs = GuestRegs::from(&kregs);
                 regs.rip = kregs.rcx;
                 regs.rflags = kregs.r11;
+                // From the LSTAR stub: a `syscall` restarts 2 bytes back. Otherwise the store
+                // is the hypercall page's own exit sequence (a guest storing to the exit page
+                // itself is taken as having run that sequence).
+                let from_lstar = kregs.rip.wrapping_sub(self.ring0.syscall_stub()) < 16;
+                self.restart_len = if from_lstar {
+                    2
+                } else {
+                    crate::builder::HYPERCALL_EXIT_LEN
+                };
                 // `syscall` does not switch stacks: rsp is the guest's either way.
                 return Ok(Some(VcpuExit::Syscall {
                     regs,
@@ -1295,6 +1309,7 @@ impl Vcpu {
                     // to the stub itself is equivalent to a `syscall` with rcx/r11 of its own
                     // choosing, which it can do anyway.
                     if let Some(exit) = self.syscall_via_gp(&kregs, &frame) {
+                        self.restart_len = 2;
                         return Ok(Some(exit));
                     }
                 }
@@ -1315,6 +1330,7 @@ impl Vcpu {
             (4, p @ (PORT_SYSCALL | PORT_SYSCALL32))
                 if from_ring0 && at_stub(self.ring0.special_stub(p)) =>
             {
+                self.restart_len = 2;
                 regs.rip = kregs.rcx;
                 regs.rflags = kregs.r11;
                 Ok(Some(VcpuExit::Syscall {

@@ -63,7 +63,11 @@ pub fn hypercall_entry_keeps_xens_contract(i: u32, entry: &[u8]) -> bool {
         return false;
     }
     let (leave, tail) = rest.split_at(19);
-    if leave[..11] != [0x48, 0x8d, 0x0d, 0x0c, 0x00, 0x00, 0x00, 0x9c, 0x41, 0x5b, 0xa3] {
+    if leave[..11]
+        != [
+            0x48, 0x8d, 0x0d, 0x0c, 0x00, 0x00, 0x00, 0x9c, 0x41, 0x5b, 0xa3,
+        ]
+    {
         return false;
     }
     let mut a = [0u8; 8];

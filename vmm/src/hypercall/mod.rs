@@ -126,6 +126,10 @@ pub struct HypercallCtx<'a, D = ()> {
     /// Set by a handler that switched the base pointer or must flush the TLB: the run loop
     /// reloads CR3 from `pv.current_cr3()` with [`crate::vcpu::Vcpu::flush_tlb`].
     pub reload_cr3: bool,
+    /// Bytes before the return address where the call restarts (continuations): 2 for a
+    /// `syscall`, the length of the exit sequence for kxen's hypercall page
+    /// ([`crate::builder::HYPERCALL_EXIT_LEN`]).
+    pub restart_len: u64,
     ram: &'a GuestRam,
     mem: GuestVirt<'a>,
 }
@@ -149,6 +153,7 @@ impl<'a, D> HypercallCtx<'a, D> {
             return_cs: GuestCs::Long64,
             in_multicall: false,
             reload_cr3: false,
+            restart_len: 2,
             ram,
             mem: GuestVirt::new(ram, cr3),
         }
@@ -197,11 +202,12 @@ impl<'a, D> HypercallCtx<'a, D> {
     }
 
     /// Turn the current call into a continuation: the guest re-executes the `syscall`
-    /// (2 bytes before the return address) with `rax = nr` and the given argument registers
+    /// (2 bytes before the return address; for kxen's hypercall page, its exit sequence,
+    /// [`HypercallCtx::restart_len`]) with `rax = nr` and the given argument registers
     /// (`rdi, rsi, rdx, r10, r8`), as Xen's `hypercall_create_continuation` does for 64-bit PV.
     pub fn continuation(&mut self, nr: u64, args: [u64; 5]) {
         // xen: arch/x86/hypercall.c, hypercall_create_continuation (regs->rip -= 2)
-        self.regs.rip = self.regs.rip.wrapping_sub(2);
+        self.regs.rip = self.regs.rip.wrapping_sub(self.restart_len);
         self.regs.rax = nr;
         self.regs.rdi = args[0];
         self.regs.rsi = args[1];
