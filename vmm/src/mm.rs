@@ -1186,4 +1186,86 @@ mod tests {
         assert!(mm.check_writable(4).is_err());
         assert_eq!(mm.frame(30).unwrap().refs, 0);
     }
+
+    fn ring0_mm(ram: &GuestRam) -> DomainMm {
+        let mut mm = setup(ram);
+        mm.start_of_day(ram, 1).unwrap();
+        mm.attach_ring0(Ring0Layer::new(2, 64).unwrap());
+        mm
+    }
+
+    fn copy_word(mm: &DomainMm, va: u64) -> u64 {
+        mm.ring0.as_ref().unwrap().read_u64(va).unwrap()
+    }
+
+    #[test]
+    fn segdesc_pages_and_ldt_descriptor_encoding() {
+        let mut page = [0u8; PAGE_SIZE as usize];
+        page[8..16].copy_from_slice(&0x00cf_9200_0000_ffffu64.to_le_bytes());
+        let fixed = checked_segdesc_page(&page).unwrap();
+        assert_eq!(fixed[8..16], 0x00cf_f200_0000_ffffu64.to_le_bytes());
+        page[4088..].copy_from_slice(&0x0000_8900_0000_0067u64.to_le_bytes());
+        assert!(
+            checked_segdesc_page(&page).is_none(),
+            "a TSS refuses the page"
+        );
+        assert_eq!(ldt_descriptor(0x1234, 0), [0, 0]);
+        let [lo, hi] = ldt_descriptor(0xffff_8080_1234_5000, 8192);
+        assert_eq!(
+            xen_abi::cpu::descriptor_base(lo) | (hi << 32),
+            0xffff_8080_1234_5000
+        );
+        assert_eq!(xen_abi::cpu::descriptor_limit(lo), 0xffff);
+        assert_eq!((lo >> 40) & 0xff, 0x82, "present LDT, DPL 0");
+    }
+
+    #[test]
+    fn update_descriptor_refreshes_every_vcpus_gdt_and_ldt_copy() {
+        let ram = ram();
+        let mut mm = ring0_mm(&ram);
+        let vcpus = [0, 1].map(|v| mm.ring0.as_ref().unwrap().vcpu(v).unwrap());
+        let r0 = |v: u32| vcpus[v as usize];
+        // Frame 30 is both vCPUs' GDT; frame 31, mapped read-only at 0x3000, vCPU 1's LDT.
+        ram.mem()
+            .write_obj(0x00cf_9200_0000_ffffu64, GuestAddress(30 * PAGE_SIZE + 16))
+            .unwrap();
+        assert!(mm.set_gdt(&ram, 0, &[30]).unwrap());
+        assert!(mm.set_gdt(&ram, 1, &[30]).unwrap());
+        assert_eq!(mm.frame(30).unwrap().type_count, 2);
+        for v in 0..2 {
+            assert_eq!(copy_word(&mm, r0(v).gdt_base + 16), 0x00cf_f200_0000_ffff);
+        }
+        mm.update_entry(&ram, 4, Level::L1, 3, make_pte(31, P), false)
+            .unwrap();
+        ram.mem()
+            .write_obj(0x00cf_f200_0000_ffffu64, GuestAddress(31 * PAGE_SIZE + 8))
+            .unwrap();
+        assert!(mm.set_ldt(&ram, 1, 0x3000, 2, PAGE_SIZE));
+        assert_eq!(mm.desc_tables(1).ldt, vec![Some(31)]);
+        assert_eq!(copy_word(&mm, r0(1).ldt_base + 8), 0x00cf_f200_0000_ffff);
+        let ldt_desc = copy_word(&mm, r0(1).gdt_base + u64::from(LDT_SEL));
+        assert_eq!(xen_abi::cpu::descriptor_limit(ldt_desc), 15);
+        // One update reaches both GDT copies and the LDT copy.
+        let d = 0x00cf_f200_1000_ffffu64;
+        mm.update_descriptor(&ram, 30 * PAGE_SIZE + 16, d).unwrap();
+        mm.update_descriptor(&ram, 31 * PAGE_SIZE + 8, d).unwrap();
+        for v in 0..2 {
+            assert_eq!(copy_word(&mm, r0(v).gdt_base + 16), d, "vCPU {v} GDT");
+        }
+        assert_eq!(copy_word(&mm, r0(1).ldt_base + 8), d, "vCPU 1 LDT");
+        assert_eq!(copy_word(&mm, r0(0).ldt_base + 8), 0, "vCPU 0 has no LDT");
+        // The LDT frame cannot be mapped writable meanwhile; dropping the LDT allows it.
+        let e = mm
+            .update_entry(&ram, 4, Level::L1, 5, make_pte(31, P | RW), false)
+            .unwrap_err();
+        assert_eq!(e.errno(), Errno::EBUSY);
+        assert!(mm.set_ldt(&ram, 1, 0, 0, PAGE_SIZE));
+        assert_eq!(copy_word(&mm, r0(1).gdt_base + u64::from(LDT_SEL)), 0);
+        mm.update_entry(&ram, 4, Level::L1, 5, make_pte(31, P | RW), false)
+            .unwrap();
+        // A page table is no descriptor page.
+        assert!(mm.update_descriptor(&ram, 4 * PAGE_SIZE, 0).is_err());
+        assert!(mm.set_gdt(&ram, 0, &[30, 3]).is_err());
+        assert_eq!(mm.desc_tables(0).gdt, vec![30], "the old GDT stays");
+    }
 }
