@@ -587,7 +587,7 @@ impl DomainMm {
     pub fn update_descriptor(&mut self, ram: &GuestRam, ma: u64, desc: u64) -> Result<(), MmError> {
         let mfn = ma / PAGE_SIZE;
         let off = ma % PAGE_SIZE;
-        if off % 8 != 0 || !self.is_ram(mfn) {
+        if !off.is_multiple_of(8) || !self.is_ram(mfn) {
             return Err(MmError::BadFrame(mfn));
         }
         let ty = match self.frames.state(mfn).map(|s| s.type_) {
