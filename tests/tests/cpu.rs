@@ -82,7 +82,7 @@ fn assert_all_passed(run: &Run) {
 }
 
 #[test]
-fn cpu_model_segments_gdt_fpu_debugregs_iopl_and_user_mode_behave_as_xen() {
+fn cpu_model_segments_gdt_ldt_fpu_debugregs_iopl_and_user_mode_behave_as_xen() {
     if !kvm() {
         return;
     }
@@ -93,6 +93,21 @@ fn cpu_model_segments_gdt_fpu_debugregs_iopl_and_user_mode_behave_as_xen() {
         "gs_base_survives_trap_and_hypercall",
         "gdt_selector_base_used",
         "update_descriptor_tss_refused",
+        "set_gdt_writable_frame_refused",
+        "gdt_frame_cannot_be_mapped_writable",
+        "update_descriptor_page_table_refused",
+        "set_gdt_page_table_frame_refused",
+        "ldt_selector_base_used",
+        "ldt_dpl0_descriptor_fixed_and_usable",
+        "ldt_updated_descriptor_used",
+        "ldt_ring0_gate_page_unusable",
+        "ldt_unmapped_unusable",
+        "set_ldt_unaligned_einval",
+        "set_ldt_too_many_einval",
+        "set_ldt_noncanonical_einval",
+        "set_ldt_hypervisor_hole_einval",
+        "set_ldt_kxen_ring0_area_einval",
+        "ldt_page_writable_again_after_release",
         "xmm_preserved_across_hypercall",
         "dr6_bs_after_single_step",
         "port_io_without_iopl_gp0",

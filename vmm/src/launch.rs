@@ -744,6 +744,8 @@ impl Domain {
             vm.ring0().private_l4_entries(),
         );
         mm.start_of_day(vm.ram(), boot.cr3 / PAGE_SIZE)?;
+        // The vCPUs' GDT/LDT copies are written under the frame table's lock.
+        mm.attach_ring0(vm.ring0().clone());
         let mut vcpu = vm.create_vcpu(0)?;
         vcpu.set_pv_entry(PvEntry {
             rip: boot.rip,

@@ -9,12 +9,23 @@
 //!
 //! Deep structures never recurse on the host stack without bound: promotion nests at most
 //! four levels (a linear entry never promotes), and devalidation uses a worklist.
+//!
+//! Descriptor tables: every frame of a vCPU's GDT (`set_gdt`) and every usable page of its
+//! LDT (`MMUEXT_SET_LDT`) holds a `SegDesc` type reference (xen: `PGT_seg_desc_page`), so
+//! while it is in use it cannot be mapped writable or become a page table, and its
+//! descriptors were validated (and fixed up in place) when it took the type. kxen copies
+//! the tables into the vCPU's ring-0 area (GDT below Xen's reserved entries, the LDT copy
+//! described by the descriptor at `ring0::LDT_SEL`); `update_descriptor` writes the guest
+//! frame and every vCPU's copy of it under the same lock, so no vCPU ever sees a stale
+//! or unchecked descriptor after the hypercall returns.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 
 use thiserror::Error;
 use tracing::{debug, warn};
 use vm_memory::{Bytes, GuestAddress};
+use xen_abi::cpu::{check_descriptor, guest_address_ok, MAX_GDT_FRAMES};
 use xen_abi::errno::Errno;
 use xen_abi::frame::{
     self, get_page, get_page_type, put_page, put_page_type, take_ref, validation_done, FrameError,
@@ -28,6 +39,7 @@ use xen_abi::pte::{
 };
 
 use crate::memory::{GuestRam, PAGE_SIZE};
+use crate::ring0::{Ring0Layer, LDT_PAGES, LDT_SEL};
 
 /// Why a memory-management operation failed. [`MmError::errno`] is Xen's errno for it.
 #[derive(Debug, Clone, Copy, Error, PartialEq, Eq)]
@@ -142,8 +154,10 @@ pub struct DomainMm {
     cfg: PteConfig,
     private_l4: Vec<(usize, u64)>,
     nr_pages: u64,
-    /// Per vCPU: the LDT set with `MMUEXT_SET_LDT` (base, entries).
-    ldt: HashMap<u32, (u64, u32)>,
+    /// Per vCPU: its descriptor tables' frames (each holding a `SegDesc` reference).
+    desc: HashMap<u32, VcpuDescTables>,
+    /// Where the vCPUs' GDT and LDT copies live (absent in unit tests without a VM).
+    ring0: Option<Ring0Layer>,
     /// A frame gained or lost a page-table type since the last [`DomainMm::take_flush`]:
     /// stale translations through (or of) it must go before the guest runs on (xen: the
     /// TLB-flush filter on type changes in `_get_page_type`).
@@ -151,6 +165,49 @@ pub struct DomainMm {
     /// Guest-physical addresses of entries written in guest RAM since the last
     /// [`DomainMm::take_replay`]: KVM's shadow MMU must be told (`Vcpu::sync_pte_writes`).
     replay: BTreeSet<u64>,
+}
+
+/// One vCPU's descriptor tables as the frame table sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VcpuDescTables {
+    /// GDT frames (`set_gdt`), each holding a `SegDesc` reference.
+    pub gdt: Vec<u64>,
+    /// `MMUEXT_SET_LDT`: linear base.
+    pub ldt_base: u64,
+    /// `MMUEXT_SET_LDT`: entries (0 = no LDT).
+    pub ldt_ents: u32,
+    /// Per LDT page: the frame mapped there, holding a `SegDesc` reference, or `None` when
+    /// the page could not be used (unmapped, outside guest space, mapped writable elsewhere,
+    /// a page table, or holding a descriptor Xen refuses): its copy reads as empty.
+    pub ldt: Vec<Option<u64>>,
+}
+
+/// A descriptor page with every descriptor checked and fixed up ([`check_descriptor`]), or
+/// `None` if one is refused.
+// xen: arch/x86/mm.c, alloc_segdesc_page
+pub fn checked_segdesc_page(page: &[u8; PAGE_SIZE as usize]) -> Option<[u8; PAGE_SIZE as usize]> {
+    let mut out = [0u8; PAGE_SIZE as usize];
+    for (e, o) in page.chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(e);
+        o.copy_from_slice(&check_descriptor(u64::from_le_bytes(w))?.to_le_bytes());
+    }
+    Some(out)
+}
+
+/// The LDT system descriptor (16 bytes, type 2, present, DPL 0) for a table at `base`
+/// with `ents` entries; two zero words for no LDT.
+pub fn ldt_descriptor(base: u64, ents: u32) -> [u64; 2] {
+    if ents == 0 {
+        return [0, 0];
+    }
+    let limit = u64::from(ents) * 8 - 1;
+    let lo = (limit & 0xffff)
+        | ((base & 0xff_ffff) << 16)
+        | (0x82 << 40)
+        | (((limit >> 16) & 0xf) << 48)
+        | (((base >> 24) & 0xff) << 56);
+    [lo, base >> 32]
 }
 
 fn is_xen_l4_slot(level: Level, slot: usize) -> bool {
@@ -191,7 +248,8 @@ impl DomainMm {
             cfg,
             private_l4: private_l4.to_vec(),
             nr_pages,
-            ldt: HashMap::new(),
+            desc: HashMap::new(),
+            ring0: None,
             flush_needed: false,
             replay: BTreeSet::new(),
         }
@@ -346,14 +404,231 @@ impl DomainMm {
         std::mem::take(&mut self.flush_needed)
     }
 
-    /// The record of MMUEXT_SET_LDT for `vcpu`.
-    pub fn ldt(&self, vcpu: u32) -> (u64, u32) {
-        self.ldt.get(&vcpu).copied().unwrap_or((0, 0))
+    /// Where the vCPUs' descriptor-table copies live (set once the VM exists).
+    pub fn attach_ring0(&mut self, ring0: Ring0Layer) {
+        self.ring0 = Some(ring0);
     }
 
-    /// Record MMUEXT_SET_LDT for `vcpu`.
-    pub fn set_ldt(&mut self, vcpu: u32, base: u64, ents: u32) {
-        self.ldt.insert(vcpu, (base, ents));
+    /// `vcpu`'s descriptor tables (empty if it never set any).
+    pub fn desc_tables(&self, vcpu: u32) -> VcpuDescTables {
+        self.desc.get(&vcpu).cloned().unwrap_or_default()
+    }
+
+    /// Read guest frame `mfn` (RAM only).
+    fn read_page(&self, ram: &GuestRam, mfn: u64) -> Result<[u8; PAGE_SIZE as usize], MmError> {
+        let mut page = [0u8; PAGE_SIZE as usize];
+        if !self.is_ram(mfn) {
+            return Err(MmError::BadFrame(mfn));
+        }
+        let gpa = mfn.checked_mul(PAGE_SIZE).ok_or(MmError::Memory(mfn))?;
+        ram.mem()
+            .read_slice(&mut page, GuestAddress(gpa))
+            .map_err(|_| MmError::Memory(mfn))?;
+        Ok(page)
+    }
+
+    /// Validate frame `mfn` as a descriptor page, writing the fixed-up descriptors back
+    /// (xen: alloc_segdesc_page validates in place).
+    fn validate_segdesc(&mut self, ram: &GuestRam, mfn: u64) -> Result<(), MmError> {
+        let page = self.read_page(ram, mfn)?;
+        let fixed = checked_segdesc_page(&page).ok_or(MmError::BadFrame(mfn))?;
+        if fixed != page {
+            ram.mem()
+                .write_slice(&fixed, GuestAddress(mfn * PAGE_SIZE))
+                .map_err(|_| MmError::Memory(mfn))?;
+        }
+        Ok(())
+    }
+
+    /// The copy of descriptor frame `mfn` the CPU may use: checked again on the way (a
+    /// descriptor refused now reads as empty), zeroes if `mfn` is `None` or unreadable.
+    fn segdesc_copy(&self, ram: &GuestRam, mfn: Option<u64>) -> [u8; PAGE_SIZE as usize] {
+        let mut page = mfn
+            .and_then(|m| self.read_page(ram, m).ok())
+            .unwrap_or([0u8; PAGE_SIZE as usize]);
+        for e in page.chunks_exact_mut(8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(e);
+            let d = check_descriptor(u64::from_le_bytes(w)).unwrap_or(0);
+            e.copy_from_slice(&d.to_le_bytes());
+        }
+        page
+    }
+
+    fn write_ring0(&self, va: u64, bytes: &[u8]) -> bool {
+        let Some(r0) = &self.ring0 else {
+            return false;
+        };
+        let Some(gpa) = r0.va_to_gpa(va, bytes.len() as u64) else {
+            warn!(va, "descriptor-table copy outside the ring-0 area");
+            return false;
+        };
+        r0.private_mem()
+            .mem()
+            .write_slice(bytes, GuestAddress(gpa))
+            .is_ok()
+    }
+
+    /// `set_gdt` for `vcpu` (also `VCPUOP_initialise`): take a `SegDesc` reference on each
+    /// frame (validating a frame that is not one yet; a frame that is a page table, mapped
+    /// writable, Xen's or not the domain's is refused with `-EINVAL`), then drop the old
+    /// GDT's references and write the vCPU's GDT copy. Nothing changes on failure. Returns
+    /// whether the copy was written (false without a ring-0 layer).
+    // xen: arch/x86/pv/descriptor-tables.c, pv_set_gdt / pv_destroy_gdt
+    pub fn set_gdt(&mut self, ram: &GuestRam, vcpu: u32, frames: &[u64]) -> Result<bool, MmError> {
+        if frames.len() > MAX_GDT_FRAMES {
+            return Err(MmError::BadFrame(0));
+        }
+        for (i, &mfn) in frames.iter().enumerate() {
+            let r = if self.is_ram(mfn) {
+                self.get_typed(ram, mfn, FrameType::SegDesc)
+            } else {
+                Err(MmError::BadFrame(mfn))
+            };
+            if let Err(e) = r {
+                for &taken in &frames[..i] {
+                    self.put_typed(ram, taken);
+                }
+                return Err(e);
+            }
+        }
+        let old = std::mem::replace(&mut self.desc.entry(vcpu).or_default().gdt, frames.to_vec());
+        for mfn in old {
+            self.put_typed(ram, mfn);
+        }
+        Ok(self.copy_gdt(ram, vcpu))
+    }
+
+    fn copy_gdt(&self, ram: &GuestRam, vcpu: u32) -> bool {
+        let Some(r0) = self.ring0.as_ref().and_then(|r| r.vcpu(vcpu)) else {
+            return false;
+        };
+        let frames = self
+            .desc
+            .get(&vcpu)
+            .map(|t| t.gdt.as_slice())
+            .unwrap_or(&[]);
+        let mut ok = true;
+        for page in 0..MAX_GDT_FRAMES {
+            let copy = self.segdesc_copy(ram, frames.get(page).copied());
+            ok &= self.write_ring0(r0.gdt_base + page as u64 * PAGE_SIZE, &copy);
+        }
+        ok
+    }
+
+    /// `MMUEXT_SET_LDT` for `vcpu` (arguments already checked): drop the old LDT's
+    /// references, then take a `SegDesc` reference on each page of the new one as the
+    /// guest kernel's page tables at `kernel_cr3` map it, write the LDT copy and the LDT
+    /// descriptor in the vCPU's GDT. Xen maps each LDT page when the guest first uses it and
+    /// a page that cannot be used faults then; kxen looks at the pages now and a page that
+    /// cannot be used reads as empty descriptors. Returns whether the copy was written.
+    // xen: arch/x86/mm.c, MMUEXT_SET_LDT; pv/descriptor-tables.c, pv_destroy_ldt;
+    // pv/mm.c, pv_map_ldt_shadow_page
+    pub fn set_ldt(
+        &mut self,
+        ram: &GuestRam,
+        vcpu: u32,
+        base: u64,
+        ents: u32,
+        kernel_cr3: u64,
+    ) -> bool {
+        let old = std::mem::take(&mut self.desc.entry(vcpu).or_default().ldt);
+        for mfn in old.into_iter().flatten() {
+            self.put_typed(ram, mfn);
+        }
+        let pages = (u64::from(ents.min(8192)) * 8).div_ceil(PAGE_SIZE);
+        let mut ldt = Vec::with_capacity(pages as usize);
+        for i in 0..pages {
+            let mfn = base
+                .checked_add(i * PAGE_SIZE)
+                .filter(|&va| guest_address_ok(va) && guest_address_ok(va + PAGE_SIZE - 1))
+                .and_then(|va| self.l1_slot_for(ram, kernel_cr3, va))
+                .and_then(|(l1, slot)| self.read_entry(ram, l1, slot).ok())
+                .filter(|e| e & _PAGE_PRESENT != 0)
+                .map(pte_mfn)
+                .filter(|&m| self.is_ram(m));
+            let held = mfn.filter(|&m| match self.get_typed(ram, m, FrameType::SegDesc) {
+                Ok(()) => true,
+                Err(e) => {
+                    debug!(vcpu, page = i, "LDT page unusable: {e}");
+                    false
+                }
+            });
+            ldt.push(held);
+        }
+        let t = self.desc.entry(vcpu).or_default();
+        t.ldt = ldt;
+        t.ldt_base = base;
+        t.ldt_ents = ents;
+        self.copy_ldt(ram, vcpu)
+    }
+
+    fn copy_ldt(&self, ram: &GuestRam, vcpu: u32) -> bool {
+        let Some(r0) = self.ring0.as_ref().and_then(|r| r.vcpu(vcpu)) else {
+            return false;
+        };
+        let t = self.desc.get(&vcpu).cloned().unwrap_or_default();
+        let mut ok = true;
+        for (i, &mfn) in t.ldt.iter().enumerate().take(LDT_PAGES as usize) {
+            let copy = self.segdesc_copy(ram, mfn);
+            ok &= self.write_ring0(r0.ldt_base + i as u64 * PAGE_SIZE, &copy);
+        }
+        let d = ldt_descriptor(r0.ldt_base, t.ldt_ents);
+        let bytes: Vec<u8> = d.iter().flat_map(|w| w.to_le_bytes()).collect();
+        ok & self.write_ring0(r0.gdt_base + u64::from(LDT_SEL), &bytes)
+    }
+
+    /// `update_descriptor`: write the (already checked and fixed-up) descriptor `desc` at
+    /// machine address `ma` (8-byte aligned). The frame must be able to take the type it
+    /// has to hold meanwhile: `SegDesc` if it is a descriptor page, else writable (so a page
+    /// table is refused with `-EINVAL`). Every vCPU's GDT/LDT copy of that frame is updated
+    /// too, before this returns.
+    // xen: arch/x86/pv/descriptor-tables.c, do_update_descriptor
+    pub fn update_descriptor(&mut self, ram: &GuestRam, ma: u64, desc: u64) -> Result<(), MmError> {
+        let mfn = ma / PAGE_SIZE;
+        let off = ma % PAGE_SIZE;
+        if !off.is_multiple_of(8) || !self.is_ram(mfn) {
+            return Err(MmError::BadFrame(mfn));
+        }
+        let ty = match self.frames.state(mfn).map(|s| s.type_) {
+            Some(FrameType::SegDesc) => FrameType::SegDesc,
+            _ => FrameType::Writable,
+        };
+        self.get_typed(ram, mfn, ty)?;
+        let r = ram
+            .mem()
+            .store(desc, GuestAddress(ma), Ordering::SeqCst)
+            .map_err(|_| MmError::Memory(mfn));
+        self.put_typed(ram, mfn);
+        r?;
+        if ty != FrameType::SegDesc {
+            return Ok(());
+        }
+        let Some(r0) = &self.ring0 else {
+            return Ok(());
+        };
+        for (&vcpu, t) in &self.desc {
+            let Some(v) = r0.vcpu(vcpu) else {
+                continue;
+            };
+            let gdt = t.gdt.iter().enumerate().filter(|(_, &m)| m == mfn);
+            let ldt = t.ldt.iter().enumerate().filter(|(_, &m)| m == Some(mfn));
+            let targets = gdt
+                .map(|(p, _)| v.gdt_base + p as u64 * PAGE_SIZE)
+                .chain(ldt.map(|(p, _)| v.ldt_base + p as u64 * PAGE_SIZE));
+            for page_va in targets {
+                let stored = r0.va_to_gpa(page_va + off, 8).and_then(|gpa| {
+                    r0.private_mem()
+                        .mem()
+                        .store(desc, GuestAddress(gpa), Ordering::SeqCst)
+                        .ok()
+                });
+                if stored.is_none() {
+                    warn!(vcpu, mfn, "descriptor copy not updated");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Read entry `slot` of table frame `mfn`.
@@ -416,6 +691,7 @@ impl DomainMm {
         self.flush_needed = true;
         let r = match ty.level() {
             Some(level) => self.validate_table(ram, mfn, level),
+            None if ty == FrameType::SegDesc => self.validate_segdesc(ram, mfn),
             None => Ok(()),
         };
         validation_done(&mut self.frames, mfn, r.is_ok())?;
@@ -909,5 +1185,87 @@ mod tests {
         mm.check_writable(30).unwrap();
         assert!(mm.check_writable(4).is_err());
         assert_eq!(mm.frame(30).unwrap().refs, 0);
+    }
+
+    fn ring0_mm(ram: &GuestRam) -> DomainMm {
+        let mut mm = setup(ram);
+        mm.start_of_day(ram, 1).unwrap();
+        mm.attach_ring0(Ring0Layer::new(2, 64).unwrap());
+        mm
+    }
+
+    fn copy_word(mm: &DomainMm, va: u64) -> u64 {
+        mm.ring0.as_ref().unwrap().read_u64(va).unwrap()
+    }
+
+    #[test]
+    fn segdesc_pages_and_ldt_descriptor_encoding() {
+        let mut page = [0u8; PAGE_SIZE as usize];
+        page[8..16].copy_from_slice(&0x00cf_9200_0000_ffffu64.to_le_bytes());
+        let fixed = checked_segdesc_page(&page).unwrap();
+        assert_eq!(fixed[8..16], 0x00cf_f200_0000_ffffu64.to_le_bytes());
+        page[4088..].copy_from_slice(&0x0000_8900_0000_0067u64.to_le_bytes());
+        assert!(
+            checked_segdesc_page(&page).is_none(),
+            "a TSS refuses the page"
+        );
+        assert_eq!(ldt_descriptor(0x1234, 0), [0, 0]);
+        let [lo, hi] = ldt_descriptor(0xffff_8080_1234_5000, 8192);
+        assert_eq!(
+            xen_abi::cpu::descriptor_base(lo) | (hi << 32),
+            0xffff_8080_1234_5000
+        );
+        assert_eq!(xen_abi::cpu::descriptor_limit(lo), 0xffff);
+        assert_eq!((lo >> 40) & 0xff, 0x82, "present LDT, DPL 0");
+    }
+
+    #[test]
+    fn update_descriptor_refreshes_every_vcpus_gdt_and_ldt_copy() {
+        let ram = ram();
+        let mut mm = ring0_mm(&ram);
+        let vcpus = [0, 1].map(|v| mm.ring0.as_ref().unwrap().vcpu(v).unwrap());
+        let r0 = |v: u32| vcpus[v as usize];
+        // Frame 30 is both vCPUs' GDT; frame 31, mapped read-only at 0x3000, vCPU 1's LDT.
+        ram.mem()
+            .write_obj(0x00cf_9200_0000_ffffu64, GuestAddress(30 * PAGE_SIZE + 16))
+            .unwrap();
+        assert!(mm.set_gdt(&ram, 0, &[30]).unwrap());
+        assert!(mm.set_gdt(&ram, 1, &[30]).unwrap());
+        assert_eq!(mm.frame(30).unwrap().type_count, 2);
+        for v in 0..2 {
+            assert_eq!(copy_word(&mm, r0(v).gdt_base + 16), 0x00cf_f200_0000_ffff);
+        }
+        mm.update_entry(&ram, 4, Level::L1, 3, make_pte(31, P), false)
+            .unwrap();
+        ram.mem()
+            .write_obj(0x00cf_f200_0000_ffffu64, GuestAddress(31 * PAGE_SIZE + 8))
+            .unwrap();
+        assert!(mm.set_ldt(&ram, 1, 0x3000, 2, PAGE_SIZE));
+        assert_eq!(mm.desc_tables(1).ldt, vec![Some(31)]);
+        assert_eq!(copy_word(&mm, r0(1).ldt_base + 8), 0x00cf_f200_0000_ffff);
+        let ldt_desc = copy_word(&mm, r0(1).gdt_base + u64::from(LDT_SEL));
+        assert_eq!(xen_abi::cpu::descriptor_limit(ldt_desc), 15);
+        // One update reaches both GDT copies and the LDT copy.
+        let d = 0x00cf_f200_1000_ffffu64;
+        mm.update_descriptor(&ram, 30 * PAGE_SIZE + 16, d).unwrap();
+        mm.update_descriptor(&ram, 31 * PAGE_SIZE + 8, d).unwrap();
+        for v in 0..2 {
+            assert_eq!(copy_word(&mm, r0(v).gdt_base + 16), d, "vCPU {v} GDT");
+        }
+        assert_eq!(copy_word(&mm, r0(1).ldt_base + 8), d, "vCPU 1 LDT");
+        assert_eq!(copy_word(&mm, r0(0).ldt_base + 8), 0, "vCPU 0 has no LDT");
+        // The LDT frame cannot be mapped writable meanwhile; dropping the LDT allows it.
+        let e = mm
+            .update_entry(&ram, 4, Level::L1, 5, make_pte(31, P | RW), false)
+            .unwrap_err();
+        assert_eq!(e.errno(), Errno::EBUSY);
+        assert!(mm.set_ldt(&ram, 1, 0, 0, PAGE_SIZE));
+        assert_eq!(copy_word(&mm, r0(1).gdt_base + u64::from(LDT_SEL)), 0);
+        mm.update_entry(&ram, 4, Level::L1, 5, make_pte(31, P | RW), false)
+            .unwrap();
+        // A page table is no descriptor page.
+        assert!(mm.update_descriptor(&ram, 4 * PAGE_SIZE, 0).is_err());
+        assert!(mm.set_gdt(&ram, 0, &[30, 3]).is_err());
+        assert_eq!(mm.desc_tables(0).gdt, vec![30], "the old GDT stays");
     }
 }

@@ -8,7 +8,13 @@
 //!   guest left them (a guest may load FS/GS selectors itself), into the PV state.
 //! * [`apply`] right before every return: CR3 = the current mode's page table, FS base, the
 //!   current mode's GS base (the other mode's waits in the PV state: Xen's `swapgs` on every
-//!   mode switch), CR0.TS = virtual TS, and pending GDT / debug-register / user-GS changes.
+//!   mode switch), CR0.TS = virtual TS, and pending GDT / LDT / debug-register / user-GS
+//!   changes.
+//!
+//! The LDT copy and its descriptor (`ring0::LDT_SEL` in the vCPU's GDT) are written by
+//! `crate::mm::DomainMm::set_ldt`; a pending LDT change loads LDTR from that descriptor, as
+//! `lldt` would (KVM on PVM honours an LDTR set through `KVM_SET_SREGS`:
+//! vmm/tests/kvm_ldt.rs).
 //!
 //! A `syscall` from guest user mode is not a hypercall: [`syscall_from_user`] delivers it to
 //! the guest kernel's syscall callback (Xen's `switch_to_kernel`).
@@ -20,12 +26,12 @@ use xen_abi::arch::{FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_SS64};
 use xen_abi::cpu::{check_descriptor, descriptor_base, descriptor_limit, DR6_DEFAULT, DR6_ZEROS};
 use xen_abi::pv_vcpu::{
     callback_index, GuestMode, PvVcpuState, CALLBACK_FLAG_MASK_EVENTS, PENDING_DEBUGREGS,
-    PENDING_GDT, PENDING_GS_USER_SEL,
+    PENDING_GDT, PENDING_GS_USER_SEL, PENDING_LDT,
 };
 
 use crate::domain::DomainShared;
 use crate::memory::PAGE_SIZE;
-use crate::ring0::GDT_XEN_FIRST;
+use crate::ring0::{GDT_XEN_FIRST, LDT_SEL};
 use crate::trap::{bounce, bounce_to, BounceError, GuestEvent, VEC_DB, VEC_NM, VEC_UD};
 use crate::vcpu::{rflags, GuestCs, GuestRegs, Vcpu, VcpuError};
 
@@ -58,6 +64,10 @@ pub fn apply(vcpu: &mut Vcpu) -> Result<(), PvModeError> {
     let pending = vcpu.pv().pending;
     if pending & PENDING_GDT != 0 {
         copy_gdt(vcpu)?;
+    }
+    if pending & PENDING_LDT != 0 {
+        let ldt = ldt_segment(vcpu);
+        vcpu.sregs_mut().ldt = ldt;
     }
     if pending & PENDING_GS_USER_SEL != 0 {
         let sel = vcpu.pv().gs_user_sel as u16;
@@ -189,9 +199,52 @@ pub fn syscall_from_user(
     }
 }
 
+/// The LDT register as `lldt` of the vCPU's LDT descriptor (`ring0::LDT_SEL` in its GDT,
+/// written by `crate::mm::DomainMm::set_ldt`) loads it: the LDT copy with the guest's limit,
+/// or the null (unusable) LDT when the guest has none.
+pub fn ldt_segment(vcpu: &Vcpu) -> kvm_segment {
+    let at = vcpu.ring0().gdt_base + u64::from(LDT_SEL);
+    let layer = vcpu.ring0_layer();
+    let (Some(lo), Some(hi)) = (layer.read_u64(at), layer.read_u64(at + 8)) else {
+        return null_segment();
+    };
+    if lo & (1 << 47) == 0 {
+        return null_segment();
+    }
+    kvm_segment {
+        base: (descriptor_base(lo) & 0xffff_ffff) | (hi << 32),
+        limit: descriptor_limit(lo),
+        selector: LDT_SEL,
+        type_: 2,
+        present: 1,
+        ..kvm_segment::default()
+    }
+}
+
+fn null_segment() -> kvm_segment {
+    kvm_segment {
+        unusable: 1,
+        ..kvm_segment::default()
+    }
+}
+
+/// The descriptor selector `sel` names for the CPU (kxen's GDT copy, or the LDT copy for
+/// TI=1 within the LDT's limit).
+fn read_descriptor(vcpu: &Vcpu, sel: u16) -> Option<u64> {
+    let off = u64::from(sel & !7);
+    if sel & 4 == 0 {
+        return vcpu.ring0_layer().read_u64(vcpu.ring0().gdt_base + off);
+    }
+    let ldt = vcpu.sregs().ldt;
+    if ldt.unusable != 0 || ldt.present == 0 || off + 7 > u64::from(ldt.limit) {
+        return None;
+    }
+    vcpu.ring0_layer().read_u64(ldt.base + off)
+}
+
 /// The `kvm_segment` a CPL3 load of data selector `sel` into GS gives, or a null segment when
-/// the load would fault (Xen's fixup for `SEGBASE_GS_USER_SEL` loads the null selector). The
-/// LDT is not modelled, so LDT selectors load as null.
+/// the load would fault (Xen's fixup for `SEGBASE_GS_USER_SEL` loads the null selector).
+/// Selectors with TI=1 are looked up in the vCPU's LDT.
 // xen: arch/x86/pv/misc-hypercalls.c, do_set_segment_base (SEGBASE_GS_USER_SEL)
 pub fn load_data_segment(vcpu: &Vcpu, sel: u16) -> kvm_segment {
     let null = kvm_segment {
@@ -202,13 +255,7 @@ pub fn load_data_segment(vcpu: &Vcpu, sel: u16) -> kvm_segment {
         return null;
     }
     let sel = sel | 3;
-    if sel & 4 != 0 {
-        return null;
-    }
-    let Some(d) = vcpu
-        .ring0_layer()
-        .read_u64(vcpu.ring0().gdt_base + u64::from(sel & !7))
-    else {
+    let Some(d) = read_descriptor(vcpu, sel) else {
         return null;
     };
     let b = (d >> 32) as u32;

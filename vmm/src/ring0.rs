@@ -13,7 +13,7 @@
 //! | 2 | private L3 (slot 257) | supervisor, RW, NX |
 //! | 3 | private L2 | supervisor, RW, NX |
 //! | 4 .. 4+n | private L1s | supervisor, RW, NX |
-//! | then per vCPU | 16 GDT pages, 1 TSS page, 2 ring-0 stack pages, 3 IST stack pages | supervisor, RW, NX |
+//! | then per vCPU | 16 GDT pages, 1 TSS page, 2 ring-0 stack pages, 3 IST stack pages, 16 LDT pages (kxen's copy of the guest's `MMUEXT_SET_LDT` table) | supervisor, RW, NX |
 //! | last entry of the last L1 | the syscall exit page: GPA [`SYSCALL_EXIT_GPA`], no memslot | **user**, RW, NX |
 //! | then (not in slot 257) | the M2P's L3, L2, L1s and table pages, mapped at L4 slot 258 ([`M2P_VIRT_BASE`]) | table pages **user**, read-only, NX |
 //!
@@ -65,6 +65,11 @@ pub const RING3_DS: u16 = 0xe02b;
 pub const RING3_CS64: u16 = 0xe033;
 /// kxen's TSS selector (16-byte system descriptor at 0xe040..0xe050).
 pub const TSS_SEL: u16 = 0xe040;
+/// The LDT selector (16-byte system descriptor at 0xe050..0xe060, Xen's `LDT_ENTRY`): it
+/// describes the vCPU's LDT copy ([`VcpuRing0::ldt_base`]); LDTR is loaded from it.
+pub const LDT_SEL: u16 = 0xe050;
+/// Pages of a vCPU's LDT copy (8192 entries, Xen's maximum).
+pub const LDT_PAGES: u64 = 16;
 /// GDT byte offset where Xen's reserved entries start; below it the guest's (`set_gdt`) ones.
 pub const GDT_XEN_FIRST: usize = 0xe000;
 /// GDT pages per vCPU (limit 0xffff).
@@ -141,7 +146,8 @@ const STACK_OFF: u64 = TSS_OFF + 1;
 const STACK_PAGES: u64 = 2;
 const IST_OFF: u64 = STACK_OFF + STACK_PAGES;
 const IST_COUNT: u64 = 3;
-const REPLAY_OFF: u64 = IST_OFF + IST_COUNT;
+const LDT_OFF: u64 = IST_OFF + IST_COUNT;
+const REPLAY_OFF: u64 = LDT_OFF + LDT_PAGES;
 /// Code pages per vCPU for its replay program (mapped user-accessible, read-only and
 /// executable, as this host requires of ring-0 code; the VMM rewrites them).
 pub const REPLAY_PAGES: u64 = 4;
@@ -187,6 +193,8 @@ pub struct VcpuRing0 {
     pub rsp0_top: u64,
     /// Tops of the IST stacks 1..=3 (#DF, NMI, #MC), one page each.
     pub ist_tops: [u64; 3],
+    /// Base of the LDT copy ([`LDT_PAGES`] pages).
+    pub ldt_base: u64,
     /// The vCPU's replay program ([`REPLAY_PAGES`] pages of code, `crate::replay`).
     pub replay_code: u64,
 }
@@ -541,6 +549,7 @@ impl Ring0Layer {
             tss_base: va_of(first + TSS_OFF),
             rsp0_top: va_of(first + STACK_OFF + STACK_PAGES),
             ist_tops: [1, 2, 3].map(|i| va_of(first + IST_OFF + i)),
+            ldt_base: va_of(first + LDT_OFF),
             replay_code: va_of(first + REPLAY_OFF),
         })
     }

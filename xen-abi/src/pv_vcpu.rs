@@ -148,6 +148,8 @@ pub const PENDING_DEBUGREGS: u32 = 1 << 0;
 pub const PENDING_GDT: u32 = 1 << 1;
 /// `PvVcpuState::pending`: load `gs_user_sel` into the user GS.
 pub const PENDING_GS_USER_SEL: u32 = 1 << 2;
+/// `PvVcpuState::pending`: the LDT (`MMUEXT_SET_LDT`) changed: reload LDTR.
+pub const PENDING_LDT: u32 = 1 << 3;
 
 impl Default for PvVcpuState {
     fn default() -> Self {

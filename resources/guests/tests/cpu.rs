@@ -1,5 +1,6 @@
 //! cpu: the PV CPU model. Segment bases (set_segment_base) surviving traps and hypercalls;
-//! the guest GDT (set_gdt, update_descriptor) with Xen's descriptor checks; virtual CR0.TS
+//! the guest GDT (set_gdt, update_descriptor) with Xen's descriptor and frame-type checks;
+//! the guest LDT (MMUEXT_SET_LDT) used through TI=1 selectors, with Xen's checks; virtual CR0.TS
 //! (fpu_taskswitch) and #NM; FPU/SSE/AVX state across hypercalls and traps; debug registers
 //! (set/get_debugreg), data breakpoints and single-step #DB; virtual IOPL (physdev_op) and #GP
 //! for port I/O; guest user mode (iret with RPL 3, syscall callback, #UD without one,
@@ -30,6 +31,9 @@ const GET_DEBUGREG: u32 = 9;
 const UPDATE_DESCRIPTOR: u32 = 10;
 const PHYSDEV_OP_COMPAT: u32 = 19;
 const SET_SEGMENT_BASE: u32 = 25;
+const UPDATE_VA_MAPPING: u32 = 14;
+const UVMF_INVLPG: u64 = 2;
+const MMUEXT_SET_LDT: u32 = 13;
 const MMUEXT_OP: u32 = 26;
 const CALLBACK_OP: u32 = 30;
 const PHYSDEV_OP: u32 = 33;
@@ -50,6 +54,8 @@ struct Page([u64; 512]);
 
 static mut GDT_PAGE: Page = Page([0; 512]);
 static mut BAD_GDT_PAGE: Page = Page([0; 512]);
+static mut LDT_PAGE: Page = Page([0; 512]);
+static mut BAD_LDT_PAGE: Page = Page([0; 512]);
 static mut WATCH: u64 = 0;
 static FS_VAL: u64 = 0x1111_2222_3333_4444;
 static GSK_VAL: u64 = 0x5555_6666_7777_8888;
@@ -99,7 +105,8 @@ fn kmain(si: &'static StartInfo) {
     #[cfg(not(kxen_guest = "cpu_nouser"))]
     {
         segments();
-        gdt();
+        gdt(si);
+        ldt();
         fpu();
         debugregs();
         iopl();
@@ -167,7 +174,33 @@ fn load_fs_read(sel: u16, off: u64) -> u64 {
     v
 }
 
-fn gdt() {
+/// Remap our own static page at `va` read-only (Xen needs descriptor pages unwritable).
+fn map_ro(va: u64) -> i64 {
+    let pte = (va_to_mfn(va) << 12) | 1 | 4 | (1 << 5) | (1 << 63); // P, U, A, NX
+    // SAFETY: remaps one of this guest's own static pages; nothing writes it afterwards.
+    unsafe { hypercall3(UPDATE_VA_MAPPING, va, pte, UVMF_INVLPG) }
+}
+
+/// Try to map our own static page at `va` writable again.
+fn map_rw(va: u64) -> i64 {
+    let pte = (va_to_mfn(va) << 12) | 1 | 2 | 4 | (1 << 5) | (1 << 6) | (1 << 63);
+    // SAFETY: as map_ro; the hypervisor must refuse it while the page is a descriptor page.
+    unsafe { hypercall3(UPDATE_VA_MAPPING, va, pte, UVMF_INVLPG) }
+}
+
+/// Load `sel` into %fs expecting a fault; the vector and error code of the fault.
+fn load_fs_fault(sel: u16, vector: u8) -> Option<u64> {
+    traps::expect(vector, ANY_RIP, 2);
+    // SAFETY: `mov %eax, %fs` (2 bytes, skipped by the kit on the expected fault); FS is
+    // reloaded with the null selector afterwards and its base restored by the caller.
+    unsafe {
+        asm!("mov %eax, %fs", "xor %eax, %eax", "mov %eax, %fs", inout("eax") u32::from(sel) => _,
+             options(att_syntax, nostack));
+    }
+    traps::take_last().map(|f| f.error_code)
+}
+
+fn gdt(si: &StartInfo) {
     let page = (&raw mut GDT_PAGE) as u64;
     let mfn = va_to_mfn(page);
     // SAFETY: the page is this guest's own static; the hypervisor reads it (and fixes
@@ -178,7 +211,10 @@ fn gdt() {
         (*g).0[2] = data_desc(0x1000);
     }
     let frames = [mfn];
+    check_eq!("set_gdt_writable_frame_refused", hc(SET_GDT, frames.as_ptr() as u64, 4), -EINVAL);
+    check_eq!("gdt_page_read_only", map_ro(page), 0);
     check_eq!("set_gdt", hc(SET_GDT, frames.as_ptr() as u64, 4), 0);
+    check!("gdt_frame_cannot_be_mapped_writable", map_rw(page) != 0);
     // SAFETY: reading back our own static.
     let e1 = unsafe { core::ptr::read_volatile(&raw const GDT_PAGE.0[1]) };
     check_eq!("set_gdt_ring0_data_fixed_to_dpl3", (e1 >> 45) & 3, 3u64);
@@ -199,8 +235,17 @@ fn gdt() {
     );
     check_eq!("update_descriptor_misaligned", hc(UPDATE_DESCRIPTOR, ma + 4, 0), -EINVAL);
     check_eq!("update_descriptor_outside_ram", hc(UPDATE_DESCRIPTOR, 1 << 40, 0), -EINVAL);
-    // SAFETY: our own static.
+    let l4 = va_to_mfn(si.pt_base);
+    check_eq!(
+        "update_descriptor_page_table_refused",
+        hc(UPDATE_DESCRIPTOR, l4 * PAGE_SIZE + 8, 0),
+        -EINVAL
+    );
+    let pt = [l4];
+    check_eq!("set_gdt_page_table_frame_refused", hc(SET_GDT, pt.as_ptr() as u64, 8), -EINVAL);
+    // SAFETY: our own static, still writable here.
     unsafe { (*(&raw mut BAD_GDT_PAGE)).0[5] = tss };
+    check_eq!("bad_gdt_page_read_only", map_ro((&raw const BAD_GDT_PAGE) as u64), 0);
     let bad = [va_to_mfn((&raw const BAD_GDT_PAGE) as u64)];
     check_eq!("set_gdt_tss_page_refused", hc(SET_GDT, bad.as_ptr() as u64, 8), -EINVAL);
     let outside = [1u64 << 30];
@@ -209,6 +254,65 @@ fn gdt() {
     check_eq!("set_gdt_bad_list_efault", hc(SET_GDT, 0x1000, 8), -EFAULT);
     check_eq!("gdt_still_in_use_after_refusals", load_fs_read(0x13, target - 0x1000), FS_VAL);
     // Restore the FS base for later sections.
+    hc(SET_SEGMENT_BASE, 0, (&raw const FS_VAL) as u64);
+}
+
+fn set_ldt(base: u64, ents: u64) -> i64 {
+    let op = MmuextOp { cmd: MMUEXT_SET_LDT, pad: 0, arg1: base, arg2: ents };
+    // SAFETY: one mmuext_op at a live address; no done-count pointer.
+    unsafe { hypercall4(MMUEXT_OP, (&raw const op) as u64, 1, 0, DOMID_SELF) }
+}
+
+fn ldt() {
+    let page = (&raw mut LDT_PAGE) as u64;
+    // SAFETY: our own static, written before it becomes a descriptor page.
+    unsafe {
+        let l = &raw mut LDT_PAGE;
+        (*l).0[0] = data_desc(0x1000);
+        (*l).0[1] = FLAT_DATA_DPL0 | (0x3000 << 16);
+    }
+    let target = (&raw const FS_VAL) as u64;
+    check_eq!("ldt_page_read_only", map_ro(page), 0);
+    check_eq!("set_ldt", set_ldt(page, 16), 0);
+    check_eq!("ldt_selector_base_used", load_fs_read(0x07, target - 0x1000), FS_VAL);
+    check_eq!("ldt_dpl0_descriptor_fixed_and_usable", load_fs_read(0x0f, target - 0x3000), FS_VAL);
+    let ma = va_to_mfn(page) * PAGE_SIZE + 2 * 8;
+    check_eq!("ldt_update_descriptor", hc(UPDATE_DESCRIPTOR, ma, data_desc(0x2000)), 0);
+    check_eq!("ldt_updated_descriptor_used", load_fs_read(0x17, target - 0x2000), FS_VAL);
+    check_eq!("ldt_past_limit_gp", load_fs_fault(0x87, 13), Some(0x84));
+    check!("ldt_frame_cannot_be_mapped_writable", map_rw(page) != 0);
+    check_eq!(
+        "ldt_update_descriptor_gate_to_xen_cs_refused",
+        hc(UPDATE_DESCRIPTOR, ma, 0x0000_ec00_e008_1234),
+        -EINVAL
+    );
+    // An LDT page holding a call gate into ring 0 (Xen's CS): the page is refused as a
+    // descriptor page, so no entry of it is usable (kxen: #GP(sel); Xen: #PF at first use).
+    let bad = (&raw mut BAD_LDT_PAGE) as u64;
+    // SAFETY: our own static, written before it is offered as an LDT.
+    unsafe {
+        let l = &raw mut BAD_LDT_PAGE;
+        (*l).0[0] = 0x0000_ec00_e008_1234;
+        (*l).0[1] = data_desc(0x1000);
+    }
+    check_eq!("bad_ldt_page_read_only", map_ro(bad), 0);
+    check_eq!("set_ldt_ring0_gate_page_accepted_lazily", set_ldt(bad, 16), 0);
+    check_eq!("ldt_ring0_gate_page_unusable", load_fs_fault(0x0f, 13), Some(0x0c));
+    // An LDT where nothing is mapped: accepted, unusable.
+    check_eq!("set_ldt_unmapped_accepted", set_ldt(0x4000_0000, 16), 0);
+    check_eq!("ldt_unmapped_unusable", load_fs_fault(0x07, 13), Some(0x04));
+    // Xen's argument checks.
+    check_eq!("set_ldt_unaligned_einval", set_ldt(page + 8, 1), -EINVAL);
+    check_eq!("set_ldt_too_many_einval", set_ldt(page, 8193), -EINVAL);
+    check_eq!("set_ldt_noncanonical_einval", set_ldt(0x0000_8000_0000_0000, 1), -EINVAL);
+    check_eq!("set_ldt_hypervisor_hole_einval", set_ldt(0xffff_8000_0000_0000, 1), -EINVAL);
+    check_eq!("set_ldt_kxen_ring0_area_einval", set_ldt(0xffff_8080_0000_0000, 16), -EINVAL);
+    // Back to the good LDT, then none.
+    check_eq!("set_ldt_again", set_ldt(page, 16), 0);
+    check_eq!("ldt_usable_again", load_fs_read(0x07, target - 0x1000), FS_VAL);
+    check_eq!("set_ldt_none", set_ldt(0, 0), 0);
+    check_eq!("no_ldt_selector_gp", load_fs_fault(0x07, 13), Some(0x04));
+    check_eq!("ldt_page_writable_again_after_release", map_rw(page), 0);
     hc(SET_SEGMENT_BASE, 0, (&raw const FS_VAL) as u64);
 }
 

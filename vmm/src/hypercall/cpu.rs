@@ -5,7 +5,6 @@
 //! Handlers change only the vCPU's [`xen_abi::pv_vcpu::PvVcpuState`]; `crate::pvmode::apply`
 //! puts it into the real vCPU before the guest runs again.
 
-use vm_memory::{Bytes, GuestAddress};
 use xen_abi::arch::is_canonical;
 use xen_abi::cpu::{
     check_descriptor, check_set_debugreg, get_debugreg_index, PhysdevOpCompat, PhysdevSetIopl,
@@ -111,7 +110,8 @@ pub fn physdev_op_compat(ctx: &mut HypercallCtx<'_, DomainShared>, a: &Hypercall
 }
 
 /// `HYPERVISOR_set_gdt(frame_list, entries)`: at most 14 pages; each frame must be guest
-/// RAM whose 512 descriptors all pass Xen's validation (Xen's `PGT_seg_desc_page` check).
+/// RAM that can take Xen's `PGT_seg_desc_page` type (not a page table, not mapped writable,
+/// every descriptor passing Xen's validation; [`crate::mm::DomainMm::set_gdt`]).
 // xen: arch/x86/pv/descriptor-tables.c, do_set_gdt / pv_set_gdt; mm.c alloc_segdesc_page
 pub fn set_gdt(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> i64 {
     let entries = uint(a.a[1]);
@@ -126,88 +126,41 @@ pub fn set_gdt(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> i
             Err(e) => return e,
         }
     }
-    if let Err(e) = validate_gdt_frames(ctx.ram(), ctx.domain.nr_pages, &frames[..nr]) {
-        return e;
-    }
+    let copied = match lock(ctx.domain).set_gdt(ctx.ram(), ctx.vcpu_id, &frames[..nr]) {
+        Ok(c) => c,
+        Err(e) => return e.ret(),
+    };
     ctx.pv.gdt_frames = frames;
     ctx.pv.gdt_ents = u64::from(entries);
-    ctx.pv.pending |= PENDING_GDT;
+    if !copied {
+        // No ring-0 layer attached to the frame table: pvmode copies at the next entry.
+        ctx.pv.pending |= PENDING_GDT;
+    }
     0
 }
 
-/// Validate GDT frames as `set_gdt` does (guest RAM, every descriptor passes Xen's check)
-/// and write the fixed-up descriptors back; `-EINVAL` otherwise. Also used by
-/// `VCPUOP_initialise` (`crate::smp`).
-pub fn validate_gdt_frames(
-    ram: &crate::memory::GuestRam,
-    nr_pages: u64,
-    frames: &[u64],
-) -> Result<(), i64> {
-    let read_frame = |mfn: u64| -> Option<[u8; 4096]> {
-        if mfn >= nr_pages {
-            return None;
-        }
-        let mut buf = [0u8; 4096];
-        ram.mem()
-            .read_slice(&mut buf, GuestAddress(mfn * PAGE_SIZE))
-            .ok()?;
-        Some(buf)
-    };
-    if frames.len() > MAX_GDT_FRAMES {
-        return Err(err(EINVAL));
-    }
-    let mut fixed = [[0u8; 4096]; MAX_GDT_FRAMES];
-    for (i, &mfn) in frames.iter().enumerate() {
-        let Some(page) = read_frame(mfn) else {
-            return Err(err(EINVAL));
-        };
-        for (e, out) in page.chunks_exact(8).zip(fixed[i].chunks_exact_mut(8)) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(e);
-            match check_descriptor(u64::from_le_bytes(w)) {
-                Some(d) => out.copy_from_slice(&d.to_le_bytes()),
-                None => return Err(err(EINVAL)),
-            }
-        }
-    }
-    // Xen validates the frames in place: the fixed-up descriptors (DPL 3, call gates with
-    // DPL 0) are what the guest's frames hold afterwards.
-    // xen: arch/x86/mm.c, alloc_segdesc_page
-    for (i, &mfn) in frames.iter().enumerate() {
-        if ram
-            .mem()
-            .write_slice(&fixed[i], GuestAddress(mfn * PAGE_SIZE))
-            .is_err()
-        {
-            return Err(err(EINVAL));
-        }
-    }
-    Ok(())
+fn lock(d: &DomainShared) -> std::sync::MutexGuard<'_, crate::mm::DomainMm> {
+    d.mm.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// `HYPERVISOR_update_descriptor(ma, desc)`: write one validated (and fixed-up) descriptor
-/// at machine address `ma` (8-byte aligned, guest RAM).
+/// at machine address `ma` (8-byte aligned, guest RAM, a frame that is a descriptor page
+/// or may be written: a page table is refused); every vCPU whose GDT or LDT uses the frame
+/// sees the new descriptor once this returns ([`crate::mm::DomainMm::update_descriptor`]).
 // xen: arch/x86/pv/descriptor-tables.c, do_update_descriptor
 pub fn update_descriptor(ctx: &mut HypercallCtx<'_, DomainShared>, a: &HypercallArgs) -> i64 {
     let (ma, desc) = (a.a[0], a.a[1]);
-    if ma % 8 != 0 {
+    if ma % 8 != 0 || ma / PAGE_SIZE >= ctx.domain.nr_pages {
         return err(EINVAL);
     }
     let Some(d) = check_descriptor(desc) else {
         return err(EINVAL);
     };
-    let mfn = ma / PAGE_SIZE;
-    if mfn >= ctx.domain.nr_pages {
-        return err(EINVAL);
+    match lock(ctx.domain).update_descriptor(ctx.ram(), ma, d) {
+        Ok(()) => 0,
+        Err(e) => e.ret(),
     }
-    if ctx.ram().mem().write_obj(d, GuestAddress(ma)).is_err() {
-        return err(EINVAL);
-    }
-    let nr = (ctx.pv.gdt_ents as usize).div_ceil(512).min(MAX_GDT_FRAMES);
-    if ctx.pv.gdt_frames[..nr].contains(&mfn) {
-        ctx.pv.pending |= PENDING_GDT;
-    }
-    0
 }
 
 /// Whether port I/O at the current mode and virtual IOPL is allowed (for the emulation of

@@ -6,7 +6,10 @@ use xen_abi::errno::{EFAULT, EINVAL, EPERM};
 use xen_abi::hypercall as nr;
 use xen_abi::mmu::VMASST_TYPE_ARCHITECTURAL_IOPL;
 use xen_abi::negotiate::LaunchMode;
-use xen_abi::pv_vcpu::{GuestMode, TrapEntry, PENDING_DEBUGREGS, PENDING_GDT, PENDING_GS_USER_SEL};
+use xen_abi::pte::FrameType;
+use xen_abi::pv_vcpu::{
+    GuestMode, TrapEntry, PENDING_DEBUGREGS, PENDING_GDT, PENDING_GS_USER_SEL, PENDING_LDT,
+};
 use xen_abi::sched::ShutdownReason;
 use xen_abi::trap::IretContext;
 
@@ -260,61 +263,220 @@ fn physdev_set_iopl_native_and_compat() {
     assert!(!super::io_permitted(&g.pv), "user mode needs IOPL 3");
 }
 
-fn gpa_of(va: u64) -> u64 {
-    Guest::va_to_gpa(va)
+/// A guest whose frame table has started the day: VA pages (frames 16..48) are mapped
+/// writable, frame 48 read-only, frames 1..=4 are its page tables, 49.. are unmapped.
+fn typed_guest() -> Guest {
+    let g = guest();
+    let mut mm = crate::mm::DomainMm::new(PAGES, &[], Default::default(), &[]);
+    mm.start_of_day(&g.ram, 1).unwrap();
+    *g.dom.mm.lock().unwrap() = mm;
+    g
 }
 
+fn frame(g: &Guest, mfn: u64) -> xen_abi::frame::FrameState {
+    g.dom.mm.lock().unwrap().frame(mfn).unwrap()
+}
+
+fn put_phys<T: vm_memory::ByteValued>(g: &Guest, gpa: u64, v: T) {
+    g.ram.mem().write_obj(v, GuestAddress(gpa)).unwrap();
+}
+
+const TSS: u64 = 0x0000_8900_0000_0067;
+
 #[test]
-fn set_gdt_validates_frames_and_fixes_descriptors_in_place() {
-    let mut g = guest();
-    let page = VA + 4 * PAGE_SIZE;
-    let mfn = gpa_of(page) / PAGE_SIZE;
-    g.put(page + 8, &0x00cf_9a00_0000_ffffu64); // ring-0 code
-    g.put(VA, &mfn);
+fn set_gdt_types_frames_seg_desc_and_fixes_descriptors_in_place() {
+    let mut g = typed_guest();
+    put_phys(&g, 50 * PAGE_SIZE + 8, 0x00cf_9a00_0000_ffffu64); // ring-0 code
+    g.put(VA, &50u64);
     assert_eq!(g.call(nr::SET_GDT, [VA, 16, 0, 0, 0]), 0);
     assert_eq!(g.pv.gdt_ents, 16);
-    assert_eq!(g.pv.gdt_frames[0], mfn);
-    assert_ne!(g.pv.pending & PENDING_GDT, 0);
-    let d: u64 = g.get(page + 8);
+    assert_eq!(g.pv.gdt_frames[0], 50);
+    assert_ne!(
+        g.pv.pending & PENDING_GDT,
+        0,
+        "no ring-0 layer here: copied at entry"
+    );
+    let d: u64 = g
+        .ram
+        .mem()
+        .read_obj(GuestAddress(50 * PAGE_SIZE + 8))
+        .unwrap();
     assert_eq!((d >> 45) & 3, 3, "DPL raised to 3 in the frame");
-    // A TSS descriptor anywhere in the page refuses the frame.
+    let s = frame(&g, 50);
+    assert_eq!((s.type_, s.type_count), (FrameType::SegDesc, 1));
+    // While it is a GDT frame it cannot be mapped writable (L1 slot 49 of frame 4).
+    let pte = (50 * PAGE_SIZE) | 7;
+    let e = g
+        .dom
+        .mm
+        .lock()
+        .unwrap()
+        .normal_update(&g.ram, 4 * PAGE_SIZE + 49 * 8, pte, false);
+    assert_eq!(e.unwrap_err().errno(), xen_abi::errno::Errno::EBUSY);
+    // A TSS descriptor anywhere in the page refuses the frame; the old GDT stays.
     g.pv.pending = 0;
-    g.put(page + 8 * 300, &0x0000_8900_0000_0067u64);
+    put_phys(&g, 51 * PAGE_SIZE + 8 * 300, TSS);
+    g.put(VA, &51u64);
     assert_eq!(g.call(nr::SET_GDT, [VA, 16, 0, 0, 0]), err(EINVAL));
     assert_eq!(g.pv.pending, 0);
-    // Frames outside the guest's RAM, too many entries, a bad list.
-    g.put(VA, &PAGES);
-    assert_eq!(g.call(nr::SET_GDT, [VA, 16, 0, 0, 0]), err(EINVAL));
+    assert_eq!(frame(&g, 50).type_count, 1);
+    assert_eq!(frame(&g, 51).type_count, 0, "a refused frame keeps no type");
+    // A page-table frame, a frame mapped writable, frames outside the guest's RAM: refused.
+    for mfn in [
+        4u64,
+        1,
+        Guest::va_to_gpa(VA + 4 * PAGE_SIZE) / PAGE_SIZE,
+        PAGES,
+    ] {
+        g.put(VA, &mfn);
+        assert_eq!(
+            g.call(nr::SET_GDT, [VA, 16, 0, 0, 0]),
+            err(EINVAL),
+            "mfn {mfn}"
+        );
+    }
+    assert_eq!(frame(&g, 4).type_, FrameType::L1, "the L1 keeps its type");
+    // Too many entries, a bad list.
     assert_eq!(
         g.call(nr::SET_GDT, [VA, 14 * 512 + 1, 0, 0, 0]),
         err(EINVAL)
     );
     assert_eq!(g.call(nr::SET_GDT, [0x4000_0000, 16, 0, 0, 0]), err(EFAULT));
+    // A new GDT releases the old frames; two frames, the second partly used.
+    g.put(VA, &[52u64, 53]);
+    assert_eq!(g.call(nr::SET_GDT, [VA, 600, 0, 0, 0]), 0);
+    assert_eq!(frame(&g, 50).type_count, 0);
+    assert_eq!(frame(&g, 53).type_, FrameType::SegDesc);
+    assert_eq!(g.dom.mm.lock().unwrap().desc_tables(0).gdt, vec![52, 53]);
 }
 
 #[test]
-fn update_descriptor_writes_checked_descriptors() {
-    let mut g = guest();
-    let page = VA + 4 * PAGE_SIZE;
-    let ma = gpa_of(page) + 16;
+fn update_descriptor_checks_descriptor_and_frame_type() {
+    let mut g = typed_guest();
+    let ma = Guest::va_to_gpa(VA + 4 * PAGE_SIZE) + 16;
     assert_eq!(
         g.call(nr::UPDATE_DESCRIPTOR, [ma, 0x00cf_9200_0000_ffff, 0, 0, 0]),
-        0
+        0,
+        "a writable data frame"
     );
     let d: u64 = g.ram.mem().read_obj(GuestAddress(ma)).unwrap();
     assert_eq!(d, 0x00cf_f200_0000_ffff, "stored with DPL 3");
-    assert_eq!(g.pv.pending & PENDING_GDT, 0, "not a GDT frame");
-    g.pv.gdt_frames[0] = ma / PAGE_SIZE;
-    g.pv.gdt_ents = 512;
-    assert_eq!(g.call(nr::UPDATE_DESCRIPTOR, [ma, 0, 0, 0, 0]), 0);
-    assert_ne!(g.pv.pending & PENDING_GDT, 0, "GDT frame: copy refreshed");
+    // Into a GDT frame: it stays a descriptor page.
+    g.put(VA, &50u64);
+    assert_eq!(g.call(nr::SET_GDT, [VA, 512, 0, 0, 0]), 0);
+    assert_eq!(
+        g.call(
+            nr::UPDATE_DESCRIPTOR,
+            [50 * PAGE_SIZE + 8, 0x00cf_9200_0000_ffff, 0, 0, 0]
+        ),
+        0
+    );
+    let s = frame(&g, 50);
+    assert_eq!((s.type_, s.type_count), (FrameType::SegDesc, 1));
+    // Into page tables (the L1 and the L4): -EINVAL, nothing written.
+    for mfn in [4u64, 1] {
+        let before: u64 = g
+            .ram
+            .mem()
+            .read_obj(GuestAddress(mfn * PAGE_SIZE + 8))
+            .unwrap();
+        assert_eq!(
+            g.call(nr::UPDATE_DESCRIPTOR, [mfn * PAGE_SIZE + 8, 0, 0, 0, 0]),
+            err(EINVAL)
+        );
+        let after: u64 = g
+            .ram
+            .mem()
+            .read_obj(GuestAddress(mfn * PAGE_SIZE + 8))
+            .unwrap();
+        assert_eq!(before, after, "mfn {mfn}");
+    }
     for (ma, d) in [
         (ma + 4, 0),
-        (ma, 0x0000_8900_0000_0067),
+        (ma, TSS),
+        (ma, 0x0000_ec00_e008_1234), // call gate to Xen's ring-0 CS
         (PAGES * PAGE_SIZE, 0),
         (u64::MAX - 7, 0),
     ] {
         assert_eq!(g.call(nr::UPDATE_DESCRIPTOR, [ma, d, 0, 0, 0]), err(EINVAL));
     }
     assert_eq!(g.dom.shutdown_reason(), None::<ShutdownReason>);
+}
+
+fn set_ldt(g: &mut Guest, base: u64, ents: u64) -> i64 {
+    let op = xen_abi::mmu::MmuextOp {
+        cmd: xen_abi::mmu::MMUEXT_SET_LDT,
+        _pad: 0,
+        arg1: base,
+        arg2: ents,
+    };
+    g.put(VA + 0x800, &op);
+    g.call(nr::MMUEXT_OP, [VA + 0x800, 1, 0, 0x7ff0, 0])
+}
+
+#[test]
+fn set_ldt_checks_arguments_and_types_each_usable_page() {
+    let mut g = typed_guest();
+    let ro = VA + 32 * PAGE_SIZE; // frame 48, mapped read-only
+    put_phys(&g, 48 * PAGE_SIZE + 8, 0x00cf_9200_0000_ffffu64);
+    assert_eq!(set_ldt(&mut g, ro, 512), 0);
+    assert_ne!(g.pv.pending & PENDING_LDT, 0);
+    let t = g.dom.mm.lock().unwrap().desc_tables(0);
+    assert_eq!(
+        (t.ldt_base, t.ldt_ents, t.ldt.clone()),
+        (ro, 512, vec![Some(48)])
+    );
+    assert_eq!(frame(&g, 48).type_, FrameType::SegDesc);
+    let d: u64 = g
+        .ram
+        .mem()
+        .read_obj(GuestAddress(48 * PAGE_SIZE + 8))
+        .unwrap();
+    assert_eq!((d >> 45) & 3, 3, "fixed up in place");
+    // update_descriptor into the LDT page keeps its type.
+    assert_eq!(
+        g.call(
+            nr::UPDATE_DESCRIPTOR,
+            [48 * PAGE_SIZE + 16, 0x00cf_f200_0000_ffff, 0, 0, 0]
+        ),
+        0
+    );
+    assert_eq!(frame(&g, 48).type_count, 1);
+    // A page mapped writable, and one past the mapped range: unusable, nothing typed.
+    assert_eq!(set_ldt(&mut g, VA, 1024), 0);
+    assert_eq!(
+        frame(&g, 48).type_count,
+        0,
+        "the old LDT's reference is gone"
+    );
+    let t = g.dom.mm.lock().unwrap().desc_tables(0);
+    assert_eq!(t.ldt, vec![None, None]);
+    // A page holding a TSS descriptor (not mapped writable: frame 48 again, written with a
+    // plain mmu_update, which types it writable meanwhile) is refused.
+    let w = g
+        .dom
+        .mm
+        .lock()
+        .unwrap()
+        .normal_update(&g.ram, 48 * PAGE_SIZE + 24, TSS, false);
+    assert!(w.is_ok());
+    assert_eq!(set_ldt(&mut g, ro, 16), 0);
+    assert_eq!(g.dom.mm.lock().unwrap().desc_tables(0).ldt, vec![None]);
+    assert_eq!(frame(&g, 48).type_count, 0);
+    // Xen's argument checks.
+    for (base, ents) in [
+        (ro + 8, 1),                 // not page aligned
+        (ro, 8193),                  // too many entries
+        (0x0000_8000_0000_0000, 1),  // non-canonical
+        (0xffff_8000_0000_0000, 1),  // Xen's reserved range
+        (0xffff_8400_0000_0000, 16), // ... kxen's slots inside it
+    ] {
+        assert_eq!(set_ldt(&mut g, base, ents), err(EINVAL), "{base:#x} {ents}");
+    }
+    // No LDT: everything released.
+    assert_eq!(set_ldt(&mut g, 0, 0), 0);
+    assert_eq!(
+        g.dom.mm.lock().unwrap().desc_tables(0).ldt,
+        Vec::<Option<u64>>::new()
+    );
 }

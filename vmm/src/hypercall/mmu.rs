@@ -11,11 +11,13 @@
 // DOMID_SELF is -ESRCH (Xen: no such domain). TLB flushes reload CR3 on the way back to the
 // guest (`HypercallCtx::reload_cr3`); an INVLPG is over-approximated by a full flush.
 
+use tracing::debug;
 use xen_abi::arch::{Pod, HYPERVISOR_VIRT_END};
 use xen_abi::errno::{EACCES, EFAULT, EINVAL, ENOSYS, ESRCH};
 use xen_abi::hypercall as nr;
 use xen_abi::mmu::*;
 use xen_abi::pte::Level;
+use xen_abi::pv_vcpu::PENDING_LDT;
 
 use super::{err, uint, HypercallArgs, HypercallCtx};
 use crate::domain::DomainShared;
@@ -440,7 +442,13 @@ fn one_op(ctx: &mut HypercallCtx<'_, DomainShared>, op: &MmuextOp) -> Result<(),
             if ptr & (PAGE_SIZE - 1) != 0 || !addr_ok(ptr) || ents > 8192 {
                 return Err(err(EINVAL));
             }
-            lock(dom).set_ldt(ctx.vcpu_id, ptr, ents);
+            // Xen reloads only when base or size change; kxen looks at the pages again on
+            // every call (Xen would map a page that became usable at its first use).
+            let kernel_cr3 = ctx.pv.kernel_cr3;
+            if !lock(dom).set_ldt(ram, ctx.vcpu_id, ptr, ents, kernel_cr3) {
+                debug!(vcpu = ctx.vcpu_id, "no ring-0 layer: LDT not copied");
+            }
+            ctx.pv.pending |= PENDING_LDT;
             Ok(())
         }
         MMUEXT_CLEAR_PAGE => {
