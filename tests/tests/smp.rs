@@ -1,5 +1,6 @@
 //! SMP under KVM: the `smp_2` / `smp_4` kit guests bring their secondary vCPUs up with
-//! VCPUOP_initialise + VCPUOP_up, exchange IPIs over event channels, take vCPUs down, and
+//! VCPUOP_initialise + VCPUOP_up, exchange IPIs over event channels, take vCPUs down (vCPU
+//! 1's runstate area then says offline, and running again after VCPUOP_up), and
 //! power off while one vCPU still spins (every vCPU thread must stop and be joined).
 //! Without /dev/kvm every test here skips with one line.
 
@@ -79,6 +80,11 @@ fn assert_all_passed(name: &str, vcpus: u32, want_pongs: &str) {
         "went_down",
         "uvm_all_flushes_other_vcpu",
         "tlb_flush_multi_flushes_other_vcpu",
+        "runstate_vcpu1_offline_before_up",
+        "runstate_vcpu1_offline",
+        "runstate_vcpu1_running_time_accounted",
+        "runstate_vcpu1_running_again",
+        "runstate_vcpu1_offline_time_accounted",
     ] {
         assert!(
             console.contains(&format!("KXEN-TEST: PASS {check}\n")),

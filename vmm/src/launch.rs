@@ -649,15 +649,17 @@ impl Runner<'_> {
                     match applied {
                         Ok(()) => {
                             tracing::debug!(vcpu = id, "vCPU up");
-                            if let Some(t) = shared.time() {
-                                t.set_runstate(
-                                    self.vm.ram(),
-                                    None,
-                                    id,
-                                    crate::time::RunState::Running,
-                                    false,
-                                );
-                            }
+                            let flag = self
+                                .vcpu
+                                .pv()
+                                .vm_assist(xen_abi::mmu::VMASST_TYPE_RUNSTATE_UPDATE_FLAG);
+                            shared.set_vcpu_runstate(
+                                self.vm.ram(),
+                                self.vcpu.cr3(),
+                                id,
+                                crate::time::RunState::Running,
+                                flag,
+                            );
                             shared.publish_vcpu_time(self.vm.ram(), None, id);
                             self.run_loop(table).map_err(|e| e.to_string())
                         }
