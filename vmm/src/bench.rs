@@ -1490,6 +1490,79 @@ mod tests {
     }
 
     #[test]
+    fn timer_wakeup_is_parsed_or_missing_with_the_guests_reason() {
+        let c = "KXEN-TEST: VALUE timer_wakeup_count=3\nKXEN-TEST: VALUE timer_wakeup_ahead_ns=1000000\n\
+                 KXEN-TEST: VALUE timer_wakeup_late_mean_ns=200\nKXEN-TEST: VALUE timer_wakeup_late_median_ns=150\n\
+                 KXEN-TEST: VALUE timer_wakeup_late_min_ns=-5\nKXEN-TEST: VALUE timer_wakeup_late_max_ns=900\n";
+        let t = timer_wakeup_from_console(c).unwrap();
+        assert_eq!(
+            t,
+            TimerWakeup {
+                count: 3,
+                ahead_ns: 1_000_000,
+                mean_ns: 200,
+                median_ns: 150,
+                min_ns: -5,
+                max_ns: 900
+            }
+        );
+        let no =
+            "KXEN-TEST: VALUE timer_wakeup_count=not measured: EVTCHNOP_bind_virq returned -22\n";
+        assert_eq!(
+            timer_wakeup_from_console(no).unwrap_err(),
+            "bench guest: EVTCHNOP_bind_virq returned -22"
+        );
+        let short =
+            "KXEN-TEST: VALUE timer_wakeup_count=3\nKXEN-TEST: VALUE timer_wakeup_ahead_ns=1\n";
+        assert!(timer_wakeup_from_console(short)
+            .unwrap_err()
+            .contains("timer_wakeup_late_mean_ns"));
+        assert!(timer_wakeup_from_console("")
+            .unwrap_err()
+            .contains("printed no timer_wakeup_count"));
+        assert_eq!(Section::of("evtchn_ipi"), Section::Events);
+        assert_eq!(Section::of(TIMER_WAKEUP), Section::Events);
+    }
+
+    #[test]
+    fn event_lines_and_timer_wakeup_print_under_the_events_heading() {
+        let p = Phase {
+            name: "evtchn_ipi",
+            what: "w".into(),
+            iterations: 10,
+            cycles: 10_000,
+            wall_ns: None,
+            exits: None,
+            round_cycles: Vec::new(),
+        };
+        let report = BenchReport {
+            iterations: 10,
+            tsc_khz: 1_000_000,
+            results: vec![p.finish(1_000_000, 500.0, &[])],
+            missing: vec![Missing::new("evtchn_self", "bench guest: no".into())],
+            timer_wakeup: Some(TimerWakeup {
+                count: 10,
+                ahead_ns: 1_000_000,
+                mean_ns: 1,
+                median_ns: 2,
+                min_ns: 0,
+                max_ns: 3,
+            }),
+            notes: Vec::new(),
+        };
+        let text = report.to_string();
+        let heading = text.find("events and time").expect("heading");
+        let ipi = text.find("evtchn_ipi:").expect("ipi line");
+        let timer = text
+            .find("timer_wakeup:     late by mean 1 ns, median 2 ns, min 0 ns, max 3 ns  [10 wakeups]")
+            .expect("timer line");
+        let gone = text.find("evtchn_self:      not measured: bench guest: no");
+        assert!(heading < ipi && heading < timer, "{text}");
+        assert!(gone.is_some_and(|g| g > heading), "{text}");
+        assert!(text.contains("1000.0 ns/op    2.000x floor"), "{text}");
+    }
+
+    #[test]
     fn ratio_is_the_median_of_per_round_ratios() {
         let p = Phase {
             name: "x",
