@@ -864,7 +864,7 @@ fn ap_context(si: &StartInfo) -> u64 {
     put(b, OFF_REGS + 16 * 8, bench_ap_entry as *const () as u64); // rip
     put(b, OFF_REGS + 17 * 8, u64::from(FLAT_KERNEL_CS)); // cs
     put(b, OFF_REGS + 18 * 8, 0x202); // rflags
-    put(b, OFF_REGS + 19 * 8, top - 8); // rsp (as after a call)
+    put(b, OFF_REGS + 19 * 8, top); // rsp: aligned before bench_ap_entry's `call`
     put(b, OFF_REGS + 20 * 8, u64::from(FLAT_KERNEL_SS)); // ss
     put(b, OFF_KERNEL_SS, u64::from(FLAT_KERNEL_SS));
     put(b, OFF_KERNEL_SP, top);
