@@ -21,6 +21,20 @@
 //! batch instead of 512).
 //! A mode that cannot run prints `<mode>_cycles=not measured: <reason>` instead, and the
 //! run goes on.
+//!
+//! Events and time (shared_info mapped, kxen's legacy vcpu_info slots, this file's own
+//! event callback, which reads the TSC first thing):
+//! * `evtchn_self`: N `EVTCHNOP_send` on an IPI port bound to the sending vCPU 0; cycles
+//!   summed from `rdtsc` before each send to `rdtsc` at the upcall entry (kxen bounces the
+//!   upcall as the send hypercall returns; the upcall's `iret` is not counted).
+//! * `evtchn_ipi`: N `EVTCHNOP_send` from vCPU 0 on an IPI port of vCPU 1, which is blocked
+//!   in `SCHEDOP_block` (vCPU 0 waits until `VCPUOP_get_runstate_info` says so before each
+//!   send); cycles summed from vCPU 0's `rdtsc` before the send to vCPU 1's `rdtsc` at its
+//!   upcall entry. Needs a second vCPU.
+//! * timer wakeups: min(N, 1000) times `VCPUOP_set_singleshot_timer` at pvclock now + 1 ms,
+//!   then `SCHEDOP_block`; the VIRQ_TIMER upcall reads pvclock system time. Printed as
+//!   `timer_wakeup_count`, `timer_wakeup_late_{mean,median,min,max}_ns` (signed: negative
+//!   = early), or `timer_wakeup_count=not measured: <reason>`.
 
 #![no_std]
 #![no_main]
@@ -30,6 +44,7 @@
 mod kit;
 
 use core::arch::asm;
+use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use kit::abi::*;
 use kit::hypercall as hc;
 use kit::pure;
@@ -137,6 +152,7 @@ fn kmain(si: &'static StartInfo) {
     kit::traps::install();
 
     pv_memory(si, n);
+    events_and_time(si, n);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -453,4 +469,493 @@ fn pv_memory(si: &StartInfo, n: u64) {
         scratch.mmu_update_same(n),
     );
     report("ptwr_store_cycles", "ptwr_store_ops", scratch.ptwr(n));
+}
+
+// ---------------------------------------------------------------------------------------
+// Events and time: send-to-upcall latency, timer wakeup lateness.
+
+// xen: public/xen.h, public/event_channel.h, public/vcpu.h, public/sched.h,
+// public/callback.h, public/arch-x86/xen.h (vcpu_guest_context offsets as the kit's smp guest)
+const HYPERVISOR_VCPU_OP: u32 = 24;
+const HYPERVISOR_CALLBACK_OP: u32 = 30;
+const HYPERVISOR_EVENT_CHANNEL_OP: u32 = 32;
+const EVTCHNOP_BIND_VIRQ: u64 = 1;
+const EVTCHNOP_CLOSE: u64 = 3;
+const EVTCHNOP_SEND: u64 = 4;
+const EVTCHNOP_BIND_IPI: u64 = 7;
+const VIRQ_TIMER: u32 = 0;
+const VCPUOP_INITIALISE: u64 = 0;
+const VCPUOP_UP: u64 = 1;
+const VCPUOP_DOWN: u64 = 2;
+const VCPUOP_GET_RUNSTATE_INFO: u64 = 4;
+const VCPUOP_SET_SINGLESHOT_TIMER: u64 = 8;
+const RUNSTATE_BLOCKED: u64 = 2;
+const SCHEDOP_BLOCK: u32 = 1;
+const CALLBACKOP_REGISTER: u64 = 0;
+const CALLBACKTYPE_EVENT: u16 = 0;
+const VGCF_IN_KERNEL: u64 = 1 << 2;
+const CTX_SIZE: usize = 5168;
+const OFF_FLAGS: usize = 512;
+const OFF_REGS: usize = 520;
+const OFF_KERNEL_SS: usize = 4968;
+const OFF_KERNEL_SP: usize = 4976;
+const OFF_CTRLREG: usize = 4984;
+/// shared_info.evtchn_pending / evtchn_mask, in u64 words.
+const PENDING_WORD0: usize = 2048 / 8;
+const MASK_WORD0: usize = 2560 / 8;
+/// Timer wakeups measured at most (each waits 1 ms).
+const TIMER_WAKEUPS_MAX: u64 = 1000;
+/// How far ahead each timer is set.
+const TIMER_AHEAD_NS: u64 = 1_000_000;
+/// Give up waiting for an upcall after this many TSC cycles (seconds at GHz rates).
+const WAIT_CYCLES: u64 = 20_000_000_000;
+const AP_STACK_SIZE: usize = 16384;
+
+/// The port whose upcalls are timed (0 = none).
+static EXPECT_PORT: AtomicU32 = AtomicU32::new(0);
+/// Upcalls that found [`EXPECT_PORT`] pending, and the TSC / pvclock time at the last one's entry.
+static HITS: AtomicU64 = AtomicU64::new(0);
+static HIT_TSC: AtomicU64 = AtomicU64::new(0);
+static HIT_SYSTIME: AtomicU64 = AtomicU64::new(0);
+/// vCPU 1: callback registered and events unmasked / about to block / told to stop.
+static AP_READY: AtomicU32 = AtomicU32::new(0);
+static AP_ARMED: AtomicU32 = AtomicU32::new(0);
+static AP_STOP: AtomicU32 = AtomicU32::new(0);
+static AP_CALLBACK_RC: AtomicU64 = AtomicU64::new(0);
+
+#[repr(C, align(16))]
+struct ApStack([u8; AP_STACK_SIZE]);
+static mut AP_STACK: ApStack = ApStack([0; AP_STACK_SIZE]);
+#[repr(C, align(64))]
+struct Ctx([u8; CTX_SIZE]);
+static mut CTX: Ctx = Ctx([0; CTX_SIZE]);
+#[repr(C, align(8))]
+struct Samples([i64; TIMER_WAKEUPS_MAX as usize]);
+static mut SAMPLES: Samples = Samples([0; TIMER_WAKEUPS_MAX as usize]);
+
+// The event callback: Xen's frame is rcx, r11, rip, cs, rflags, rsp, ss (events masked).
+// The TSC is read before anything else; then the usual register save and a call into Rust
+// (`bench_upcall(tsc, rsp)`), and back through the iret hypercall, which restores the mask.
+core::arch::global_asm!(
+    ".pushsection .text.bench_event, \"ax\"",
+    ".globl bench_event_entry",
+    "bench_event_entry:",
+    "push %rax",
+    "push %rdx",
+    "rdtsc",
+    "shl $32, %rdx",
+    "or %rax, %rdx",
+    "push %rbx", "push %rsi", "push %rdi", "push %rbp", "push %r8", "push %r9",
+    "push %r10", "push %r12", "push %r13", "push %r14", "push %r15",
+    "mov %rdx, %rdi",
+    "mov %rsp, %rsi",
+    "mov %rsp, %rbx",
+    "sub $512, %rsp",
+    "and $-16, %rsp",
+    "fxsave64 (%rsp)",
+    "cld",
+    "call bench_upcall",
+    "fxrstor64 (%rsp)",
+    "mov %rbx, %rsp",
+    "pop %r15", "pop %r14", "pop %r13", "pop %r12", "pop %r10", "pop %r9",
+    "pop %r8", "pop %rbp", "pop %rdi", "pop %rsi", "pop %rbx",
+    "pop %rdx",
+    "pop %rax",
+    "pop %rcx",
+    "pop %r11",
+    "push $0",
+    "jmp hypercall_page + 23 * 32",
+    ".popsection",
+    ".globl bench_ap_entry",
+    "bench_ap_entry:",
+    "call {main}",
+    "ud2",
+    main = sym ap_main,
+    options(att_syntax),
+);
+
+extern "C" {
+    fn bench_event_entry();
+    fn bench_ap_entry();
+}
+
+/// A word of the mapped shared_info.
+fn shinfo(word: usize) -> &'static AtomicU64 {
+    &kit::events::SHINFO.0[word % 512]
+}
+
+/// Word `i` of vCPU `me`'s vcpu_info (legacy slot in shared_info; 8 words).
+fn vcpu_info(me: usize, i: usize) -> &'static AtomicU64 {
+    shinfo(me * 8 + i)
+}
+
+fn rdtsc_ordered() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: lfence; rdtsc only orders and reads the time-stamp counter.
+    unsafe { asm!("lfence", "rdtsc", out("eax") lo, out("edx") hi, options(nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// System time (ns) from vCPU `me`'s vcpu_time_info (words 4..8 of its vcpu_info) with
+/// the version protocol (xen: public/xen.h, struct vcpu_time_info).
+fn system_time(me: usize) -> u64 {
+    loop {
+        let v = vcpu_info(me, 4).load(Ordering::Acquire) as u32;
+        if v & 1 != 0 {
+            continue;
+        }
+        let tsc_ts = vcpu_info(me, 5).load(Ordering::Acquire);
+        let st = vcpu_info(me, 6).load(Ordering::Acquire);
+        let w7 = vcpu_info(me, 7).load(Ordering::Acquire);
+        let tsc = rdtsc_ordered();
+        if vcpu_info(me, 4).load(Ordering::Acquire) as u32 != v {
+            continue;
+        }
+        let mul = w7 as u32;
+        let shift = (w7 >> 32) as u8 as i8;
+        let mut delta = tsc.wrapping_sub(tsc_ts);
+        if (delta as i64) < 0 {
+            delta = 0;
+        }
+        if shift >= 0 {
+            delta <<= shift;
+        } else {
+            delta >>= -shift;
+        }
+        return st.wrapping_add(((u128::from(delta) * u128::from(mul)) >> 32) as u64);
+    }
+}
+
+/// Which vCPU runs on stack pointer `rsp`: 1 on vCPU 1's stack, else 0.
+fn vcpu_of_stack(rsp: u64) -> usize {
+    let base = (&raw const AP_STACK) as u64;
+    usize::from((base..base + AP_STACK_SIZE as u64).contains(&rsp))
+}
+
+/// The event upcall (from `bench_event_entry`): Linux's 2-level scan over the mapped
+/// shared_info, clearing every pending unmasked port; a hit on [`EXPECT_PORT`] records
+/// `tsc` (read at the entry) and the pvclock time.
+#[no_mangle]
+extern "C" fn bench_upcall(tsc: u64, rsp: u64) {
+    let me = vcpu_of_stack(rsp);
+    let expect = EXPECT_PORT.load(Ordering::SeqCst);
+    let mut hit = false;
+    loop {
+        vcpu_info(me, 0).fetch_and(!0xff, Ordering::SeqCst);
+        let mut sel = vcpu_info(me, 1).swap(0, Ordering::SeqCst);
+        while sel != 0 {
+            let w = sel.trailing_zeros() as usize;
+            sel &= sel - 1;
+            let bits = shinfo(PENDING_WORD0 + w).load(Ordering::SeqCst)
+                & !shinfo(MASK_WORD0 + w).load(Ordering::SeqCst);
+            shinfo(PENDING_WORD0 + w).fetch_and(!bits, Ordering::SeqCst);
+            if expect != 0 && w == (expect / 64) as usize && bits & (1 << (expect % 64)) != 0 {
+                hit = true;
+            }
+        }
+        if vcpu_info(me, 0).load(Ordering::SeqCst) & 0xff == 0 {
+            break;
+        }
+    }
+    if hit {
+        HIT_TSC.store(tsc, Ordering::SeqCst);
+        HIT_SYSTIME.store(system_time(me), Ordering::SeqCst);
+        HITS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn evtchn_op(cmd: u64, arg: u64) -> i64 {
+    // SAFETY: callers pass a writable struct of the layout `cmd` expects.
+    unsafe { hc::hypercall2(HYPERVISOR_EVENT_CHANNEL_OP, cmd, arg) }
+}
+
+fn send(port: u32) -> i64 {
+    let a = [port];
+    evtchn_op(EVTCHNOP_SEND, a.as_ptr() as u64)
+}
+
+fn close(port: u32) {
+    let a = [port];
+    evtchn_op(EVTCHNOP_CLOSE, a.as_ptr() as u64);
+}
+
+/// EVTCHNOP_bind_ipi for `vcpu`: the port.
+fn bind_ipi(vcpu: u32) -> Result<u32, NotMeasured> {
+    let mut a = [vcpu, 0u32];
+    match evtchn_op(EVTCHNOP_BIND_IPI, a.as_mut_ptr() as u64) {
+        0 => Ok(a[1]),
+        rc => Err(NotMeasured("EVTCHNOP_bind_ipi", rc)),
+    }
+}
+
+fn vcpu_op(cmd: u64, vcpu: u64, arg: u64) -> i64 {
+    // SAFETY: every argument passed here is null or a buffer of the op's size.
+    unsafe { hc::hypercall3(HYPERVISOR_VCPU_OP, cmd, vcpu, arg) }
+}
+
+fn block() {
+    // SAFETY: SCHEDOP_block takes no argument.
+    unsafe { hc::sched_op(SCHEDOP_BLOCK, 0) };
+}
+
+fn yield_now() {
+    // SAFETY: SCHEDOP_yield takes no argument.
+    unsafe { hc::sched_op(SCHEDOP_YIELD, 0) };
+}
+
+/// Register `bench_event_entry` as this vCPU's event callback.
+fn register_callback() -> i64 {
+    #[repr(C)]
+    struct CallbackRegister {
+        ty: u16,
+        flags: u16,
+        pad: u32,
+        address: u64,
+    }
+    let r = CallbackRegister {
+        ty: CALLBACKTYPE_EVENT,
+        flags: 0,
+        pad: 0,
+        address: bench_event_entry as *const () as u64,
+    };
+    // SAFETY: the address is this file's upcall entry, which takes Xen's frame.
+    unsafe {
+        hc::hypercall2(
+            HYPERVISOR_CALLBACK_OP,
+            CALLBACKOP_REGISTER,
+            &r as *const CallbackRegister as u64,
+        )
+    }
+}
+
+/// Unmask events on vCPU `me` (its vcpu_info's upcall mask) and let a pending upcall in.
+fn unmask_events(me: usize) {
+    vcpu_info(me, 0).fetch_and(!(0xff << 8), Ordering::SeqCst);
+    hc::xen_version_number();
+}
+
+/// Wait (spinning) until [`HITS`] moves past `hits`; false after [`WAIT_CYCLES`].
+fn wait_hit(hits: u64) -> bool {
+    let t0 = rdtsc_ordered();
+    while HITS.load(Ordering::SeqCst) == hits {
+        if rdtsc_ordered().wrapping_sub(t0) > WAIT_CYCLES {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+fn events_and_time(si: &StartInfo, n: u64) {
+    let keys = [
+        ("evtchn_self_cycles", "evtchn_self_ops"),
+        ("evtchn_ipi_cycles", "evtchn_ipi_ops"),
+    ];
+    let rc = kit::events::map_shared_info(si);
+    let rc = if rc == 0 { register_callback() } else { rc };
+    if rc != 0 {
+        let why = NotMeasured("mapping shared_info / registering the event callback", rc);
+        for (c, o) in keys {
+            report(c, o, Err(NotMeasured(why.0, why.1)));
+        }
+        value!("timer_wakeup_count", "not measured: {} returned {}", why.0, why.1);
+        return;
+    }
+    unmask_events(0);
+    report(keys[0].0, keys[0].1, evtchn_self(n));
+    timer_wakeups(n.min(TIMER_WAKEUPS_MAX));
+    report(keys[1].0, keys[1].1, evtchn_ipi(si, n));
+}
+
+/// `n` sends to an IPI port of the sending vCPU, each upcall timed from before the send.
+fn evtchn_self(n: u64) -> Result<(u64, u64), NotMeasured> {
+    let port = bind_ipi(0)?;
+    EXPECT_PORT.store(port, Ordering::SeqCst);
+    let mut total = 0u64;
+    let mut result = Ok(());
+    for _ in 0..n {
+        let hits = HITS.load(Ordering::SeqCst);
+        let t0 = rdtsc_ordered();
+        let rc = send(port);
+        if rc != 0 {
+            result = Err(NotMeasured("EVTCHNOP_send", rc));
+            break;
+        }
+        // The upcall ran before the send returned to this code.
+        if HITS.load(Ordering::SeqCst) == hits {
+            result = Err(NotMeasured("the upcall as the send returned", 0));
+            break;
+        }
+        total += HIT_TSC.load(Ordering::SeqCst).wrapping_sub(t0);
+    }
+    EXPECT_PORT.store(0, Ordering::SeqCst);
+    close(port);
+    result.map(|()| (total, n))
+}
+
+/// Timer wakeups: print their lateness (pvclock at the upcall minus the deadline).
+fn timer_wakeups(m: u64) {
+    let mut a = [VIRQ_TIMER, 0u32, 0u32];
+    let rc = evtchn_op(EVTCHNOP_BIND_VIRQ, a.as_mut_ptr() as u64);
+    if rc != 0 {
+        value!("timer_wakeup_count", "not measured: EVTCHNOP_bind_virq returned {}", rc);
+        return;
+    }
+    let port = a[2];
+    EXPECT_PORT.store(port, Ordering::SeqCst);
+    // SAFETY: only vCPU 0 runs this; the upcall does not touch SAMPLES.
+    let samples = unsafe { &mut (*(&raw mut SAMPLES)).0 };
+    let mut failed: Option<NotMeasured> = None;
+    for s in samples.iter_mut().take(m as usize) {
+        let hits = HITS.load(Ordering::SeqCst);
+        let deadline = system_time(0) + TIMER_AHEAD_NS;
+        let arg = [deadline, 0u64];
+        let rc = vcpu_op(VCPUOP_SET_SINGLESHOT_TIMER, 0, arg.as_ptr() as u64);
+        if rc != 0 {
+            failed = Some(NotMeasured("VCPUOP_set_singleshot_timer", rc));
+            break;
+        }
+        let mut blocks = 0;
+        while HITS.load(Ordering::SeqCst) == hits && blocks < 10_000 {
+            block();
+            blocks += 1;
+        }
+        if HITS.load(Ordering::SeqCst) == hits {
+            failed = Some(NotMeasured("waiting for VIRQ_TIMER (10000 SCHEDOP_block)", 0));
+            break;
+        }
+        *s = HIT_SYSTIME.load(Ordering::SeqCst).wrapping_sub(deadline) as i64;
+    }
+    EXPECT_PORT.store(0, Ordering::SeqCst);
+    close(port);
+    match failed {
+        Some(NotMeasured(what, 0)) => {
+            value!("timer_wakeup_count", "not measured: {} failed", what);
+            return;
+        }
+        Some(NotMeasured(what, rc)) => {
+            value!("timer_wakeup_count", "not measured: {} returned {}", what, rc);
+            return;
+        }
+        None => {}
+    }
+    let v = &mut samples[..m as usize];
+    v.sort_unstable();
+    let sum: i128 = v.iter().map(|&x| i128::from(x)).sum();
+    value!("timer_wakeup_count", "{}", m);
+    value!("timer_wakeup_ahead_ns", "{}", TIMER_AHEAD_NS);
+    value!("timer_wakeup_late_mean_ns", "{}", sum / i128::from(m.max(1)));
+    value!("timer_wakeup_late_median_ns", "{}", v[v.len() / 2]);
+    value!("timer_wakeup_late_min_ns", "{}", v[0]);
+    value!("timer_wakeup_late_max_ns", "{}", v[v.len() - 1]);
+}
+
+fn put(b: &mut [u8; CTX_SIZE], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// vCPU 1's context: entry `bench_ap_entry`, its own stack, the current page tables.
+fn ap_context(si: &StartInfo) -> u64 {
+    // SAFETY: only vCPU 0 builds the context, before vCPU 1 runs.
+    let b = unsafe { &mut (*(&raw mut CTX)).0 };
+    b.fill(0);
+    let top = (&raw const AP_STACK) as u64 + AP_STACK_SIZE as u64;
+    put(b, OFF_FLAGS, VGCF_IN_KERNEL);
+    put(b, OFF_REGS + 16 * 8, bench_ap_entry as *const () as u64); // rip
+    put(b, OFF_REGS + 17 * 8, u64::from(FLAT_KERNEL_CS)); // cs
+    put(b, OFF_REGS + 18 * 8, 0x202); // rflags
+    put(b, OFF_REGS + 19 * 8, top); // rsp: aligned before bench_ap_entry's `call`
+    put(b, OFF_REGS + 20 * 8, u64::from(FLAT_KERNEL_SS)); // ss
+    put(b, OFF_KERNEL_SS, u64::from(FLAT_KERNEL_SS));
+    put(b, OFF_KERNEL_SP, top);
+    put(b, OFF_CTRLREG + 3 * 8, mfn_of(si.pt_base) << 12);
+    b.as_ptr() as u64
+}
+
+/// vCPU 1: register the callback, unmask, then block until told to stop; each block ends
+/// with vCPU 0's event delivered to the upcall.
+extern "C" fn ap_main() -> ! {
+    AP_CALLBACK_RC.store(register_callback() as u64, Ordering::SeqCst);
+    unmask_events(1);
+    AP_READY.store(1, Ordering::SeqCst);
+    while AP_STOP.load(Ordering::SeqCst) == 0 {
+        AP_ARMED.store(1, Ordering::SeqCst);
+        block();
+    }
+    vcpu_op(VCPUOP_DOWN, 1, 0);
+    loop {
+        yield_now();
+    }
+}
+
+/// Whether vCPU 1 is in RUNSTATE_blocked (VCPUOP_get_runstate_info).
+fn ap_blocked() -> bool {
+    let mut info = [0u64; 6];
+    vcpu_op(VCPUOP_GET_RUNSTATE_INFO, 1, info.as_mut_ptr() as u64) == 0
+        && info[0] & 0xffff_ffff == RUNSTATE_BLOCKED
+}
+
+/// `n` sends from vCPU 0 to blocked vCPU 1, each timed to vCPU 1's upcall entry.
+fn evtchn_ipi(si: &StartInfo, n: u64) -> Result<(u64, u64), NotMeasured> {
+    let port = bind_ipi(1)?;
+    let rc = vcpu_op(VCPUOP_INITIALISE, 1, ap_context(si));
+    if rc != 0 {
+        close(port);
+        return Err(NotMeasured("VCPUOP_initialise(vCPU 1)", rc));
+    }
+    let rc = vcpu_op(VCPUOP_UP, 1, 0);
+    if rc != 0 {
+        close(port);
+        return Err(NotMeasured("VCPUOP_up(vCPU 1)", rc));
+    }
+    let mut result = Ok(());
+    let mut spins = 0u32;
+    while AP_READY.load(Ordering::SeqCst) == 0 {
+        spins += 1;
+        if spins > 1_000_000 {
+            result = Err(NotMeasured("starting vCPU 1", 0));
+            break;
+        }
+        yield_now();
+    }
+    let cb = AP_CALLBACK_RC.load(Ordering::SeqCst) as i64;
+    if result.is_ok() && cb != 0 {
+        result = Err(NotMeasured("callback_op on vCPU 1", cb));
+    }
+    EXPECT_PORT.store(port, Ordering::SeqCst);
+    let mut total = 0u64;
+    let mut done = 0;
+    while result.is_ok() && done < n {
+        // vCPU 1 must be inside SCHEDOP_block before the timed send.
+        let w0 = rdtsc_ordered();
+        while AP_ARMED.load(Ordering::SeqCst) == 0 || !ap_blocked() {
+            if rdtsc_ordered().wrapping_sub(w0) > WAIT_CYCLES {
+                result = Err(NotMeasured("waiting for vCPU 1 to block", 0));
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        if result.is_err() {
+            break;
+        }
+        AP_ARMED.store(0, Ordering::SeqCst);
+        let hits = HITS.load(Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let t0 = rdtsc_ordered();
+        let rc = send(port);
+        if rc != 0 {
+            result = Err(NotMeasured("EVTCHNOP_send", rc));
+            break;
+        }
+        if !wait_hit(hits) {
+            result = Err(NotMeasured("waiting for vCPU 1's upcall", 0));
+            break;
+        }
+        total += HIT_TSC.load(Ordering::SeqCst).wrapping_sub(t0);
+        done += 1;
+    }
+    EXPECT_PORT.store(0, Ordering::SeqCst);
+    AP_STOP.store(1, Ordering::SeqCst);
+    send(port);
+    result.map(|()| (total, n))
 }

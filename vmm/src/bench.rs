@@ -20,6 +20,12 @@
 //! (a guest `mov` into one of its own L1 entries, emulated by kxen's ptwr path), each as ns
 //! per PTE update, updates per second and the ratio to the floor.
 //!
+//! Events and time ([`EVENTS`], same run, in the bench guest, which brings up a second
+//! vCPU for it): event-channel send-to-upcall latency on the sending vCPU itself
+//! (`evtchn_self`) and to another vCPU blocked in `SCHEDOP_block` (`evtchn_ipi`), per
+//! operation and as a ratio to the floor; and timer wakeup lateness ([`TimerWakeup`]:
+//! singleshot timers 1 ms ahead, `SCHEDOP_block`, pvclock read in the `VIRQ_TIMER` upcall).
+//!
 //! Every loop is timed by the guest's own TSC (`rdtsc` before and after N operations);
 //! cycles are converted to ns with KVM's TSC frequency (`KVM_GET_TSC_KHZ`). Ring-0 phases
 //! run [`ROUNDS`] interleaved rounds (median kept, ratio = median of per-round ratios);
@@ -123,6 +129,8 @@ pub enum Section {
     Breakdown,
     /// PTE updates ([`PV_MEMORY`]): one operation is one PTE update.
     PvMemory,
+    /// Event channels and timers ([`EVENTS`], [`TimerWakeup`]).
+    Events,
 }
 
 impl Section {
@@ -132,6 +140,8 @@ impl Section {
             Self::Headline
         } else if PV_MEMORY.contains(&name) {
             Self::PvMemory
+        } else if EVENTS.contains(&name) || name == TIMER_WAKEUP {
+            Self::Events
         } else {
             Self::Breakdown
         }
@@ -149,8 +159,14 @@ pub const PV_MEMORY: [&str; 4] = [
     "ptwr_store",
 ];
 
+/// The event-channel measurements, in the order printed.
+pub const EVENTS: [&str; 2] = ["evtchn_self", "evtchn_ipi"];
+
+/// Name of the timer-wakeup line ([`TimerWakeup`]).
+pub const TIMER_WAKEUP: &str = "timer_wakeup";
+
 /// What each guest-timed phase measures (bench guest key prefix, description).
-const GUEST_MODES: [(&str, &str); 6] = [
+const GUEST_MODES: [(&str, &str); 8] = [
     (
         "mmuext_flush",
         "mmuext_op(TLB_FLUSH_LOCAL) from the bench guest: a hypercall plus kxen's ring-0 CR3 reload exit, no PTE written",
@@ -175,7 +191,35 @@ const GUEST_MODES: [(&str, &str); 6] = [
         "ptwr_store",
         "PTE update by a guest 64-bit mov into its own L1 (writable page tables: #PF, kxen emulates, replay exit)",
     ),
+    (
+        "evtchn_self",
+        "EVTCHNOP_send on an IPI port of the sending vCPU: rdtsc before the send to rdtsc at its upcall entry (bounced as the send returns; the upcall's iret not counted)",
+    ),
+    (
+        "evtchn_ipi",
+        "EVTCHNOP_send from vCPU 0 to an IPI port of vCPU 1 blocked in SCHEDOP_block: vCPU 0's rdtsc before the send to vCPU 1's rdtsc at its upcall entry (wake, block returns, upcall bounce)",
+    ),
 ];
+
+/// Timer wakeup lateness measured by the bench guest: `count` times a singleshot timer
+/// (`VCPUOP_set_singleshot_timer`) `ahead_ns` after pvclock now, then `SCHEDOP_block`; in
+/// the `VIRQ_TIMER` upcall the guest reads pvclock system time. Lateness = that time minus
+/// the deadline (negative = early).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TimerWakeup {
+    /// Wakeups measured.
+    pub count: u64,
+    /// How far ahead each timer was set (ns).
+    pub ahead_ns: u64,
+    /// Mean lateness (ns).
+    pub mean_ns: i64,
+    /// Median lateness (ns).
+    pub median_ns: i64,
+    /// Smallest lateness (ns).
+    pub min_ns: i64,
+    /// Largest lateness (ns).
+    pub max_ns: i64,
+}
 /// An operation that could not be measured in this run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Missing {
@@ -208,6 +252,8 @@ pub struct BenchReport {
     pub results: Vec<Measurement>,
     /// Operations that could not be measured.
     pub missing: Vec<Missing>,
+    /// Timer wakeup lateness, when measured (else a [`Missing`] `timer_wakeup`).
+    pub timer_wakeup: Option<TimerWakeup>,
     /// Observations about this host (e.g. the CPL after `syscall`).
     pub notes: Vec<String>,
 }
@@ -300,6 +346,29 @@ impl fmt::Display for BenchReport {
             )?;
         }
         missing(f, Section::PvMemory)?;
+        writeln!(
+            f,
+            "events and time (same run, bench guest, rdtsc / pvclock in the guest; ratio = ns / floor (exit)):"
+        )?;
+        for m in self.results.iter().filter(|m| m.section == Section::Events) {
+            line(f, m)?;
+        }
+        if let Some(t) = &self.timer_wakeup {
+            writeln!(
+                f,
+                "{:<17} late by mean {} ns, median {} ns, min {} ns, max {} ns  [{} wakeups]  \
+                 singleshot timer {} ns ahead (VCPUOP_set_singleshot_timer), SCHEDOP_block, \
+                 pvclock system time read in the VIRQ_TIMER upcall minus the deadline",
+                format!("{TIMER_WAKEUP}:"),
+                t.mean_ns,
+                t.median_ns,
+                t.min_ns,
+                t.max_ns,
+                t.count,
+                t.ahead_ns
+            )?;
+        }
+        missing(f, Section::Events)?;
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
         }
@@ -329,6 +398,7 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
         tsc_khz: khz,
         results: Vec::new(),
         missing: Vec::new(),
+        timer_wakeup: None,
         notes: Vec::new(),
     };
     // Every ring-0 phase ROUNDS times, interleaved (load on a shared host changes over
@@ -368,16 +438,18 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
         report.results.push(p.finish(khz, floor_ns, &floor_rounds));
     }
     match guest_phases(iterations) {
-        Ok((phases, missing)) => {
+        Ok((phases, missing, timer)) => {
             for p in phases {
                 report.results.push(p.finish(khz, floor_ns, &[]));
             }
             report.missing.extend(missing);
+            report.timer_wakeup = timer;
         }
         Err(reason) => {
             let names = ["hypercall", "exception"]
                 .into_iter()
-                .chain(GUEST_MODES.iter().map(|&(n, _)| n));
+                .chain(GUEST_MODES.iter().map(|&(n, _)| n))
+                .chain([TIMER_WAKEUP]);
             for name in names {
                 report.missing.push(Missing::new(name, reason.clone()));
             }
@@ -394,6 +466,12 @@ pub fn run(iterations: u64) -> Result<BenchReport, BenchError> {
                     .iter()
                     .position(|&h| h == m.name)
                     .map(|i| HEADLINE.len() + 1 + i)
+            })
+            .or_else(|| {
+                EVENTS
+                    .iter()
+                    .position(|&h| h == m.name)
+                    .map(|i| HEADLINE.len() + 1 + PV_MEMORY.len() + i)
             })
             .unwrap_or(HEADLINE.len())
     });
@@ -1025,21 +1103,23 @@ impl Write for Captured {
 /// its phases, at tens of µs each, on a loaded host), but bounded, since a guest kxen
 /// cannot serve yet spins forever.
 fn guest_timeout(iterations: u64) -> Duration {
-    Duration::from_secs(20).saturating_add(Duration::from_millis(iterations.saturating_mul(4)))
+    Duration::from_secs(20).saturating_add(Duration::from_millis(iterations.saturating_mul(5)))
 }
 
 /// Boot the bench guest with `iterations=N`; `Err` says why nothing could be measured;
-/// modes the guest could not run come back as [`Missing`].
+/// modes the guest could not run come back as [`Missing`]. Two vCPUs (`evtchn_ipi`).
 /// The domain runs on its own thread so that a guest that never shuts down only costs the
 /// timeout (the thread is then left behind; the process exits after the report).
-fn guest_phases(iterations: u64) -> Result<(Vec<Phase>, Vec<Missing>), String> {
+type GuestResults = (Vec<Phase>, Vec<Missing>, Option<TimerWakeup>);
+
+fn guest_phases(iterations: u64) -> Result<GuestResults, String> {
     let spec = LaunchSpec {
         name: "kxen-bench".into(),
         kernel: BENCH_GUEST.to_vec(),
         initrd: Vec::new(),
         cmdline: format!("iterations={iterations}"),
         memory_mib: 32,
-        vcpus: 1,
+        vcpus: 2,
         privileged: false,
         ..Default::default()
     };
@@ -1089,7 +1169,14 @@ fn guest_phases(iterations: u64) -> Result<(Vec<Phase>, Vec<Missing>), String> {
         ));
     }
     debug!("bench guest: {stats}");
-    let (mut phases, missing) = phases_from_console(&text, iterations)?;
+    let (mut phases, mut missing) = phases_from_console(&text, iterations)?;
+    let timer = match timer_wakeup_from_console(&text) {
+        Ok(t) => Some(t),
+        Err(reason) => {
+            missing.push(Missing::new(TIMER_WAKEUP, reason));
+            None
+        }
+    };
     for p in &mut phases {
         // Exits the VMM saw for the whole guest run (a few come from outside the loops);
         // the mmu_update modes share one counter, so none is given for them.
@@ -1101,7 +1188,7 @@ fn guest_phases(iterations: u64) -> Result<(Vec<Phase>, Vec<Missing>), String> {
             _ => None,
         };
     }
-    Ok((phases, missing))
+    Ok((phases, missing, timer))
 }
 
 /// The VMM's counters for one bench guest run.
@@ -1195,6 +1282,43 @@ fn phases_from_console(
         }
     }
     Ok((phases, missing))
+}
+
+/// The timer wakeup figures from the bench guest's console; `Err` with the guest's reason
+/// (`timer_wakeup_count=not measured: ...`) or the value missing or malformed.
+fn timer_wakeup_from_console(console: &str) -> Result<TimerWakeup, String> {
+    let values = parse_values(console);
+    let raw = |key: &str| {
+        values
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| format!("bench guest printed no {key} value"))
+    };
+    let count = raw("timer_wakeup_count")?;
+    if let Some(reason) = count.strip_prefix("not measured: ") {
+        return Err(format!("bench guest: {reason}"));
+    }
+    let int = |key: &str| -> Result<i64, String> {
+        let v = raw(key)?;
+        v.parse()
+            .map_err(|_| format!("bench guest: {key}={v} is not a number"))
+    };
+    let count = int("timer_wakeup_count")?;
+    let ahead = int("timer_wakeup_ahead_ns")?;
+    if count <= 0 || ahead < 0 {
+        return Err(format!(
+            "bench guest: {count} timer wakeups {ahead} ns ahead is not a measurement"
+        ));
+    }
+    Ok(TimerWakeup {
+        count: count as u64,
+        ahead_ns: ahead as u64,
+        mean_ns: int("timer_wakeup_late_mean_ns")?,
+        median_ns: int("timer_wakeup_late_median_ns")?,
+        min_ns: int("timer_wakeup_late_min_ns")?,
+        max_ns: int("timer_wakeup_late_max_ns")?,
+    })
 }
 
 /// `KXEN-TEST: VALUE name=value` pairs from a console transcript.
@@ -1350,6 +1474,7 @@ mod tests {
             tsc_khz: 1_000_000,
             results: vec![p.finish(1_000_000, 500.0, &[])],
             missing: vec![Missing::new("ptwr_store", "bench guest: no".into())],
+            timer_wakeup: None,
             notes: Vec::new(),
         };
         let text = report.to_string();
@@ -1362,6 +1487,79 @@ mod tests {
             text.contains("1000.0 ns/update    1000000 updates/s    2.000x floor"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn timer_wakeup_is_parsed_or_missing_with_the_guests_reason() {
+        let c = "KXEN-TEST: VALUE timer_wakeup_count=3\nKXEN-TEST: VALUE timer_wakeup_ahead_ns=1000000\n\
+                 KXEN-TEST: VALUE timer_wakeup_late_mean_ns=200\nKXEN-TEST: VALUE timer_wakeup_late_median_ns=150\n\
+                 KXEN-TEST: VALUE timer_wakeup_late_min_ns=-5\nKXEN-TEST: VALUE timer_wakeup_late_max_ns=900\n";
+        let t = timer_wakeup_from_console(c).unwrap();
+        assert_eq!(
+            t,
+            TimerWakeup {
+                count: 3,
+                ahead_ns: 1_000_000,
+                mean_ns: 200,
+                median_ns: 150,
+                min_ns: -5,
+                max_ns: 900
+            }
+        );
+        let no =
+            "KXEN-TEST: VALUE timer_wakeup_count=not measured: EVTCHNOP_bind_virq returned -22\n";
+        assert_eq!(
+            timer_wakeup_from_console(no).unwrap_err(),
+            "bench guest: EVTCHNOP_bind_virq returned -22"
+        );
+        let short =
+            "KXEN-TEST: VALUE timer_wakeup_count=3\nKXEN-TEST: VALUE timer_wakeup_ahead_ns=1\n";
+        assert!(timer_wakeup_from_console(short)
+            .unwrap_err()
+            .contains("timer_wakeup_late_mean_ns"));
+        assert!(timer_wakeup_from_console("")
+            .unwrap_err()
+            .contains("printed no timer_wakeup_count"));
+        assert_eq!(Section::of("evtchn_ipi"), Section::Events);
+        assert_eq!(Section::of(TIMER_WAKEUP), Section::Events);
+    }
+
+    #[test]
+    fn event_lines_and_timer_wakeup_print_under_the_events_heading() {
+        let p = Phase {
+            name: "evtchn_ipi",
+            what: "w".into(),
+            iterations: 10,
+            cycles: 10_000,
+            wall_ns: None,
+            exits: None,
+            round_cycles: Vec::new(),
+        };
+        let report = BenchReport {
+            iterations: 10,
+            tsc_khz: 1_000_000,
+            results: vec![p.finish(1_000_000, 500.0, &[])],
+            missing: vec![Missing::new("evtchn_self", "bench guest: no".into())],
+            timer_wakeup: Some(TimerWakeup {
+                count: 10,
+                ahead_ns: 1_000_000,
+                mean_ns: 1,
+                median_ns: 2,
+                min_ns: 0,
+                max_ns: 3,
+            }),
+            notes: Vec::new(),
+        };
+        let text = report.to_string();
+        let heading = text.find("events and time").expect("heading");
+        let ipi = text.find("evtchn_ipi:").expect("ipi line");
+        let timer = text
+            .find("timer_wakeup:     late by mean 1 ns, median 2 ns, min 0 ns, max 3 ns  [10 wakeups]")
+            .expect("timer line");
+        let gone = text.find("evtchn_self:      not measured: bench guest: no");
+        assert!(heading < ipi && heading < timer, "{text}");
+        assert!(gone.is_some_and(|g| g > heading), "{text}");
+        assert!(text.contains("1000.0 ns/op    2.000x floor"), "{text}");
     }
 
     #[test]

@@ -241,6 +241,13 @@ impl StopHandle {
     }
 }
 
+/// Whether a vCPU interrupted at `rip` may be redirected (an upcall, a flush before the
+/// next guest instruction): only in guest code, never in kxen's stubs in Xen's reserved
+/// virtual range (slot 257), which no guest mapping can reach.
+fn redirectable(rip: u64) -> bool {
+    !xen_abi::arch::in_hypervisor_range(rip)
+}
+
 /// A created domain, ready to run.
 pub struct Domain {
     stop: StopHandle,
@@ -533,16 +540,16 @@ impl Runner<'_> {
                     .shared
                     .events_need_delivery(self.vm.ram(), self.vcpu.id())
             {
-                // Redirect the guest only if it stopped in guest code (not in a ring-0 stub,
+                // Redirect the guest only if it stopped in guest code (not in a kxen stub,
                 // which exits again at once anyway).
-                resume = self.vcpu.interrupted_guest_state()?;
+                resume = self.interrupted_in_guest_code()?;
             }
             if let Some(f) = self.shared.smp().map(|s| &s.flush) {
                 // Another vCPU asked this one to flush: do it before any guest instruction
                 // (a vCPU stopped in a ring-0 stub exits again at once and flushes then).
                 if f.pending(self.vcpu.id()) {
                     if resume.is_none() {
-                        resume = self.vcpu.interrupted_guest_state()?;
+                        resume = self.interrupted_in_guest_code()?;
                     }
                     if resume.is_some() && f.ack(self.vcpu.id()) {
                         let cr3 = self.vcpu.pv().current_cr3();
@@ -561,6 +568,20 @@ impl Runner<'_> {
             }
         };
         Ok(crash)
+    }
+
+    /// After [`VcpuExit::Interrupted`]: where the guest stopped, if it stopped in its own
+    /// code. `None` inside kxen's stubs: those in ring 0, and the LSTAR stub, which runs at
+    /// CPL3 with the guest's code segment on this host (`syscall` stays at CPL3) but lives in
+    /// Xen's reserved range, where no guest code can run. A vCPU stopped there is half-way
+    /// into a hypercall: an upcall delivered now would run before the hypercall the guest
+    /// already committed to (e.g. `SCHEDOP_block` after its last check for events), which
+    /// then blocks with the event consumed. Xen delivers only at the hypercall's return.
+    fn interrupted_in_guest_code(&mut self) -> Result<Option<(GuestRegs, GuestCs)>, LaunchError> {
+        Ok(self
+            .vcpu
+            .interrupted_guest_state()?
+            .filter(|(regs, _)| redirectable(regs.rip)))
     }
 
     /// After a hypercall: wait until the other vCPUs it asked to flush have acknowledged
@@ -592,6 +613,14 @@ impl Runner<'_> {
         }
         tracing::debug!(vcpu = id, "vCPU down");
         let shared = self.shared;
+        // xen: the runstate area of a down vCPU says RUNSTATE_offline (written through its
+        // own page tables, as at a context switch), running again once it is up.
+        let flag = self
+            .vcpu
+            .pv()
+            .vm_assist(xen_abi::mmu::VMASST_TYPE_RUNSTATE_UPDATE_FLAG);
+        let cr3 = self.vcpu.cr3();
+        shared.set_vcpu_runstate(self.vm.ram(), cr3, id, crate::time::RunState::Offline, flag);
         // A down vCPU runs no guest code: it flushes when it runs again.
         smp.flush.set_idle(id, true);
         let run = matches!(
@@ -599,6 +628,9 @@ impl Runner<'_> {
             crate::smp::Wake::Run(_)
         );
         smp.flush.set_idle(id, false);
+        if run {
+            shared.set_vcpu_runstate(self.vm.ram(), cr3, id, crate::time::RunState::Running, flag);
+        }
         run
     }
 
@@ -620,15 +652,17 @@ impl Runner<'_> {
                     match applied {
                         Ok(()) => {
                             tracing::debug!(vcpu = id, "vCPU up");
-                            if let Some(t) = shared.time() {
-                                t.set_runstate(
-                                    self.vm.ram(),
-                                    None,
-                                    id,
-                                    crate::time::RunState::Running,
-                                    false,
-                                );
-                            }
+                            let flag = self
+                                .vcpu
+                                .pv()
+                                .vm_assist(xen_abi::mmu::VMASST_TYPE_RUNSTATE_UPDATE_FLAG);
+                            shared.set_vcpu_runstate(
+                                self.vm.ram(),
+                                self.vcpu.cr3(),
+                                id,
+                                crate::time::RunState::Running,
+                                flag,
+                            );
                             shared.publish_vcpu_time(self.vm.ram(), None, id);
                             self.run_loop(table).map_err(|e| e.to_string())
                         }
@@ -907,5 +941,27 @@ impl Domain {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redirectable;
+    use xen_abi::arch::{KXEN_RING0_VIRT_START, L4_SLOT_SIZE};
+
+    #[test]
+    fn a_vcpu_stopped_in_kxens_stubs_is_never_redirected_into_an_upcall() {
+        // Anywhere in kxen's ring-0 slot, where the LSTAR stub runs at CPL3 on this host.
+        for rip in [
+            KXEN_RING0_VIRT_START,
+            KXEN_RING0_VIRT_START + 0x1000 + 4,
+            KXEN_RING0_VIRT_START + L4_SLOT_SIZE - 1,
+        ] {
+            assert!(!redirectable(rip), "{rip:#x}");
+        }
+        // Guest kernel and user code.
+        for rip in [0xffff_ffff_8000_1000, 0xffff_8800_0000_0000, 0x40_1000] {
+            assert!(redirectable(rip), "{rip:#x}");
+        }
     }
 }

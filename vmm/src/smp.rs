@@ -400,6 +400,23 @@ impl Smp {
 }
 
 impl crate::domain::DomainShared {
+    /// `vcpu` went down (`RunState::Offline`) or runs again (`RunState::Running`): account
+    /// the change and rewrite its registered runstate area through page tables `cr3` (xen:
+    /// the area is updated at the context switch, in the vCPU's own address space).
+    pub fn set_vcpu_runstate(
+        &self,
+        ram: &crate::memory::GuestRam,
+        cr3: u64,
+        vcpu: u32,
+        state: crate::time::RunState,
+        runstate_update_flag: bool,
+    ) {
+        if let Some(t) = self.time() {
+            let virt = crate::memory::GuestVirt::new(ram, cr3);
+            t.set_runstate(ram, Some(virt), vcpu, state, runstate_update_flag);
+        }
+    }
+
     /// The domain is ending (its shutdown reason is set): wake every vCPU thread, blocked
     /// in the guest's `SCHEDOP_block`, parked down, or in `KVM_RUN`, so each sees it.
     pub fn end_all_vcpus(&self) {

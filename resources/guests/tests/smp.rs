@@ -4,6 +4,9 @@
 //! arrives, answers with an IPI to vCPU 0, then goes down (VCPUOP_down) — except the last
 //! vCPU of smp_4, which spins without hypercalls to prove the shutdown stops a running vCPU.
 //! vCPU 0 waits for all of it and powers off.
+//! Runstate: vCPU 0 registers vCPU 1's runstate area before bringing it up (offline); once
+//! vCPU 1 went down the area must say offline with its running time accounted; vCPU 0 then
+//! brings it up again (VCPUOP_up) and the area must say running, offline time accounted.
 //! Remote TLB flushes: vCPU 1 spins reading a page through a VA (no hypercalls, so its TLB
 //! stays hot); vCPU 0 remaps the VA with update_va_mapping(UVMF_INVLPG|UVMF_ALL), then
 //! remaps it back without a flush and flushes with MMUEXT_TLB_FLUSH_MULTI naming vCPU 1;
@@ -33,6 +36,9 @@ const VCPUOP_INITIALISE: u64 = 0;
 const VCPUOP_UP: u64 = 1;
 const VCPUOP_DOWN: u64 = 2;
 const VCPUOP_IS_UP: u64 = 3;
+const VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA: u64 = 5;
+const RUNSTATE_RUNNING: u64 = 0;
+const RUNSTATE_OFFLINE: u64 = 3;
 const VGCF_IN_KERNEL: u64 = 1 << 2;
 const CTX_SIZE: usize = 5168;
 const OFF_FLAGS: usize = 512;
@@ -50,6 +56,10 @@ static PONGS: AtomicU32 = AtomicU32::new(0);
 static AP_PORT: [AtomicU32; 4] = [const { AtomicU32::new(0) }; 4];
 /// vCPU 0's IPI port.
 static BSP_PORT: AtomicU32 = AtomicU32::new(0);
+/// vCPU 1's runstate area (struct vcpu_runstate_info: state, state_entry_time, time[4]),
+/// registered by vCPU 0.
+static RUNSTATE1: [AtomicU64; 6] = [const { AtomicU64::new(u64::MAX) }; 6];
+
 /// Entry argument (rdi) each vCPU saw.
 static SEEN_ID: [AtomicU64; 4] = [const { AtomicU64::new(u64::MAX) }; 4];
 
@@ -232,7 +242,7 @@ fn context(si: &StartInfo, id: u32) -> u64 {
     put(b, OFF_REGS + 16 * 8, kit_smp_ap_entry as *const () as usize as u64); // rip
     put(b, OFF_REGS + 17 * 8, u64::from(FLAT_KERNEL_CS)); // cs
     put(b, OFF_REGS + 18 * 8, 0x202); // rflags
-    put(b, OFF_REGS + 19 * 8, stack_top - 8); // rsp (as after a call)
+    put(b, OFF_REGS + 19 * 8, stack_top); // rsp: aligned before kit_smp_ap_entry's `call`
     put(b, OFF_REGS + 20 * 8, u64::from(FLAT_KERNEL_SS)); // ss
     put(b, OFF_KERNEL_SS, u64::from(FLAT_KERNEL_SS));
     put(b, OFF_KERNEL_SP, stack_top);
@@ -278,6 +288,18 @@ fn kmain(si: &'static StartInfo) {
         -EFAULT
     );
 
+    // vCPU 1's runstate area, registered before it first runs: offline until it is up.
+    let area = (&raw const RUNSTATE1) as u64;
+    check_eq!(
+        "register_runstate_area_vcpu1",
+        vcpu_op(VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA, 1, (&raw const area) as u64),
+        0
+    );
+    check_eq!(
+        "runstate_vcpu1_offline_before_up",
+        RUNSTATE1[0].load(Ordering::SeqCst) & 0xffff_ffff,
+        RUNSTATE_OFFLINE
+    );
     for id in 1..NR {
         let c = context(si, id);
         check_eq!("initialise", vcpu_op(VCPUOP_INITIALISE, u64::from(id), c), 0);
@@ -327,4 +349,21 @@ fn kmain(si: &'static StartInfo) {
     if NR == 4 {
         check_eq!("still_up_vcpu3", vcpu_op(VCPUOP_IS_UP, 3, 0), 1);
     }
+    runstate_down_up();
+}
+
+/// vCPU 1 went down: its runstate area must say RUNSTATE_offline with the time it ran
+/// accounted; after VCPUOP_up it says running, with time accounted to offline.
+fn runstate_down_up() {
+    let state = || RUNSTATE1[0].load(Ordering::SeqCst) & 0xffff_ffff;
+    let offline = wait_until("runstate_vcpu1_offline", || state() == RUNSTATE_OFFLINE);
+    check!("runstate_vcpu1_offline", offline, "state {}", state());
+    let ran = RUNSTATE1[2].load(Ordering::SeqCst);
+    check!("runstate_vcpu1_running_time_accounted", ran > 0 && ran != u64::MAX, "time[running] {}", ran);
+    check_eq!("up_again_vcpu1", vcpu_op(VCPUOP_UP, 1, 0), 0);
+    let running = wait_until("runstate_vcpu1_running_again", || state() == RUNSTATE_RUNNING);
+    check!("runstate_vcpu1_running_again", running, "state {}", state());
+    let off = RUNSTATE1[5].load(Ordering::SeqCst);
+    check!("runstate_vcpu1_offline_time_accounted", off > 0 && off != u64::MAX, "time[offline] {}", off);
+    value!("runstate_vcpu1_offline_ns", "{}", off);
 }
