@@ -169,19 +169,19 @@ pub const TIMER_WAKEUP: &str = "timer_wakeup";
 const GUEST_MODES: [(&str, &str); 8] = [
     (
         "mmuext_flush",
-        "mmuext_op(TLB_FLUSH_LOCAL) from the bench guest: a hypercall plus kxen's ring-0 CR3 reload exit, no PTE written",
+        "mmuext_op(TLB_FLUSH_LOCAL) from the bench guest: a hypercall whose return runs kxen's ring-0 CR3 reload (folded into the return, no exit of its own), no PTE written",
     ),
     (
         "mmu_update_x1",
-        "PTE update through mmu_update batches of 1 request (one hypercall + one replay exit per batch)",
+        "PTE update through mmu_update batches of 1 request (one hypercall per batch; the ring-0 replay runs on its return)",
     ),
     (
         "mmu_update_x32",
-        "PTE update through mmu_update batches of 32 requests (one hypercall + one replay exit per batch)",
+        "PTE update through mmu_update batches of 32 requests (one hypercall per batch; the ring-0 replay runs on its return)",
     ),
     (
         "mmu_update_x512",
-        "PTE update through mmu_update batches of 512 requests (one hypercall + one replay exit per batch)",
+        "PTE update through mmu_update batches of 512 requests (one hypercall per batch; the ring-0 replay runs on its return)",
     ),
     (
         "mmu_same_x512",
@@ -189,7 +189,7 @@ const GUEST_MODES: [(&str, &str); 8] = [
     ),
     (
         "ptwr_store",
-        "PTE update by a guest 64-bit mov into its own L1 (writable page tables: #PF, kxen emulates, replay exit)",
+        "PTE update by a guest 64-bit mov into its own L1 (writable page tables: #PF, kxen emulates, replay on the return)",
     ),
     (
         "evtchn_self",
