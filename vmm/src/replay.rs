@@ -42,24 +42,42 @@ pub const FRAME_WORDS: usize = 6;
 const DISP32_LIMIT: u64 = 1 << 31;
 
 /// The code that rewrites the entries at guest-physical addresses `gpas` (8-byte aligned,
-/// inside guest RAM: the caller checks), then ends as `end` says. The register `rdi` must
+/// sorted and deduplicated, inside guest RAM: the caller checks) as [`writes`] says, then
+/// ends as `end` says. The register `rdi` must
 /// hold [`GUEST_ALIAS_BASE`] on entry; it is clobbered (restored from the frame by
 /// [`End::Return`]).
 pub fn program(gpas: &[u64], end: End) -> Vec<u8> {
     let mut code = Vec::with_capacity(gpas.len() * 8 + MAX_END_BYTES);
-    // Entries the 32-bit displacement reaches first, with rdi at the alias base...
-    for &gpa in gpas.iter().filter(|&&g| g < DISP32_LIMIT) {
-        // lock orq $0, disp32(%rdi)
-        code.extend_from_slice(&[0xf0, 0x48, 0x83, 0x8f]);
+    let mut far = Vec::new();
+    for w in writes(gpas) {
+        let (gpa, byte) = match w {
+            Write::Entry(g) => (g, false),
+            Write::WholePage(g) => (g + 1, true),
+        };
+        if gpa >= DISP32_LIMIT {
+            far.push((gpa, byte));
+            continue;
+        }
+        // Entries the 32-bit displacement reaches first, with rdi at the alias base:
+        // lock orq $0, disp32(%rdi)  |  lock orb $0, disp32(%rdi)
+        code.extend_from_slice(if byte {
+            &[0xf0, 0x80, 0x8f]
+        } else {
+            &[0xf0, 0x48, 0x83, 0x8f]
+        });
         code.extend_from_slice(&(gpa as u32).to_le_bytes());
         code.push(0x00);
     }
     // ...then the others, each through its own absolute address in rdi.
-    for &gpa in gpas.iter().filter(|&&g| g >= DISP32_LIMIT) {
-        // movabs $alias, %rdi ; lock orq $0, (%rdi)
+    for (gpa, byte) in far {
+        // movabs $alias, %rdi ; lock orq $0, (%rdi)  |  lock orb $0, (%rdi)
         code.extend_from_slice(&[0x48, 0xbf]);
         code.extend_from_slice(&GUEST_ALIAS_BASE.wrapping_add(gpa).to_le_bytes());
-        code.extend_from_slice(&[0xf0, 0x48, 0x83, 0x0f, 0x00]);
+        code.extend_from_slice(if byte {
+            &[0xf0, 0x80, 0x0f, 0x00]
+        } else {
+            &[0xf0, 0x48, 0x83, 0x0f, 0x00]
+        });
     }
     // mov %cr3,%rdi ; mov %rdi,%cr3
     const RELOAD: [u8; 6] = [0x0f, 0x20, 0xdf, 0x0f, 0x22, 0xdf];
@@ -78,6 +96,40 @@ pub fn program(gpas: &[u64], end: End) -> Vec<u8> {
         }
     }
     code
+}
+
+/// Entries of one page from which a program drops KVM's whole shadow of that page instead of
+/// rewriting each entry.
+pub const WHOLE_PAGE_FROM: usize = 8;
+
+/// One write a program makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Rewrite the 8-byte entry at this guest-physical address (KVM updates or drops the
+    /// one shadow entry).
+    Entry(u64),
+    /// Rewrite one byte in the middle of the entry at this address: a write KVM treats as
+    /// "misaligned" for a page table it shadows and answers by dropping its whole shadow of
+    /// the page, to rebuild it from guest memory (the VMM's entries included) when next used.
+    /// One emulated instruction instead of one per entry, for a table rewritten wholesale
+    /// (a newly validated L1 has all 512 entries written).
+    WholePage(u64),
+}
+
+/// The writes for `gpas` (sorted, deduplicated): one per entry, or one per page that has at
+/// least [`WHOLE_PAGE_FROM`] entries in the list.
+pub fn writes(gpas: &[u64]) -> impl Iterator<Item = Write> + '_ {
+    gpas.chunk_by(|a, b| a >> 12 == b >> 12).flat_map(|page| {
+        let whole = page.len() >= WHOLE_PAGE_FROM;
+        let each = if whole { &page[..1] } else { page };
+        each.iter().map(move |&g| {
+            if whole {
+                Write::WholePage(g)
+            } else {
+                Write::Entry(g)
+            }
+        })
+    })
 }
 
 /// Most entries one program of `code_bytes` bytes can hold, whatever their addresses.
@@ -195,13 +247,48 @@ mod tests {
     }
 
     #[test]
+    fn a_page_with_many_entries_gets_one_misaligned_byte_write() {
+        let mut gpas: Vec<u64> = (0..512u64).map(|i| 0x5000 + i * 8).collect();
+        gpas.extend([0x9000, 0x9008, 0x1_0000_0000]);
+        let w: Vec<Write> = writes(&gpas).collect();
+        assert_eq!(
+            w,
+            [
+                Write::WholePage(0x5000),
+                Write::Entry(0x9000),
+                Write::Entry(0x9008),
+                Write::Entry(0x1_0000_0000)
+            ]
+        );
+        let seven: Vec<u64> = (0..7u64).map(|i| 0x5000 + i * 8).collect();
+        assert_eq!(writes(&seven).count(), 7, "below the threshold: per entry");
+        let code = program(&gpas, End::Return { reload_cr3: false });
+        let mut d = Decoder::with_ip(64, &code, 0, DecoderOptions::NONE);
+        let first = d.decode();
+        assert!(first.has_lock_prefix());
+        assert_eq!(first.mnemonic(), Mnemonic::Or);
+        assert_eq!(first.memory_size(), iced_x86::MemorySize::UInt8);
+        assert_eq!(first.memory_base(), Register::RDI);
+        assert_eq!(
+            first.memory_displacement64(),
+            0x5001,
+            "inside the first entry"
+        );
+        let ops = decode(&code[first.len()..]);
+        assert_eq!(ops[0], or_rdi(0x9000));
+        assert_eq!(ops[1], or_rdi(0x9008));
+        assert_eq!(ops[2], Op::MovRdiImm(GUEST_ALIAS_BASE + 0x1_0000_0000));
+        assert_eq!(ops[3], or_rdi(0));
+    }
+
+    #[test]
     fn capacity_bounds_the_worst_case_program() {
         let n = capacity(4096);
-        let far: Vec<u64> = (0..n as u64).map(|i| DISP32_LIMIT + i * 8).collect();
+        let far: Vec<u64> = (0..n as u64).map(|i| DISP32_LIMIT + i * 4096).collect();
         for end in [End::Exit, End::Return { reload_cr3: true }] {
             assert!(program(&far, end).len() <= 4096);
         }
-        let more: Vec<u64> = (0..n as u64 + 2).map(|i| DISP32_LIMIT + i * 8).collect();
+        let more: Vec<u64> = (0..n as u64 + 2).map(|i| DISP32_LIMIT + i * 4096).collect();
         assert!(program(&more, End::Exit).len() > 4096 - MAX_END_BYTES);
     }
 }
