@@ -54,6 +54,8 @@ fn timer_guest_pvclock_timers_virq_and_poll_timeout_all_pass() {
         "singleshot_past_future_flag",
         "poll_absolute_timeout",
         "cancelled_timer_silent",
+        "runstate_running_after_block",
+        "runstate_blocked_time_accounted",
     ] {
         assert!(
             console.contains(&format!("KXEN-TEST: PASS {name}\n")),

@@ -10,7 +10,7 @@
 #[path = "../kit/mod.rs"]
 mod kit;
 
-use core::sync::atomic::{fence, Ordering};
+use core::sync::atomic::{fence, AtomicU64, Ordering};
 use kit::abi::*;
 use kit::events::*;
 use kit::hypercall::{hypercall1, hypercall3};
@@ -22,6 +22,12 @@ const HYPERVISOR_SET_TIMER_OP: u32 = 15;
 const VCPUOP_SET_SINGLESHOT_TIMER: u64 = 8;
 const VCPUOP_STOP_SINGLESHOT_TIMER: u64 = 9;
 const VCPU_SSHOTTMR_FUTURE: u32 = 1;
+const VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA: u64 = 5;
+const RUNSTATE_RUNNING: u64 = 0;
+const RUNSTATE_BLOCKED: usize = 2;
+
+/// vCPU 0's runstate area (struct vcpu_runstate_info: state, state_entry_time, time[4]).
+static RUNSTATE: [AtomicU64; 6] = [const { AtomicU64::new(u64::MAX) }; 6];
 const ETIME: i64 = 62;
 const MS: u64 = 1_000_000;
 
@@ -146,6 +152,20 @@ fn kmain(si: &'static StartInfo) {
     };
     value!("timer_port", "{}", port);
 
+    // Our own runstate area: it must account the time blocked below.
+    let area = (&raw const RUNSTATE) as u64;
+    // SAFETY: the argument is a readable pointer to the area's address; the area is ours.
+    let rc = unsafe {
+        hypercall3(
+            HYPERVISOR_VCPU_OP,
+            VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA,
+            0,
+            (&raw const area) as u64,
+        )
+    };
+    check_eq!("register_runstate_area", rc, 0);
+    let blocked_before = RUNSTATE[2 + RUNSTATE_BLOCKED].load(Ordering::SeqCst);
+
     // A single-shot timer 10 ms ahead, then block: the VIRQ_TIMER upcall arrives.
     let before = UPCALLS.get();
     let start = now();
@@ -165,6 +185,20 @@ fn kmain(si: &'static StartInfo) {
         "{}",
         end.saturating_sub(deadline) / 1000
     );
+    // The area was rewritten when the vCPU blocked and when it woke: running now, with the
+    // ~10 ms spent blocked added to time[blocked].
+    let state = RUNSTATE[0].load(Ordering::SeqCst);
+    check_eq!("runstate_running_after_block", state, RUNSTATE_RUNNING);
+    let blocked = RUNSTATE[2 + RUNSTATE_BLOCKED]
+        .load(Ordering::SeqCst)
+        .wrapping_sub(blocked_before);
+    check!(
+        "runstate_blocked_time_accounted",
+        (5 * MS..10_000 * MS).contains(&blocked),
+        "time[blocked] grew by {} ns",
+        blocked
+    );
+    value!("runstate_blocked_ns", "{}", blocked);
 
     // In the past with VCPU_SSHOTTMR_future: -ETIME; without the flag it fires at once.
     check_eq!("singleshot_past_future_flag", singleshot(1, VCPU_SSHOTTMR_FUTURE), -ETIME);

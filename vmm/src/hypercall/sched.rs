@@ -112,10 +112,15 @@ fn block(ctx: &mut HypercallCtx<'_, DomainShared>) -> i64 {
     }
     let id = ctx.vcpu_id;
     // At most until the vCPU's own timer is due (its VIRQ_TIMER is an event).
+    let virt = *ctx.guest();
     let deadline = ctx
         .domain
         .time()
-        .and_then(|t| t.block(id))
+        .and_then(|t| {
+            let d = t.block(id);
+            t.write_runstate_area(ctx.ram(), virt, id);
+            d
+        })
         .and_then(|d| std::time::Instant::now().checked_add(d));
     let r = ctx.domain.block_vcpu(ctx.ram(), id, None, deadline);
     if let Some(t) = ctx.domain.time() {
@@ -123,8 +128,8 @@ fn block(ctx: &mut HypercallCtx<'_, DomainShared>) -> i64 {
             ctx.domain
                 .raise_virq(id, xen_abi::event_channel::VIRQ_TIMER, Some(id));
         }
+        t.write_runstate_area(ctx.ram(), virt, id);
         // xen: the time record is refreshed when a vCPU is scheduled in.
-        let virt = *ctx.guest();
         ctx.domain.publish_vcpu_time(ctx.ram(), Some(virt), id);
     }
     match r {
@@ -165,10 +170,19 @@ fn poll(ctx: &mut HypercallCtx<'_, DomainShared>, p: &SchedPoll) -> i64 {
             std::time::Instant::now().checked_add(Duration::from_nanos(left))
         })
         .flatten();
-    match ctx
+    // xen: do_poll blocks the vCPU like SCHEDOP_block (its runstate says so meanwhile).
+    let (id, virt) = (ctx.vcpu_id, *ctx.guest());
+    let mark = |state| {
+        if let Some(t) = ctx.domain.time() {
+            t.set_runstate(ctx.ram(), Some(virt), id, state, false);
+        }
+    };
+    mark(crate::time::RunState::Blocked);
+    let r = ctx
         .domain
-        .block_vcpu(ctx.ram(), ctx.vcpu_id, Some(&ports[..n]), deadline)
-    {
+        .block_vcpu(ctx.ram(), id, Some(&ports[..n]), deadline);
+    mark(crate::time::RunState::Running);
+    match r {
         Ok(()) => 0,
         Err(e) => err(u32::from(e)),
     }

@@ -343,6 +343,18 @@ impl DomainTime {
         fired
     }
 
+    /// Rewrite `vcpu`'s registered runstate area (if any) with its current record, through
+    /// `virt` (xen: update_runstate_area at every context switch, so a blocked vCPU's area
+    /// says blocked and a woken one's counts the time it spent blocked).
+    pub fn write_runstate_area(&self, ram: &GuestRam, virt: GuestVirt<'_>, vcpu: u32) {
+        if let Some(v) = self.vcpu(vcpu) {
+            if let Some(va) = v.runstate_area {
+                let sink = VirtSink::new(ram, virt, va, RUNSTATE_INFO_SIZE);
+                let _ = v.runstate.write_to(&sink, false);
+            }
+        }
+    }
+
     /// Record a runstate change of `vcpu` (e.g. `VCPUOP_up` → running, `VCPUOP_down` →
     /// offline) and rewrite its registered area through `virt`.
     pub fn set_runstate(
