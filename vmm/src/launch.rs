@@ -645,6 +645,12 @@ impl Runner<'_> {
                 crate::smp::Wake::Run(ctx) => {
                     let applied = match ctx {
                         Some(c) => {
+                            if c.ldt_ents != 0 {
+                                // xen: arch_set_info_guest takes the LDT like MMUEXT_SET_LDT.
+                                if let Ok(mut mm) = self.shared.mm.lock() {
+                                    mm.set_ldt(self.vm.ram(), id, c.ldt_base, c.ldt_ents, c.cr3);
+                                }
+                            }
                             crate::smp::apply_context(&mut self.vcpu, &c).map_err(|e| e.to_string())
                         }
                         None => Err("vCPU up without a context".to_string()),

@@ -50,6 +50,7 @@ pub const VGCF_IN_KERNEL: u64 = 1 << 2;
 const OFF_FLAGS: usize = 512;
 const OFF_REGS: usize = 520;
 const OFF_TRAPS: usize = 720;
+const OFF_LDT_BASE: usize = 4816;
 const OFF_LDT_ENTS: usize = 4824;
 const OFF_GDT_FRAMES: usize = 4832;
 const OFF_GDT_ENTS: usize = 4960;
@@ -88,6 +89,10 @@ pub struct InitContext {
     pub gdt_frames: [u64; MAX_GDT_FRAMES],
     /// Number of GDT entries.
     pub gdt_ents: u64,
+    /// LDT linear address (page aligned) and entries (0 = none).
+    pub ldt_base: u64,
+    /// Number of LDT entries (at most 8192).
+    pub ldt_ents: u32,
     /// Kernel stack segment (virtual TSS).
     pub kernel_ss: u64,
     /// Kernel stack pointer (virtual TSS).
@@ -182,7 +187,18 @@ pub fn parse_context(
         };
     }
     let gdt_ents = u64_at(b, OFF_GDT_ENTS);
-    if gdt_ents > u64::from(MAX_GUEST_GDT_ENTRIES) || u64_at(b, OFF_LDT_ENTS) != 0 {
+    if gdt_ents > u64::from(MAX_GUEST_GDT_ENTRIES) {
+        return Err(Errno::EINVAL);
+    }
+    // xen: arch_set_info_guest, LDT safety checks: page aligned, at most 8192 entries, a
+    // canonical address (kxen also keeps it out of Xen's range, as for MMUEXT_SET_LDT).
+    let ldt_ents = u64_at(b, OFF_LDT_ENTS);
+    let ldt_base = if ldt_ents != 0 {
+        u64_at(b, OFF_LDT_BASE)
+    } else {
+        0
+    };
+    if ldt_base & 0xfff != 0 || ldt_ents > 8192 || !crate::hypercall::mmu::addr_ok(ldt_base) {
         return Err(Errno::EINVAL);
     }
     let mut gdt_frames = [0u64; MAX_GDT_FRAMES];
@@ -201,6 +217,8 @@ pub fn parse_context(
         traps,
         gdt_frames,
         gdt_ents,
+        ldt_base,
+        ldt_ents: ldt_ents as u32,
         kernel_ss: u64_at(b, OFF_KERNEL_SS),
         kernel_sp: u64_at(b, OFF_KERNEL_SP),
         cr3: cr3 & !0xfff,
@@ -270,6 +288,10 @@ pub fn apply_context(vcpu: &mut Vcpu, c: &InitContext) -> Result<(), SmpError> {
         pv.gdt_frames = c.gdt_frames;
         pv.gdt_ents = c.gdt_ents;
         pv.pending |= PENDING_GDT;
+    }
+    if c.ldt_ents != 0 {
+        // The caller copied the LDT (`DomainMm::set_ldt`); load it with the rest.
+        pv.pending |= xen_abi::pv_vcpu::PENDING_LDT;
     }
     vcpu.set_cr3(c.cr3);
     crate::pvmode::apply(vcpu)?;
@@ -480,6 +502,33 @@ mod tests {
         let mut b = ctx_bytes();
         b[OFF_GDT_ENTS..OFF_GDT_ENTS + 8].copy_from_slice(&100_000u64.to_le_bytes());
         assert_eq!(parse_context(&b, 16).unwrap_err(), Errno::EINVAL);
+    }
+
+    #[test]
+    fn context_ldt_follows_xens_checks() {
+        let with_ldt = |base: u64, ents: u64| {
+            let mut b = ctx_bytes();
+            b[OFF_LDT_BASE..OFF_LDT_BASE + 8].copy_from_slice(&base.to_le_bytes());
+            b[OFF_LDT_ENTS..OFF_LDT_ENTS + 8].copy_from_slice(&ents.to_le_bytes());
+            parse_context(&b, 16)
+        };
+        let c = with_ldt(0xffff_8800_0010_0000, 16).unwrap();
+        assert_eq!((c.ldt_base, c.ldt_ents), (0xffff_8800_0010_0000, 16));
+        assert_eq!(with_ldt(0x4000, 8192).unwrap().ldt_ents, 8192);
+        // No entries: the base is ignored.
+        assert_eq!(with_ldt(0x1234, 0).unwrap().ldt_base, 0);
+        for (base, ents) in [
+            (0x4008, 1),                // not page aligned
+            (0x4000, 8193),             // too many entries
+            (0x0000_8000_0000_0000, 1), // non-canonical
+            (0xffff_8000_0000_0000, 1), // Xen's range
+        ] {
+            assert_eq!(
+                with_ldt(base, ents).unwrap_err(),
+                Errno::EINVAL,
+                "{base:#x}/{ents}"
+            );
+        }
     }
 
     #[test]
