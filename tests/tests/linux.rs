@@ -98,6 +98,7 @@ fn check_shell_session(vcpus: u32) {
             "cat /proc/cpuinfo | grep -c processor",
             "cat /sys/hypervisor/type 2>/dev/null",
             "dmesg | grep -i xen | head",
+            "echo kernel-complaints: $(dmesg | grep -c -e 'unchecked MSR' -e 'WARNING:' -e 'BUG:')",
             "poweroff -f",
         ],
     ) else {
@@ -123,6 +124,11 @@ fn check_shell_session(vcpus: u32) {
     assert!(
         console.contains("Booting kernel on Xen") || console.contains("Xen version"),
         "dmesg | grep xen"
+    );
+    // No MSR the kernel touches #GPs where Xen emulates it, no kernel WARN/BUG on the way.
+    assert!(
+        console.contains("kernel-complaints: 0"),
+        "the kernel logged unchecked MSR accesses, WARNINGs or BUGs"
     );
     assert_eq!(
         outcome.reason,

@@ -56,6 +56,26 @@ fn host_cpuid() -> &'static CpuidTable {
     })
 }
 
+/// The host's microcode revision, from the first `microcode` line of /proc/cpuinfo (0 if
+/// there is none), read once.
+fn host_microcode_revision() -> u32 {
+    static REV: OnceLock<u32> = OnceLock::new();
+    *REV.get_or_init(|| {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| parse_microcode(&s))
+            .unwrap_or(0)
+    })
+}
+
+/// The value of the first `microcode : 0x…` line of a /proc/cpuinfo text.
+fn parse_microcode(cpuinfo: &str) -> Option<u32> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("microcode"))?;
+    let v = line.split(':').nth(1)?.trim();
+    let hex = v.strip_prefix("0x").unwrap_or(v);
+    u32::from_str_radix(hex, 16).ok()
+}
+
 struct Env<'a> {
     guest: GuestVirt<'a>,
     cpuid: PvCpuidConfig,
@@ -70,6 +90,10 @@ impl CpuidSource for Env<'_> {
 impl EmuEnv for Env<'_> {
     fn cpuid_config(&self) -> PvCpuidConfig {
         self.cpuid
+    }
+
+    fn microcode_revision(&self) -> u32 {
+        host_microcode_revision()
     }
 
     fn tsc(&mut self) -> u64 {
@@ -314,5 +338,19 @@ fn apply_effect(
             tracing::debug!(xcr0 = format_args!("{v:#x}"), "xsetbv not applied yet");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_microcode;
+
+    #[test]
+    fn microcode_revision_comes_from_the_first_cpuinfo_line() {
+        let text = "processor\t: 0\nmicrocode\t: 0x2b000620\nprocessor\t: 1\nmicrocode\t: 0x1\n";
+        assert_eq!(parse_microcode(text), Some(0x2b00_0620));
+        assert_eq!(parse_microcode("microcode : 0x1\n"), Some(1));
+        assert_eq!(parse_microcode("flags : fpu\n"), None);
+        assert_eq!(parse_microcode("microcode : junk\n"), None);
     }
 }

@@ -54,6 +54,8 @@ pub mod msr {
     pub const IA32_TSC: u32 = 0x10;
     /// Platform ID (Intel).
     pub const IA32_PLATFORM_ID: u32 = 0x17;
+    /// Microcode revision (Intel `IA32_BIOS_SIGN_ID`; AMD `PATCH_LEVEL` is the same index).
+    pub const IA32_UCODE_REV: u32 = 0x8b;
     /// Page attribute table.
     pub const IA32_CR_PAT: u32 = 0x277;
     /// Local APIC base.
@@ -565,6 +567,10 @@ pub trait EmuEnv: CpuidSource {
     fn read_guest_kernel(&mut self, va: u64, buf: &mut [u8]) -> usize {
         self.read_guest(va, buf)
     }
+    /// The host CPU's microcode revision (reported in `IA32_UCODE_REV`'s high half).
+    fn microcode_revision(&self) -> u32 {
+        0
+    }
     /// A permitted port read (`size` 1, 2 or 4). kxen has no physical ports for a domU: Xen
     /// returns all-ones except for the few ports it virtualises.
     fn port_in(&mut self, port: u16, size: u8) -> u32 {
@@ -862,6 +868,22 @@ fn cpu_caps(env: &impl EmuEnv) -> Caps {
     }
 }
 
+/// CPU vendors some MSRs depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vendor {
+    Intel,
+    Amd,
+}
+
+/// The vendor from CPUID leaf 0 (`GenuineIntel`, `AuthenticAMD`), `None` for others.
+fn vendor(env: &impl EmuEnv) -> Option<Vendor> {
+    match env.host_cpuid(0, 0).map(|l| l[1]) {
+        Some(0x756e_6547) => Some(Vendor::Intel), // "Genu"
+        Some(0x6874_7541) => Some(Vendor::Amd),   // "Auth"
+        _ => None,
+    }
+}
+
 fn has_tsc_aux(env: &impl EmuEnv) -> bool {
     // RDPID: CPUID.7.0 ECX bit 22.
     has_rdtscp(env) || env.host_cpuid(7, 0).is_some_and(|l| l[2] & (1 << 22) != 0)
@@ -899,6 +921,9 @@ fn read_msr(idx: u32, state: &EmuState, env: &mut impl EmuEnv) -> Option<u64> {
         // No local APIC for PV: report the architectural default, enabled, BSP on vCPU 0.
         msr::IA32_APICBASE => 0xfee0_0000 | (1 << 11) | if state.vcpu_id == 0 { 1 << 8 } else { 0 },
         msr::IA32_PLATFORM_ID | msr::IA32_PERF_CAPABILITIES => 0,
+        // xen: msr.c guest_rdmsr, UCODE_REV: Intel and AMD read the revision of the loaded
+        // microcode in the high half, whatever was written before.
+        msr::IA32_UCODE_REV if vendor(env).is_some() => u64::from(env.microcode_revision()) << 32,
         // No CPUID faulting offered.
         msr::INTEL_PLATFORM_INFO | msr::INTEL_MISC_FEATURES_ENABLES => 0,
         // xen: read_msr "faking RDMSR": with no #GP handler registered, an unknown MSR
@@ -942,6 +967,11 @@ fn write_msr(idx: u32, val: u64, state: &mut EmuState, env: &impl EmuEnv) -> Opt
             Some(EmuEffect::None)
         }
         msr::INTEL_MISC_FEATURES_ENABLES if val == 0 => Some(EmuEffect::None),
+        // xen: msr.c guest_wrmsr, UCODE_REV: read-only, except the 0 Intel documents writing
+        // before reading it.
+        msr::IA32_UCODE_REV if val == 0 && vendor(env) == Some(Vendor::Intel) => {
+            Some(EmuEffect::None)
+        }
         // xen: traps.c wrmsr_hypervisor_regs: idx 0 = hypercall page; low 12 bits = page
         // index, only page 0 exists.
         msr::XEN_HYPERCALL_PAGE => {

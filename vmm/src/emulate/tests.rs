@@ -30,6 +30,7 @@ struct TestEnv {
     mem: Vec<(u64, Vec<u8>)>,
     outs: Vec<(u16, u8, u32)>,
     ins: Vec<(u16, u8)>,
+    ucode: u32,
 }
 
 impl TestEnv {
@@ -40,6 +41,7 @@ impl TestEnv {
             mem: Vec::new(),
             outs: Vec::new(),
             ins: Vec::new(),
+            ucode: 0,
         }
     }
 }
@@ -53,6 +55,9 @@ impl CpuidSource for TestEnv {
 impl EmuEnv for TestEnv {
     fn tsc(&mut self) -> u64 {
         self.tsc
+    }
+    fn microcode_revision(&self) -> u32 {
+        self.ucode
     }
     fn read_guest(&mut self, va: u64, buf: &mut [u8]) -> usize {
         let mut n = 0;
@@ -461,6 +466,35 @@ fn wrmsr_efer_same_value_only_misc_enable_ignored_others_gp() {
     assert_eq!(wrmsr(msr::TSC_AUX, 1 << 32, &mut s, &mut env), GP0);
     done(wrmsr(msr::TSC_AUX, 9, &mut s, &mut env));
     assert_eq!(s.tsc_aux, 9);
+}
+
+#[test]
+fn microcode_revision_msr_reads_the_revision_and_takes_intels_zero_write() {
+    let mut env = TestEnv::new();
+    env.ucode = 0x2b00_0620;
+    let mut s = EmuState {
+        gp_handler_set: true,
+        ..Default::default()
+    };
+    // GenuineIntel (the test table): Linux writes 0, executes CPUID, reads the revision.
+    let (_, _, eff) = done(wrmsr(msr::IA32_UCODE_REV, 0, &mut s, &mut env));
+    assert_eq!(eff, EmuEffect::None);
+    assert_eq!(wrmsr(msr::IA32_UCODE_REV, 1, &mut s, &mut env), GP0);
+    assert_eq!(
+        msr_value(rdmsr(msr::IA32_UCODE_REV, &mut s, &mut env)),
+        0x2b00_0620u64 << 32
+    );
+    // AuthenticAMD: PATCH_LEVEL reads the same way; it is read-only.
+    env.cpuid.entries[0].2[1] = 0x6874_7541;
+    assert_eq!(wrmsr(msr::IA32_UCODE_REV, 0, &mut s, &mut env), GP0);
+    assert_eq!(
+        msr_value(rdmsr(msr::IA32_UCODE_REV, &mut s, &mut env)),
+        0x2b00_0620u64 << 32
+    );
+    // Any other vendor: no such MSR.
+    env.cpuid.entries[0].2[1] = 0x1234_5678;
+    assert_eq!(rdmsr(msr::IA32_UCODE_REV, &mut s, &mut env), GP0);
+    assert_eq!(wrmsr(msr::IA32_UCODE_REV, 0, &mut s, &mut env), GP0);
 }
 
 // ---- TSC ----
