@@ -743,6 +743,9 @@ impl Domain {
         let vcpus = spec.vcpus.max(1);
         let vm = Vm::new(nr_pages + SHARED_FRAMES, vcpus)?;
         vm.set_cpuid_freq_leaf(!spec.no_cpuid_freq_leaf);
+        vm.ring0()
+            .invalidate_m2p(nr_pages, SHARED_FRAMES)
+            .map_err(VmError::from)?;
         let boot = builder::build(
             vm.ram().mem(),
             &DomainSpec {

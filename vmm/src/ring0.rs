@@ -406,6 +406,19 @@ impl Ring0Layer {
             .collect()
     }
 
+    /// Mark `count` frames from `first` as not guest RAM in the M2P (`M2P_INVALID`): the
+    /// frames kxen shares with the guest (shared_info, grant frames) are hypervisor pages.
+    // xen: share_xen_page_with_guest gives a Xen page shared with a guest no M2P entry.
+    pub fn invalidate_m2p(&self, first: u64, count: u64) -> Result<(), Ring0Error> {
+        let pages = m2p_pages(self.guest_pages);
+        let first_data = self.ring0_pages + 2 + pages.div_ceil(512);
+        let end = first.saturating_add(count).min(self.guest_pages);
+        for mfn in first.min(end)..end {
+            self.w64(gpa_of(first_data) + mfn * 8, M2P_INVALID)?;
+        }
+        Ok(())
+    }
+
     /// Guest frames the M2P covers.
     pub fn m2p_entries(&self) -> u64 {
         self.guest_pages
@@ -688,6 +701,28 @@ mod tests {
         for va in [v.gdt_base, v.tss_base, v.rsp0_top - 8, v.ist_tops[2] - 8] {
             let e = walk(&l, va).unwrap();
             assert_eq!(e & PTE_ADDR_MASK, l.va_to_gpa(va & !0xfff, 1).unwrap());
+        }
+    }
+
+    #[test]
+    fn invalidated_m2p_entries_read_invalid_and_the_rest_stay_identity() {
+        let l = Ring0Layer::new(1, 40).unwrap();
+        l.invalidate_m2p(32, 8).unwrap();
+        l.invalidate_m2p(39, 100).unwrap(); // clipped at the end, no error
+        let m2p = |mfn: u64| {
+            l.mem
+                .mem()
+                .read_obj::<u64>(GuestAddress(
+                    walk(&l, M2P_VIRT_BASE + mfn * 8).unwrap() & PTE_ADDR_MASK
+                        | ((mfn * 8) & 0xfff),
+                ))
+                .unwrap()
+        };
+        for mfn in 0..32 {
+            assert_eq!(m2p(mfn), mfn);
+        }
+        for mfn in 32..40 {
+            assert_eq!(m2p(mfn), M2P_INVALID);
         }
     }
 

@@ -266,6 +266,21 @@ fn kmain(si: &'static StartInfo) {
                     bad.map_or(0, |b| b.1),
                     bad.map_or(0, |b| b.2)
                 );
+                // shared_info is a hypervisor page shared with the guest: no M2P entry.
+                let si_mfn = si.shared_info >> 12;
+                let back = if si_mfn <= m.max_mfn {
+                    // SAFETY: as above, si_mfn <= max_mfn.
+                    unsafe { core::ptr::read_volatile((m.v_start as *const u64).add(si_mfn as usize)) }
+                } else {
+                    u64::MAX
+                };
+                check!(
+                    "m2p_shared_info_invalid",
+                    back == u64::MAX,
+                    "m2p[{:#x}] = {:#x}",
+                    si_mfn,
+                    back
+                );
             }
         }
         Err(e) => {
