@@ -206,14 +206,7 @@ extern "C" fn ap_main(id: u64) -> ! {
 }
 
 fn wait_until(what: &str, cond: impl Fn() -> bool) -> bool {
-    for _ in 0..20_000_000u32 {
-        if cond() {
-            return true;
-        }
-        sched_yield();
-    }
-    check!(what, false, "timed out");
-    false
+    kit::test::wait_until(what, 20_000_000, cond)
 }
 
 fn kmain(si: &'static StartInfo) {

@@ -178,14 +178,7 @@ fn context(si: &StartInfo, id: u32) -> u64 {
 }
 
 fn wait_until(what: &str, cond: impl Fn() -> bool) -> bool {
-    for _ in 0..2_000_000u32 {
-        if cond() {
-            return true;
-        }
-        sched_yield();
-    }
-    check!(what, false, "timed out");
-    false
+    kit::test::wait_until(what, 2_000_000, cond)
 }
 
 fn kmain(si: &'static StartInfo) {
