@@ -46,8 +46,11 @@ mod kit;
 use core::arch::asm;
 use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use kit::abi::*;
+use kit::events as ev;
 use kit::hypercall as hc;
 use kit::pure;
+use kit::smp::{self, Stacks};
+use kit::time::{pvclock, rdtsc, rdtsc_ordered};
 use kit::traps::{self, ANY_RIP};
 
 xen_notes!(features = "writable_page_tables");
@@ -71,13 +74,6 @@ core::arch::global_asm!(
 
 extern "C" {
     fn bench_int3();
-}
-
-fn rdtsc() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: rdtsc only reads the time-stamp counter.
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
-    (u64::from(hi) << 32) | u64::from(lo)
 }
 
 /// `iterations=<N>` from the command line.
@@ -161,31 +157,8 @@ fn kmain(si: &'static StartInfo) {
 const P: u64 = 1;
 const RW: u64 = 2;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
-// xen: public/xen.h, MMU_NORMAL_PT_UPDATE (ptr's low bits), DOMID_SELF, UVMF_INVLPG,
-// MMUEXT_TLB_FLUSH_LOCAL, __HYPERVISOR_update_va_mapping / __HYPERVISOR_mmuext_op
-const MMU_NORMAL_PT_UPDATE: u64 = 0;
-const DOMID_SELF: u64 = 0x7ff0;
-const UVMF_INVLPG: u64 = 2;
-const MMUEXT_TLB_FLUSH_LOCAL: u32 = 6;
-const HYPERVISOR_UPDATE_VA_MAPPING: u32 = 14;
-const HYPERVISOR_MMUEXT_OP: u32 = 26;
 /// Entries of one L1 table.
 const ENTRIES: u64 = 512;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct MmuUpdate {
-    ptr: u64,
-    val: u64,
-}
-
-#[repr(C)]
-struct MmuextOp {
-    cmd: u32,
-    pad: u32,
-    arg1: u64,
-    arg2: u64,
-}
 
 /// Why a mode was not measured: what failed and the hypercall's return code, if any.
 struct NotMeasured(&'static str, i64);
@@ -210,7 +183,7 @@ fn uvm(va: u64, val: u64, flags: u64) -> i64 {
 
 fn mmu_update(reqs: u64, count: u64) -> i64 {
     // SAFETY: `count` requests at `reqs` are ours; no pdone.
-    unsafe { hc::hypercall4(HYPERVISOR_MMU_UPDATE, reqs, count, 0, DOMID_SELF) }
+    unsafe { hc::hypercall4(HYPERVISOR_MMU_UPDATE, reqs, count, 0, u64::from(DOMID_SELF)) }
 }
 
 /// One 64-bit store `mov [rdi], rsi` (3 bytes).
@@ -414,7 +387,7 @@ fn flushes(n: u64) -> Result<(u64, u64), NotMeasured> {
                 &op as *const MmuextOp as u64,
                 1,
                 0,
-                DOMID_SELF,
+                u64::from(DOMID_SELF),
             )
         };
         if rc != 0 {
@@ -474,42 +447,12 @@ fn pv_memory(si: &StartInfo, n: u64) {
 // ---------------------------------------------------------------------------------------
 // Events and time: send-to-upcall latency, timer wakeup lateness.
 
-// xen: public/xen.h, public/event_channel.h, public/vcpu.h, public/sched.h,
-// public/callback.h, public/arch-x86/xen.h (vcpu_guest_context offsets as the kit's smp guest)
-const HYPERVISOR_VCPU_OP: u32 = 24;
-const HYPERVISOR_CALLBACK_OP: u32 = 30;
-const HYPERVISOR_EVENT_CHANNEL_OP: u32 = 32;
-const EVTCHNOP_BIND_VIRQ: u64 = 1;
-const EVTCHNOP_CLOSE: u64 = 3;
-const EVTCHNOP_SEND: u64 = 4;
-const EVTCHNOP_BIND_IPI: u64 = 7;
-const VIRQ_TIMER: u32 = 0;
-const VCPUOP_INITIALISE: u64 = 0;
-const VCPUOP_UP: u64 = 1;
-const VCPUOP_DOWN: u64 = 2;
-const VCPUOP_GET_RUNSTATE_INFO: u64 = 4;
-const VCPUOP_SET_SINGLESHOT_TIMER: u64 = 8;
-const RUNSTATE_BLOCKED: u64 = 2;
-const SCHEDOP_BLOCK: u32 = 1;
-const CALLBACKOP_REGISTER: u64 = 0;
-const CALLBACKTYPE_EVENT: u16 = 0;
-const VGCF_IN_KERNEL: u64 = 1 << 2;
-const CTX_SIZE: usize = 5168;
-const OFF_FLAGS: usize = 512;
-const OFF_REGS: usize = 520;
-const OFF_KERNEL_SS: usize = 4968;
-const OFF_KERNEL_SP: usize = 4976;
-const OFF_CTRLREG: usize = 4984;
-/// shared_info.evtchn_pending / evtchn_mask, in u64 words.
-const PENDING_WORD0: usize = 2048 / 8;
-const MASK_WORD0: usize = 2560 / 8;
 /// Timer wakeups measured at most (each waits 1 ms).
 const TIMER_WAKEUPS_MAX: u64 = 1000;
 /// How far ahead each timer is set.
 const TIMER_AHEAD_NS: u64 = 1_000_000;
 /// Give up waiting for an upcall after this many TSC cycles (seconds at GHz rates).
 const WAIT_CYCLES: u64 = 20_000_000_000;
-const AP_STACK_SIZE: usize = 16384;
 
 /// The port whose upcalls are timed (0 = none).
 static EXPECT_PORT: AtomicU32 = AtomicU32::new(0);
@@ -523,12 +466,8 @@ static AP_ARMED: AtomicU32 = AtomicU32::new(0);
 static AP_STOP: AtomicU32 = AtomicU32::new(0);
 static AP_CALLBACK_RC: AtomicU64 = AtomicU64::new(0);
 
-#[repr(C, align(16))]
-struct ApStack([u8; AP_STACK_SIZE]);
-static mut AP_STACK: ApStack = ApStack([0; AP_STACK_SIZE]);
-#[repr(C, align(64))]
-struct Ctx([u8; CTX_SIZE]);
-static mut CTX: Ctx = Ctx([0; CTX_SIZE]);
+/// vCPU 1's stack.
+static AP_STACK: Stacks<1> = Stacks::new();
 #[repr(C, align(8))]
 struct Samples([i64; TIMER_WAKEUPS_MAX as usize]);
 static mut SAMPLES: Samples = Samples([0; TIMER_WAKEUPS_MAX as usize]);
@@ -566,17 +505,11 @@ core::arch::global_asm!(
     "push $0",
     "jmp hypercall_page + 23 * 32",
     ".popsection",
-    ".globl bench_ap_entry",
-    "bench_ap_entry:",
-    "call {main}",
-    "ud2",
-    main = sym ap_main,
     options(att_syntax),
 );
 
 extern "C" {
     fn bench_event_entry();
-    fn bench_ap_entry();
 }
 
 /// A word of the mapped shared_info.
@@ -589,47 +522,14 @@ fn vcpu_info(me: usize, i: usize) -> &'static AtomicU64 {
     shinfo(me * 8 + i)
 }
 
-fn rdtsc_ordered() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: lfence; rdtsc only orders and reads the time-stamp counter.
-    unsafe { asm!("lfence", "rdtsc", out("eax") lo, out("edx") hi, options(nostack)) };
-    (u64::from(hi) << 32) | u64::from(lo)
-}
-
-/// System time (ns) from vCPU `me`'s vcpu_time_info (words 4..8 of its vcpu_info) with
-/// the version protocol (xen: public/xen.h, struct vcpu_time_info).
+/// System time (ns) from vCPU `me`'s pvclock (its vcpu_info in shared_info).
 fn system_time(me: usize) -> u64 {
-    loop {
-        let v = vcpu_info(me, 4).load(Ordering::Acquire) as u32;
-        if v & 1 != 0 {
-            continue;
-        }
-        let tsc_ts = vcpu_info(me, 5).load(Ordering::Acquire);
-        let st = vcpu_info(me, 6).load(Ordering::Acquire);
-        let w7 = vcpu_info(me, 7).load(Ordering::Acquire);
-        let tsc = rdtsc_ordered();
-        if vcpu_info(me, 4).load(Ordering::Acquire) as u32 != v {
-            continue;
-        }
-        let mul = w7 as u32;
-        let shift = (w7 >> 32) as u8 as i8;
-        let mut delta = tsc.wrapping_sub(tsc_ts);
-        if (delta as i64) < 0 {
-            delta = 0;
-        }
-        if shift >= 0 {
-            delta <<= shift;
-        } else {
-            delta >>= -shift;
-        }
-        return st.wrapping_add(((u128::from(delta) * u128::from(mul)) >> 32) as u64);
-    }
+    pvclock(ev::shared_vcpu_info(me)).0
 }
 
 /// Which vCPU runs on stack pointer `rsp`: 1 on vCPU 1's stack, else 0.
 fn vcpu_of_stack(rsp: u64) -> usize {
-    let base = (&raw const AP_STACK) as u64;
-    usize::from((base..base + AP_STACK_SIZE as u64).contains(&rsp))
+    usize::from(AP_STACK.contains(0, rsp))
 }
 
 /// The event upcall (from `bench_event_entry`): Linux's 2-level scan over the mapped
@@ -646,9 +546,9 @@ extern "C" fn bench_upcall(tsc: u64, rsp: u64) {
         while sel != 0 {
             let w = sel.trailing_zeros() as usize;
             sel &= sel - 1;
-            let bits = shinfo(PENDING_WORD0 + w).load(Ordering::SeqCst)
-                & !shinfo(MASK_WORD0 + w).load(Ordering::SeqCst);
-            shinfo(PENDING_WORD0 + w).fetch_and(!bits, Ordering::SeqCst);
+            let bits = shinfo(SHINFO_PENDING_WORD0 + w).load(Ordering::SeqCst)
+                & !shinfo(SHINFO_MASK_WORD0 + w).load(Ordering::SeqCst);
+            shinfo(SHINFO_PENDING_WORD0 + w).fetch_and(!bits, Ordering::SeqCst);
             if expect != 0 && w == (expect / 64) as usize && bits & (1 << (expect % 64)) != 0 {
                 hit = true;
             }
@@ -664,68 +564,14 @@ extern "C" fn bench_upcall(tsc: u64, rsp: u64) {
     }
 }
 
-fn evtchn_op(cmd: u64, arg: u64) -> i64 {
-    // SAFETY: callers pass a writable struct of the layout `cmd` expects.
-    unsafe { hc::hypercall2(HYPERVISOR_EVENT_CHANNEL_OP, cmd, arg) }
-}
-
-fn send(port: u32) -> i64 {
-    let a = [port];
-    evtchn_op(EVTCHNOP_SEND, a.as_ptr() as u64)
-}
-
-fn close(port: u32) {
-    let a = [port];
-    evtchn_op(EVTCHNOP_CLOSE, a.as_ptr() as u64);
-}
-
 /// EVTCHNOP_bind_ipi for `vcpu`: the port.
 fn bind_ipi(vcpu: u32) -> Result<u32, NotMeasured> {
-    let mut a = [vcpu, 0u32];
-    match evtchn_op(EVTCHNOP_BIND_IPI, a.as_mut_ptr() as u64) {
-        0 => Ok(a[1]),
-        rc => Err(NotMeasured("EVTCHNOP_bind_ipi", rc)),
-    }
-}
-
-fn vcpu_op(cmd: u64, vcpu: u64, arg: u64) -> i64 {
-    // SAFETY: every argument passed here is null or a buffer of the op's size.
-    unsafe { hc::hypercall3(HYPERVISOR_VCPU_OP, cmd, vcpu, arg) }
-}
-
-fn block() {
-    // SAFETY: SCHEDOP_block takes no argument.
-    unsafe { hc::sched_op(SCHEDOP_BLOCK, 0) };
-}
-
-fn yield_now() {
-    // SAFETY: SCHEDOP_yield takes no argument.
-    unsafe { hc::sched_op(SCHEDOP_YIELD, 0) };
+    ev::bind_ipi(vcpu).map_err(|rc| NotMeasured("EVTCHNOP_bind_ipi", rc))
 }
 
 /// Register `bench_event_entry` as this vCPU's event callback.
 fn register_callback() -> i64 {
-    #[repr(C)]
-    struct CallbackRegister {
-        ty: u16,
-        flags: u16,
-        pad: u32,
-        address: u64,
-    }
-    let r = CallbackRegister {
-        ty: CALLBACKTYPE_EVENT,
-        flags: 0,
-        pad: 0,
-        address: bench_event_entry as *const () as u64,
-    };
-    // SAFETY: the address is this file's upcall entry, which takes Xen's frame.
-    unsafe {
-        hc::hypercall2(
-            HYPERVISOR_CALLBACK_OP,
-            CALLBACKOP_REGISTER,
-            &r as *const CallbackRegister as u64,
-        )
-    }
+    ev::register_callback(CALLBACKTYPE_EVENT, 0, bench_event_entry as *const () as u64)
 }
 
 /// Unmask events on vCPU `me` (its vcpu_info's upcall mask) and let a pending upcall in.
@@ -776,7 +622,7 @@ fn evtchn_self(n: u64) -> Result<(u64, u64), NotMeasured> {
     for _ in 0..n {
         let hits = HITS.load(Ordering::SeqCst);
         let t0 = rdtsc_ordered();
-        let rc = send(port);
+        let rc = ev::send(port);
         if rc != 0 {
             result = Err(NotMeasured("EVTCHNOP_send", rc));
             break;
@@ -789,19 +635,19 @@ fn evtchn_self(n: u64) -> Result<(u64, u64), NotMeasured> {
         total += HIT_TSC.load(Ordering::SeqCst).wrapping_sub(t0);
     }
     EXPECT_PORT.store(0, Ordering::SeqCst);
-    close(port);
+    ev::close(port);
     result.map(|()| (total, n))
 }
 
 /// Timer wakeups: print their lateness (pvclock at the upcall minus the deadline).
 fn timer_wakeups(m: u64) {
-    let mut a = [VIRQ_TIMER, 0u32, 0u32];
-    let rc = evtchn_op(EVTCHNOP_BIND_VIRQ, a.as_mut_ptr() as u64);
-    if rc != 0 {
-        value!("timer_wakeup_count", "not measured: EVTCHNOP_bind_virq returned {}", rc);
-        return;
-    }
-    let port = a[2];
+    let port = match ev::bind_virq(VIRQ_TIMER, 0) {
+        Ok(p) => p,
+        Err(rc) => {
+            value!("timer_wakeup_count", "not measured: EVTCHNOP_bind_virq returned {}", rc);
+            return;
+        }
+    };
     EXPECT_PORT.store(port, Ordering::SeqCst);
     // SAFETY: only vCPU 0 runs this; the upcall does not touch SAMPLES.
     let samples = unsafe { &mut (*(&raw mut SAMPLES)).0 };
@@ -809,15 +655,14 @@ fn timer_wakeups(m: u64) {
     for s in samples.iter_mut().take(m as usize) {
         let hits = HITS.load(Ordering::SeqCst);
         let deadline = system_time(0) + TIMER_AHEAD_NS;
-        let arg = [deadline, 0u64];
-        let rc = vcpu_op(VCPUOP_SET_SINGLESHOT_TIMER, 0, arg.as_ptr() as u64);
+        let rc = kit::time::set_singleshot_timer(0, deadline, 0);
         if rc != 0 {
             failed = Some(NotMeasured("VCPUOP_set_singleshot_timer", rc));
             break;
         }
         let mut blocks = 0;
         while HITS.load(Ordering::SeqCst) == hits && blocks < 10_000 {
-            block();
+            ev::block();
             blocks += 1;
         }
         if HITS.load(Ordering::SeqCst) == hits {
@@ -827,7 +672,7 @@ fn timer_wakeups(m: u64) {
         *s = HIT_SYSTIME.load(Ordering::SeqCst).wrapping_sub(deadline) as i64;
     }
     EXPECT_PORT.store(0, Ordering::SeqCst);
-    close(port);
+    ev::close(port);
     match failed {
         Some(NotMeasured(what, 0)) => {
             value!("timer_wakeup_count", "not measured: {} failed", what);
@@ -850,62 +695,40 @@ fn timer_wakeups(m: u64) {
     value!("timer_wakeup_late_max_ns", "{}", v[v.len() - 1]);
 }
 
-fn put(b: &mut [u8; CTX_SIZE], off: usize, v: u64) {
-    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-/// vCPU 1's context: entry `bench_ap_entry`, its own stack, the current page tables.
-fn ap_context(si: &StartInfo) -> u64 {
-    // SAFETY: only vCPU 0 builds the context, before vCPU 1 runs.
-    let b = unsafe { &mut (*(&raw mut CTX)).0 };
-    b.fill(0);
-    let top = (&raw const AP_STACK) as u64 + AP_STACK_SIZE as u64;
-    put(b, OFF_FLAGS, VGCF_IN_KERNEL);
-    put(b, OFF_REGS + 16 * 8, bench_ap_entry as *const () as u64); // rip
-    put(b, OFF_REGS + 17 * 8, u64::from(FLAT_KERNEL_CS)); // cs
-    put(b, OFF_REGS + 18 * 8, 0x202); // rflags
-    put(b, OFF_REGS + 19 * 8, top); // rsp: aligned before bench_ap_entry's `call`
-    put(b, OFF_REGS + 20 * 8, u64::from(FLAT_KERNEL_SS)); // ss
-    put(b, OFF_KERNEL_SS, u64::from(FLAT_KERNEL_SS));
-    put(b, OFF_KERNEL_SP, top);
-    put(b, OFF_CTRLREG + 3 * 8, mfn_of(si.pt_base) << 12);
-    b.as_ptr() as u64
-}
-
 /// vCPU 1: register the callback, unmask, then block until told to stop; each block ends
 /// with vCPU 0's event delivered to the upcall.
-extern "C" fn ap_main() -> ! {
+extern "C" fn ap_main(_: u64) -> ! {
     AP_CALLBACK_RC.store(register_callback() as u64, Ordering::SeqCst);
     unmask_events(1);
     AP_READY.store(1, Ordering::SeqCst);
     while AP_STOP.load(Ordering::SeqCst) == 0 {
         AP_ARMED.store(1, Ordering::SeqCst);
-        block();
+        ev::block();
     }
-    vcpu_op(VCPUOP_DOWN, 1, 0);
+    smp::down(1);
     loop {
-        yield_now();
+        hc::sched_yield();
     }
 }
 
 /// Whether vCPU 1 is in RUNSTATE_blocked (VCPUOP_get_runstate_info).
 fn ap_blocked() -> bool {
     let mut info = [0u64; 6];
-    vcpu_op(VCPUOP_GET_RUNSTATE_INFO, 1, info.as_mut_ptr() as u64) == 0
+    smp::vcpu_op(VCPUOP_GET_RUNSTATE_INFO, 1, info.as_mut_ptr() as u64) == 0
         && info[0] & 0xffff_ffff == RUNSTATE_BLOCKED
 }
 
 /// `n` sends from vCPU 0 to blocked vCPU 1, each timed to vCPU 1's upcall entry.
 fn evtchn_ipi(si: &StartInfo, n: u64) -> Result<(u64, u64), NotMeasured> {
     let port = bind_ipi(1)?;
-    let rc = vcpu_op(VCPUOP_INITIALISE, 1, ap_context(si));
+    let rc = smp::initialise(1, smp::context(si, ap_main, 0, AP_STACK.top(0)));
     if rc != 0 {
-        close(port);
+        ev::close(port);
         return Err(NotMeasured("VCPUOP_initialise(vCPU 1)", rc));
     }
-    let rc = vcpu_op(VCPUOP_UP, 1, 0);
+    let rc = smp::up(1);
     if rc != 0 {
-        close(port);
+        ev::close(port);
         return Err(NotMeasured("VCPUOP_up(vCPU 1)", rc));
     }
     let mut result = Ok(());
@@ -916,7 +739,7 @@ fn evtchn_ipi(si: &StartInfo, n: u64) -> Result<(u64, u64), NotMeasured> {
             result = Err(NotMeasured("starting vCPU 1", 0));
             break;
         }
-        yield_now();
+        hc::sched_yield();
     }
     let cb = AP_CALLBACK_RC.load(Ordering::SeqCst) as i64;
     if result.is_ok() && cb != 0 {
@@ -942,7 +765,7 @@ fn evtchn_ipi(si: &StartInfo, n: u64) -> Result<(u64, u64), NotMeasured> {
         let hits = HITS.load(Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let t0 = rdtsc_ordered();
-        let rc = send(port);
+        let rc = ev::send(port);
         if rc != 0 {
             result = Err(NotMeasured("EVTCHNOP_send", rc));
             break;
@@ -956,6 +779,6 @@ fn evtchn_ipi(si: &StartInfo, n: u64) -> Result<(u64, u64), NotMeasured> {
     }
     EXPECT_PORT.store(0, Ordering::SeqCst);
     AP_STOP.store(1, Ordering::SeqCst);
-    send(port);
+    ev::send(port);
     result.map(|()| (total, n))
 }

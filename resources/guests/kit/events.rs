@@ -17,41 +17,6 @@ use super::hypercall::{hypercall2, hypercall3};
 use super::rt::Global;
 use super::traps::TrapFrame;
 
-// xen: public/xen.h hypercall numbers.
-pub const HYPERVISOR_UPDATE_VA_MAPPING: u32 = 14;
-pub const HYPERVISOR_EVENT_CHANNEL_OP_COMPAT: u32 = 16;
-pub const HYPERVISOR_VCPU_OP: u32 = 24;
-pub const HYPERVISOR_CALLBACK_OP: u32 = 30;
-pub const HYPERVISOR_EVENT_CHANNEL_OP: u32 = 32;
-
-// xen: public/event_channel.h
-pub const EVTCHNOP_BIND_INTERDOMAIN: u32 = 0;
-pub const EVTCHNOP_BIND_VIRQ: u32 = 1;
-pub const EVTCHNOP_CLOSE: u32 = 3;
-pub const EVTCHNOP_SEND: u32 = 4;
-pub const EVTCHNOP_STATUS: u32 = 5;
-pub const EVTCHNOP_ALLOC_UNBOUND: u32 = 6;
-pub const EVTCHNOP_BIND_IPI: u32 = 7;
-pub const EVTCHNOP_UNMASK: u32 = 9;
-pub const EVTCHNOP_INIT_CONTROL: u32 = 11;
-pub const EVTCHNSTAT_INTERDOMAIN: u32 = 2;
-pub const EVTCHNSTAT_IPI: u32 = 5;
-pub const VIRQ_TIMER: u32 = 0;
-pub const VIRQ_DEBUG: u32 = 1;
-pub const DOMID_SELF: u16 = 0x7ff0;
-// xen: public/vcpu.h, public/callback.h, public/sched.h, public/xen.h
-pub const VCPUOP_REGISTER_VCPU_INFO: u64 = 10;
-pub const CALLBACKOP_REGISTER: u64 = 0;
-pub const CALLBACKTYPE_EVENT: u16 = 0;
-pub const SCHEDOP_BLOCK: u32 = 1;
-pub const SCHEDOP_POLL: u32 = 3;
-pub const UVMF_INVLPG: u64 = 2;
-// xen: public/errno.h
-pub const ENOENT: i64 = 2;
-pub const EEXIST: i64 = 17;
-pub const ENXIO: i64 = 6;
-pub const EBUSY: i64 = 16;
-
 /// The pseudo-vector the upcall entry pushes.
 pub const UPCALL_VECTOR: u64 = 256;
 
@@ -282,20 +247,24 @@ pub fn register_event_callback() -> i64 {
     extern "C" {
         fn kit_event_entry();
     }
-    #[repr(C)]
-    struct CallbackRegister {
-        ty: u16,
-        flags: u16,
-        pad: u32,
-        address: u64,
-    }
+    register_callback(
+        CALLBACKTYPE_EVENT,
+        0,
+        kit_event_entry as *const () as usize as u64,
+    )
+}
+
+/// `callback_op(CALLBACKOP_register, {ty, flags, address})`: the result. The entry at
+/// `address` must take Xen's bounce frame for that callback type.
+pub fn register_callback(ty: u16, flags: u16, address: u64) -> i64 {
     let r = CallbackRegister {
-        ty: CALLBACKTYPE_EVENT,
-        flags: 0,
+        ty,
+        flags,
         pad: 0,
-        address: kit_event_entry as *const () as usize as u64,
+        address,
     };
-    // SAFETY: the address is the kit's upcall entry, which takes Xen's frame.
+    // SAFETY: `r` is a readable struct callback_register; the hypervisor only records the
+    // address, which the callers name as an entry taking Xen's frame.
     unsafe {
         hypercall2(
             HYPERVISOR_CALLBACK_OP,
@@ -340,22 +309,25 @@ pub fn shared_info_mapped() -> bool {
     SHINFO_MAPPED.get()
 }
 
-const PENDING_WORD0: usize = 2048 / 8;
-const MASK_WORD0: usize = 2560 / 8;
+/// Words of vCPU `vcpu`'s legacy vcpu_info inside the mapped [`SHINFO`] (vcpu % 32).
+pub fn shared_vcpu_info(vcpu: usize) -> &'static [AtomicU64] {
+    let first = (vcpu % 32) * SHINFO_VCPU_INFO_WORDS;
+    &SHINFO.0[first..first + SHINFO_VCPU_INFO_WORDS]
+}
 
 fn bit(port: u32) -> (usize, u64) {
     ((port / 64) as usize, 1u64 << (port % 64))
 }
 pub fn port_pending(port: u32) -> bool {
     let (w, m) = bit(port);
-    SHINFO.0[PENDING_WORD0 + w].load(Ordering::SeqCst) & m != 0
+    SHINFO.0[SHINFO_PENDING_WORD0 + w].load(Ordering::SeqCst) & m != 0
 }
 pub fn mask_port(port: u32, masked: bool) {
     let (w, m) = bit(port);
     if masked {
-        SHINFO.0[MASK_WORD0 + w].fetch_or(m, Ordering::SeqCst);
+        SHINFO.0[SHINFO_MASK_WORD0 + w].fetch_or(m, Ordering::SeqCst);
     } else {
-        SHINFO.0[MASK_WORD0 + w].fetch_and(!m, Ordering::SeqCst);
+        SHINFO.0[SHINFO_MASK_WORD0 + w].fetch_and(!m, Ordering::SeqCst);
     }
 }
 
@@ -392,9 +364,9 @@ pub fn upcall(frame: &mut TrapFrame) {
             while sel != 0 {
                 let w = sel.trailing_zeros() as usize;
                 sel &= sel - 1;
-                let bits = SHINFO.0[PENDING_WORD0 + w].load(Ordering::SeqCst)
-                    & !SHINFO.0[MASK_WORD0 + w].load(Ordering::SeqCst);
-                SHINFO.0[PENDING_WORD0 + w].fetch_and(!bits, Ordering::SeqCst);
+                let bits = SHINFO.0[SHINFO_PENDING_WORD0 + w].load(Ordering::SeqCst)
+                    & !SHINFO.0[SHINFO_MASK_WORD0 + w].load(Ordering::SeqCst);
+                SHINFO.0[SHINFO_PENDING_WORD0 + w].fetch_and(!bits, Ordering::SeqCst);
                 if w == 0 {
                     PORTS_SEEN.set(PORTS_SEEN.get() | bits);
                 }

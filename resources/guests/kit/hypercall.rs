@@ -184,6 +184,12 @@ pub unsafe fn sched_op(cmd: u32, arg: u64) -> i64 {
     unsafe { hypercall2(HYPERVISOR_SCHED_OP, u64::from(cmd), arg) }
 }
 
+/// SCHEDOP_yield.
+pub fn sched_yield() -> i64 {
+    // SAFETY: SCHEDOP_yield takes no argument.
+    unsafe { sched_op(SCHEDOP_YIELD, 0) }
+}
+
 /// SCHEDOP_shutdown with `reason`; returns only if the hypervisor refuses (or resumes a
 /// suspended guest).
 pub fn shutdown(reason: u32) -> i64 {

@@ -164,7 +164,9 @@ pub mod hypercall;
 pub mod layout;
 pub mod pure;
 pub mod rt;
+pub mod smp;
 pub mod test;
+pub mod time;
 pub mod traps;
 
 use abi::StartInfo;

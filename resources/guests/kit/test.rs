@@ -31,6 +31,18 @@ pub fn value(name: &str, v: fmt::Arguments) {
     println!("KXEN-TEST: VALUE {}={}", name, v);
 }
 
+/// Wait for `cond`, giving the CPU away (SCHEDOP_yield) between tries, at most `tries`
+/// times; on timeout records `FAIL what: timed out`. Whether `cond` came true.
+pub fn wait_until(what: &str, tries: u32, cond: impl Fn() -> bool) -> bool {
+    for _ in 0..tries {
+        if cond() {
+            return true;
+        }
+        super::hypercall::sched_yield();
+    }
+    record(what, false, format_args!("timed out"))
+}
+
 pub fn counts() -> (u32, u32) {
     (PASSED.get(), FAILED.get())
 }

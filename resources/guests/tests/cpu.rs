@@ -31,16 +31,9 @@ const GET_DEBUGREG: u32 = 9;
 const UPDATE_DESCRIPTOR: u32 = 10;
 const PHYSDEV_OP_COMPAT: u32 = 19;
 const SET_SEGMENT_BASE: u32 = 25;
-const UPDATE_VA_MAPPING: u32 = 14;
-const UVMF_INVLPG: u64 = 2;
-const MMUEXT_SET_LDT: u32 = 13;
-const MMUEXT_OP: u32 = 26;
-const CALLBACK_OP: u32 = 30;
 const PHYSDEV_OP: u32 = 33;
 const PHYSDEVOP_SET_IOPL: u64 = 6;
 const VMASST_TYPE_ARCHITECTURAL_IOPL: u32 = 4;
-const MMUEXT_NEW_USER_BASEPTR: u32 = 15;
-const DOMID_SELF: u64 = 0x7ff0;
 const TF: u64 = 1 << 8;
 
 fn hc(nr: u32, a: u64, b: u64) -> i64 {
@@ -178,14 +171,14 @@ fn load_fs_read(sel: u16, off: u64) -> u64 {
 fn map_ro(va: u64) -> i64 {
     let pte = (va_to_mfn(va) << 12) | 1 | 4 | (1 << 5) | (1 << 63); // P, U, A, NX
     // SAFETY: remaps one of this guest's own static pages; nothing writes it afterwards.
-    unsafe { hypercall3(UPDATE_VA_MAPPING, va, pte, UVMF_INVLPG) }
+    unsafe { hypercall3(HYPERVISOR_UPDATE_VA_MAPPING, va, pte, UVMF_INVLPG) }
 }
 
 /// Try to map our own static page at `va` writable again.
 fn map_rw(va: u64) -> i64 {
     let pte = (va_to_mfn(va) << 12) | 1 | 2 | 4 | (1 << 5) | (1 << 6) | (1 << 63);
     // SAFETY: as map_ro; the hypervisor must refuse it while the page is a descriptor page.
-    unsafe { hypercall3(UPDATE_VA_MAPPING, va, pte, UVMF_INVLPG) }
+    unsafe { hypercall3(HYPERVISOR_UPDATE_VA_MAPPING, va, pte, UVMF_INVLPG) }
 }
 
 /// Load `sel` into %fs expecting a fault; the vector and error code of the fault.
@@ -260,7 +253,7 @@ fn gdt(si: &StartInfo) {
 fn set_ldt(base: u64, ents: u64) -> i64 {
     let op = MmuextOp { cmd: MMUEXT_SET_LDT, pad: 0, arg1: base, arg2: ents };
     // SAFETY: one mmuext_op at a live address; no done-count pointer.
-    unsafe { hypercall4(MMUEXT_OP, (&raw const op) as u64, 1, 0, DOMID_SELF) }
+    unsafe { hypercall4(HYPERVISOR_MMUEXT_OP, (&raw const op) as u64, 1, 0, u64::from(DOMID_SELF)) }
 }
 
 fn ldt() {
@@ -597,25 +590,8 @@ struct Stack([u8; 16384]);
 static mut KSTACK: Stack = Stack([0; 16384]);
 static mut USTACK: Stack = Stack([0; 16384]);
 
-#[repr(C)]
-struct MmuextOp {
-    cmd: u32,
-    pad: u32,
-    arg1: u64,
-    arg2: u64,
-}
-
-#[repr(C)]
-struct CallbackRegister {
-    ty: u16,
-    flags: u16,
-    pad: u32,
-    address: u64,
-}
-
 fn register_syscall_cb(address: u64, flags: u16) -> i64 {
-    let r = CallbackRegister { ty: 2, flags, pad: 0, address };
-    hc(CALLBACK_OP, 0, (&raw const r) as u64)
+    kit::events::register_callback(CALLBACKTYPE_SYSCALL, flags, address)
 }
 
 fn set_trap(vector: u8, flags: u8, address: u64) -> i64 {
@@ -644,7 +620,7 @@ fn usermode(si: &StartInfo) {
     let l4_mfn = va_to_mfn(si.pt_base);
     let op = MmuextOp { cmd: MMUEXT_NEW_USER_BASEPTR, pad: 0, arg1: l4_mfn, arg2: 0 };
     // SAFETY: one mmuext_op at a live address; no done-count pointer.
-    let rc = unsafe { hypercall4(MMUEXT_OP, (&raw const op) as u64, 1, 0, DOMID_SELF) };
+    let rc = unsafe { hypercall4(HYPERVISOR_MMUEXT_OP, (&raw const op) as u64, 1, 0, u64::from(DOMID_SELF)) };
     if rc != 0 {
         value!("usermode", "skipped (MMUEXT_NEW_USER_BASEPTR returned {})", rc);
         return;

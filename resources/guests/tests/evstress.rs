@@ -27,7 +27,9 @@ mod kit;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use kit::abi::*;
 use kit::events::*;
-use kit::hypercall::{hypercall3, multicall};
+use kit::hypercall::{multicall, sched_yield};
+use kit::smp::{self, Stacks};
+use kit::time::pvclock;
 
 xen_notes!(features = "writable_page_tables");
 
@@ -38,26 +40,8 @@ const LANES: usize = 8;
 const PER_LANE: u64 = 10_417;
 /// Sends one multicall can carry (every lane to every other vCPU).
 const BATCH: usize = (NR - 1) * LANES;
-// xen: public/xen.h __HYPERVISOR_event_channel_op; public/event_channel.h EVTCHNOP_send
-const HYPERVISOR_EVENT_CHANNEL_OP_NR: u64 = 32;
-const EVTCHNOP_SEND_CMD: u64 = 4;
 /// Idle rounds (each a SCHEDOP_yield) after which a vCPU declares itself stuck.
 const IDLE_LIMIT: u32 = 2_000_000;
-
-// xen: public/vcpu.h, public/arch-x86/xen.h
-const VCPUOP_INITIALISE: u64 = 0;
-const VCPUOP_UP: u64 = 1;
-const VCPUOP_DOWN: u64 = 2;
-const VGCF_IN_KERNEL: u64 = 1 << 2;
-const CTX_SIZE: usize = 5168;
-const OFF_FLAGS: usize = 512;
-const OFF_REGS: usize = 520;
-const OFF_KERNEL_SS: usize = 4968;
-const OFF_KERNEL_SP: usize = 4976;
-const OFF_CTRLREG: usize = 4984;
-const STACK: usize = 16384;
-/// shared_info.evtchn_pending, in u64 words.
-const PENDING_WORD0: usize = 2048 / 8;
 
 type Lanes<T> = [[[T; LANES]; NR]; NR];
 /// `PORT[r][s][k]`: the IPI port vCPU `r` bound for lane `k` of sender `s` (0 = not bound).
@@ -90,43 +74,9 @@ static ZERO_READS: AtomicU64 = AtomicU64::new(0);
 /// pvclock reads per vCPU.
 const CLOCK_ROUNDS: u32 = 100_000;
 
-fn rdtsc() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: rdtsc only reads the time-stamp counter.
-    unsafe { core::arch::asm!("lfence", "rdtsc", out("eax") lo, out("edx") hi, options(nostack)) };
-    (u64::from(hi) << 32) | u64::from(lo)
-}
-
-/// System time (ns) from vCPU `me`'s vcpu_time_info (shared_info.vcpu_info[me].time, words
-/// 4..8 of the 64-byte vcpu_info) with the version protocol. xen: public/xen.h,
-/// struct vcpu_time_info.
+/// System time (ns) from vCPU `me`'s pvclock (its vcpu_info in the mapped shared_info).
 fn system_time(me: usize) -> u64 {
-    let w = |i: usize| &SHINFO.0[me * 8 + i];
-    loop {
-        let v = w(4).load(Ordering::Acquire) as u32;
-        if v & 1 != 0 {
-            continue;
-        }
-        let tsc_ts = w(5).load(Ordering::Acquire);
-        let st = w(6).load(Ordering::Acquire);
-        let w7 = w(7).load(Ordering::Acquire);
-        let tsc = rdtsc();
-        if w(4).load(Ordering::Acquire) as u32 != v {
-            continue;
-        }
-        let mul = w7 as u32;
-        let shift = (w7 >> 32) as u8 as i8;
-        let mut delta = tsc.wrapping_sub(tsc_ts);
-        if (delta as i64) < 0 {
-            delta = 0;
-        }
-        if shift >= 0 {
-            delta <<= shift;
-        } else {
-            delta >>= -shift;
-        }
-        return st.wrapping_add(((u128::from(delta) * u128::from(mul)) >> 32) as u64);
-    }
+    pvclock(shared_vcpu_info(me)).0
 }
 
 /// One vCPU's share of the cross-vCPU monotonicity check.
@@ -145,28 +95,12 @@ fn clock_rounds(me: usize) {
     }
 }
 
-#[repr(C, align(16))]
-struct Stacks([[u8; STACK]; NR]);
-static mut STACKS: Stacks = Stacks([[0; STACK]; NR]);
-
-#[repr(C, align(64))]
-struct Ctx([u8; CTX_SIZE]);
-static mut CTX: Ctx = Ctx([0; CTX_SIZE]);
-
-fn vcpu_op(cmd: u64, vcpu: u64, arg: u64) -> i64 {
-    // SAFETY: every argument passed here is null or a readable buffer of the op's size.
-    unsafe { hypercall3(HYPERVISOR_VCPU_OP, cmd, vcpu, arg) }
-}
-
-fn yield_now() {
-    // SAFETY: SCHEDOP_yield takes no argument.
-    unsafe { kit::hypercall::sched_op(SCHEDOP_YIELD, 0) };
-}
+static STACKS: Stacks<NR> = Stacks::new();
 
 /// Test and clear `port`'s pending bit in the mapped shared_info.
 fn take_pending(port: u32) -> bool {
     let (w, m) = ((port / 64) as usize, 1u64 << (port % 64));
-    let Some(word) = SHINFO.0.get(PENDING_WORD0 + w) else {
+    let Some(word) = SHINFO.0.get(SHINFO_PENDING_WORD0 + w) else {
         return false;
     };
     word.load(Ordering::SeqCst) & m != 0 && word.fetch_and(!m, Ordering::SeqCst) & m != 0
@@ -198,7 +132,7 @@ fn finished(me: usize) -> bool {
 /// previous event was consumed.
 fn stress(me: usize) {
     while START.load(Ordering::SeqCst) == 0 {
-        yield_now();
+        sched_yield();
     }
     let mut idle = 0u32;
     let mut calls = [MulticallEntry::default(); BATCH];
@@ -224,9 +158,9 @@ fn stress(me: usize) {
                     SENT[me][r][k].store(sent + 1, Ordering::SeqCst);
                     ports[n][0] = PORT[r][me][k].load(Ordering::SeqCst);
                     calls[n] = MulticallEntry {
-                        op: HYPERVISOR_EVENT_CHANNEL_OP_NR,
+                        op: u64::from(HYPERVISOR_EVENT_CHANNEL_OP),
                         result: -1,
-                        args: [EVTCHNOP_SEND_CMD, ports[n].as_ptr() as u64, 0, 0, 0, 0],
+                        args: [u64::from(EVTCHNOP_SEND), ports[n].as_ptr() as u64, 0, 0, 0, 0],
                     };
                     n += 1;
                 }
@@ -253,76 +187,26 @@ fn stress(me: usize) {
                 STUCK.fetch_add(1, Ordering::SeqCst);
                 break;
             }
-            yield_now();
+            sched_yield();
         }
     }
     clock_rounds(me);
     DONE.fetch_add(1, Ordering::SeqCst);
 }
 
-/// A secondary vCPU's Rust entry (rdi = its id).
+/// A secondary vCPU's entry (its argument is its id).
 extern "C" fn ap_main(id: u64) -> ! {
     let me = (id as usize).min(NR - 1);
     bind_ports(me);
     stress(me);
-    vcpu_op(VCPUOP_DOWN, id, 0);
+    smp::down(id as u32);
     loop {
-        yield_now();
+        sched_yield();
     }
-}
-
-core::arch::global_asm!(
-    ".globl kit_evstress_ap_entry",
-    "kit_evstress_ap_entry:",
-    "call {main}",
-    "ud2",
-    main = sym ap_main,
-);
-
-fn put(b: &mut [u8; CTX_SIZE], off: usize, v: u64) {
-    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-/// The context of vCPU `id`: entry kit_evstress_ap_entry, its own stack, rdi = id, the
-/// current page tables.
-fn context(si: &StartInfo, id: usize) -> u64 {
-    extern "C" {
-        fn kit_evstress_ap_entry();
-    }
-    // SAFETY: only vCPU 0 builds contexts, one at a time, before the target vCPU runs.
-    let b = unsafe { &mut (*(&raw mut CTX)).0 };
-    b.fill(0);
-    // SAFETY: address of the static stack array; each vCPU uses its own slot.
-    let stack_top = unsafe { (&raw const STACKS.0[id]) as u64 } + STACK as u64;
-    let cr3 = pfn_of(si.pt_base) << 12;
-    put(b, OFF_FLAGS, VGCF_IN_KERNEL);
-    put(b, OFF_REGS + 14 * 8, id as u64); // rdi
-    put(
-        b,
-        OFF_REGS + 16 * 8,
-        kit_evstress_ap_entry as *const () as usize as u64,
-    ); // rip
-    put(b, OFF_REGS + 17 * 8, u64::from(FLAT_KERNEL_CS)); // cs
-    put(b, OFF_REGS + 18 * 8, 0x202); // rflags
-    // rsp: 16-byte aligned before kit_evstress_ap_entry's `call`, as the ABI wants (the
-    // entry's own `call` then leaves ap_main at rsp % 16 == 8).
-    put(b, OFF_REGS + 19 * 8, stack_top);
-    put(b, OFF_REGS + 20 * 8, u64::from(FLAT_KERNEL_SS)); // ss
-    put(b, OFF_KERNEL_SS, u64::from(FLAT_KERNEL_SS));
-    put(b, OFF_KERNEL_SP, stack_top);
-    put(b, OFF_CTRLREG + 3 * 8, cr3);
-    b.as_ptr() as u64
 }
 
 fn wait_until(what: &str, cond: impl Fn() -> bool) -> bool {
-    for _ in 0..20_000_000u32 {
-        if cond() {
-            return true;
-        }
-        yield_now();
-    }
-    check!(what, false, "timed out");
-    false
+    kit::test::wait_until(what, 20_000_000, cond)
 }
 
 fn kmain(si: &'static StartInfo) {
@@ -333,9 +217,9 @@ fn kmain(si: &'static StartInfo) {
     }
     bind_ports(0);
     for id in 1..NR {
-        let c = context(si, id);
-        check_eq!("initialise", vcpu_op(VCPUOP_INITIALISE, id as u64, c), 0);
-        check_eq!("up", vcpu_op(VCPUOP_UP, id as u64, 0), 0);
+        let c = smp::context(si, ap_main, id as u64, STACKS.top(id));
+        check_eq!("initialise", smp::initialise(id as u32, c), 0);
+        check_eq!("up", smp::up(id as u32), 0);
     }
     if !wait_until("evstress_ports_bound", || {
         READY.load(Ordering::SeqCst) == NR as u32

@@ -22,11 +22,6 @@ use kit::hypercall as hc;
 
 xen_notes!(features = "writable_page_tables");
 
-const HYPERVISOR_GRANT_TABLE_OP: u32 = 20;
-const ESRCH: i64 = 3;
-const DOMID_SELF: u16 = 0x7ff0;
-const EACCES: i64 = 13;
-
 const GNTTABOP_MAP_GRANT_REF: u64 = 0;
 const GNTTABOP_UNMAP_GRANT_REF: u64 = 1;
 const GNTTABOP_SETUP_TABLE: u64 = 2;

@@ -13,17 +13,10 @@ mod kit;
 use core::arch::asm;
 use kit::abi::*;
 use kit::hypercall as hc;
+use kit::time::rdtsc;
 use kit::traps::{self, ANY_RIP};
 
 xen_notes!(features = "writable_page_tables");
-
-const HYPERVISOR_UPDATE_VA_MAPPING: u32 = 14;
-const HYPERVISOR_UPDATE_VA_MAPPING_OTHERDOMAIN: u32 = 22;
-const HYPERVISOR_MMUEXT_OP: u32 = 26;
-
-const EBUSY: i64 = 16;
-const EACCES: i64 = 13;
-const ESRCH: i64 = 3;
 
 const P: u64 = 1;
 const RW: u64 = 2;
@@ -31,10 +24,6 @@ const USER: u64 = 4;
 const ACCESSED: u64 = 1 << 5;
 const DIRTY: u64 = 1 << 6;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
-
-const MMU_NORMAL_PT_UPDATE: u64 = 0;
-const MMU_MACHPHYS_UPDATE: u64 = 1;
-const MMU_PT_UPDATE_PRESERVE_AD: u64 = 2;
 
 const PIN_L4: u32 = 3;
 const UNPIN: u32 = 4;
@@ -52,13 +41,6 @@ const CLEAR_PAGE: u32 = 16;
 const COPY_PAGE: u32 = 17;
 const FLUSH_CACHE_GLOBAL: u32 = 18;
 
-const UVMF_NONE: u64 = 0;
-const UVMF_TLB_FLUSH: u64 = 1;
-const UVMF_INVLPG: u64 = 2;
-const UVMF_ALL: u64 = 4;
-
-const DOMID_SELF: u64 = 0x7ff0;
-
 /// Where the new address space maps its extra region (L4 slot 2, absent from the boot
 /// tables), and how many pages it maps there.
 const NEW_VA: u64 = 0x0000_0100_0000_0000;
@@ -66,22 +48,6 @@ const BATCH: u32 = 1_000_000;
 /// 16 MB of requests: 3907 pages, all mapping the same request page.
 const REQ_PAGES: u64 = (BATCH as u64 * 16).div_ceil(PAGE_SIZE);
 const NEW_L1S: u64 = REQ_PAGES.div_ceil(512);
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct MmuUpdate {
-    ptr: u64,
-    val: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct MmuextOp {
-    cmd: u32,
-    pad: u32,
-    arg1: u64,
-    arg2: u64,
-}
 
 fn mmu_update(reqs: &[MmuUpdate], done: Option<&mut u32>) -> i64 {
     let pdone = done.map_or(0, |d| d as *mut u32 as u64);
@@ -92,7 +58,7 @@ fn mmu_update(reqs: &[MmuUpdate], done: Option<&mut u32>) -> i64 {
             reqs.as_ptr() as u64,
             reqs.len() as u64,
             pdone,
-            DOMID_SELF,
+            u64::from(DOMID_SELF),
         )
     }
 }
@@ -120,7 +86,7 @@ fn ext(cmd: u32, arg1: u64, arg2: u64) -> i64 {
             &op as *const MmuextOp as u64,
             1,
             0,
-            DOMID_SELF,
+            u64::from(DOMID_SELF),
         )
     }
 }
@@ -128,13 +94,6 @@ fn ext(cmd: u32, arg1: u64, arg2: u64) -> i64 {
 fn uvm(va: u64, val: u64, flags: u64) -> i64 {
     // SAFETY: the hypervisor validates the entry.
     unsafe { hc::hypercall3(HYPERVISOR_UPDATE_VA_MAPPING, va, val, flags) }
-}
-
-fn rdtsc() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: rdtsc only reads the time-stamp counter.
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
-    (u64::from(hi) << 32) | u64::from(lo)
 }
 
 fn pte(mfn: u64, flags: u64) -> u64 {
@@ -450,7 +409,7 @@ fn new_address_space(si: &StartInfo, spare: &dyn Fn(u64) -> u64) {
     // 10^6 requests through the new region: completes via continuations.
     let mut done = 0u32;
     let t0 = rdtsc();
-    let rc = mmu_update_raw(NEW_VA, BATCH as u64, &mut done as *mut u32 as u64, DOMID_SELF);
+    let rc = mmu_update_raw(NEW_VA, BATCH as u64, &mut done as *mut u32 as u64, u64::from(DOMID_SELF));
     let t1 = rdtsc();
     // Benchmark hook: TSC ticks per request of a 10^6 batch (plain writes, continuations
     // every 4096 requests included).
@@ -554,18 +513,18 @@ fn hostile(si: &StartInfo, a: u64, fa: u64) {
     let mut done = 0u32;
     check_eq!(
         "mmu_update_unaligned_list_ok",
-        mmu_update_raw(ua, 2, &mut done as *mut u32 as u64, DOMID_SELF),
+        mmu_update_raw(ua, 2, &mut done as *mut u32 as u64, u64::from(DOMID_SELF)),
         0
     );
     check_eq!("mmu_update_unaligned_done", done, 2u32);
     check_eq!(
         "mmu_update_noncanonical_list_efault",
-        mmu_update_raw(0x8000_0000_0000_0000, 1, 0, DOMID_SELF),
+        mmu_update_raw(0x8000_0000_0000_0000, 1, 0, u64::from(DOMID_SELF)),
         -EFAULT
     );
     check_eq!(
         "mmu_update_xen_area_list_efault",
-        mmu_update_raw(0xffff_8080_0000_0000, 1, 0, DOMID_SELF),
+        mmu_update_raw(0xffff_8080_0000_0000, 1, 0, u64::from(DOMID_SELF)),
         -EFAULT
     );
     check_eq!(
@@ -607,7 +566,7 @@ fn hostile(si: &StartInfo, a: u64, fa: u64) {
     check_eq!("new_baseptr_data_einval", ext(NEW_BASEPTR, fa, 0), -EINVAL);
     // SAFETY: the hypervisor refuses an unreadable op list.
     let rc = unsafe {
-        hc::hypercall4(HYPERVISOR_MMUEXT_OP, 0x8000_0000_0000_0000, 1, 0, DOMID_SELF)
+        hc::hypercall4(HYPERVISOR_MMUEXT_OP, 0x8000_0000_0000_0000, 1, 0, u64::from(DOMID_SELF))
     };
     check_eq!("mmuext_noncanonical_list_efault", rc, -EFAULT);
     check_eq!("a_still_mapped", rd(a) != 0x5a5a_5a5a, true);
@@ -635,7 +594,7 @@ fn reservation(cmd: u64, frames: &mut [u64], order: u32) -> i64 {
         extent_start: frames.as_mut_ptr() as u64,
         nr_extents: frames.len() as u64,
         extent_order: order,
-        domid: DOMID_SELF as u16,
+        domid: DOMID_SELF,
         ..Default::default()
     };
     // SAFETY: the reservation and its extent list are ours.
@@ -643,7 +602,7 @@ fn reservation(cmd: u64, frames: &mut [u64], order: u32) -> i64 {
 }
 
 fn current_reservation() -> i64 {
-    let d = DOMID_SELF as u16;
+    let d = DOMID_SELF;
     // SAFETY: reads our domid_t.
     unsafe { hc::memory_op(XENMEM_CURRENT_RESERVATION, &d as *const u16 as u64) }
 }

@@ -22,7 +22,8 @@ mod kit;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use kit::abi::*;
 use kit::events::*;
-use kit::hypercall::{hypercall3, hypercall4};
+use kit::hypercall::{hypercall3, hypercall4, sched_yield};
+use kit::smp::{self, vcpu_op, Stacks};
 
 xen_notes!(features = "writable_page_tables");
 
@@ -30,23 +31,6 @@ xen_notes!(features = "writable_page_tables");
 const NR: u32 = 2;
 #[cfg(kxen_guest = "smp_4")]
 const NR: u32 = 4;
-
-// xen: public/vcpu.h, public/arch-x86/xen.h
-const VCPUOP_INITIALISE: u64 = 0;
-const VCPUOP_UP: u64 = 1;
-const VCPUOP_DOWN: u64 = 2;
-const VCPUOP_IS_UP: u64 = 3;
-const VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA: u64 = 5;
-const RUNSTATE_RUNNING: u64 = 0;
-const RUNSTATE_OFFLINE: u64 = 3;
-const VGCF_IN_KERNEL: u64 = 1 << 2;
-const CTX_SIZE: usize = 5168;
-const OFF_FLAGS: usize = 512;
-const OFF_REGS: usize = 520;
-const OFF_KERNEL_SS: usize = 4968;
-const OFF_KERNEL_SP: usize = 4976;
-const OFF_CTRLREG: usize = 4984;
-const STACK: usize = 16384;
 
 /// vCPUs that reached their entry point.
 static ARRIVED: AtomicU32 = AtomicU32::new(0);
@@ -63,20 +47,9 @@ static RUNSTATE1: [AtomicU64; 6] = [const { AtomicU64::new(u64::MAX) }; 6];
 /// Entry argument (rdi) each vCPU saw.
 static SEEN_ID: [AtomicU64; 4] = [const { AtomicU64::new(u64::MAX) }; 4];
 
-#[repr(C, align(16))]
-struct Stacks([[u8; STACK]; 4]);
-static mut STACKS: Stacks = Stacks([[0; STACK]; 4]);
-
-#[repr(C, align(64))]
-struct Ctx([u8; CTX_SIZE]);
-static mut CTX: Ctx = Ctx([0; CTX_SIZE]);
+static STACKS: Stacks<4> = Stacks::new();
 
 // Remote TLB flush test (see the module docs).
-const HC_MMUEXT_OP: u32 = 26;
-const MMUEXT_TLB_FLUSH_MULTI: u32 = 8;
-const UVMF_ALL_VCPUS: u64 = 4;
-const UVMF_NO_FLUSH: u64 = 0;
-const DOMID_SELF_ID: u64 = 0x7ff0;
 const VAL_A: u64 = 0xaaaa_0000_0000_0001;
 const VAL_B: u64 = 0xbbbb_0000_0000_0002;
 /// The VA vCPU 1 reads (0 until vCPU 0 set it up).
@@ -120,15 +93,11 @@ fn tlb_reader() {
     }
 }
 
-fn mfn_of_va(va: u64) -> u64 {
-    (va - VIRT_BASE) / PAGE_SIZE
-}
-
 /// vCPU 0's side.
 fn remote_tlb_flush(si: &StartInfo) {
     let end = kit::layout::initial_mapping_end(si);
     let (a, b) = (end - PAGE_SIZE, end - 2 * PAGE_SIZE);
-    let (fa, fb) = (mfn_of_va(a), mfn_of_va(b));
+    let (fa, fb) = (pfn_of(a), pfn_of(b));
     // SAFETY: spare pages at the end of the initial mapping, mapped writable, unused.
     unsafe {
         core::ptr::write_volatile(a as *mut u64, VAL_A);
@@ -142,7 +111,7 @@ fn remote_tlb_flush(si: &StartInfo) {
         // SAFETY: remaps the spare page's VA; the hypervisor validates the entry.
         unsafe { hypercall3(HYPERVISOR_UPDATE_VA_MAPPING, a, (mfn << 12) | 0x63, flags) }
     };
-    check_eq!("uvm_all_remap", uvm(fb, UVMF_INVLPG | UVMF_ALL_VCPUS), 0);
+    check_eq!("uvm_all_remap", uvm(fb, UVMF_INVLPG | UVMF_ALL), 0);
     TLB_PHASE.store(2, Ordering::SeqCst);
     if wait_until("tlb_reader_saw_uvm_all", || TLB_PHASE.load(Ordering::SeqCst) == 3) {
         check_eq!(
@@ -151,7 +120,7 @@ fn remote_tlb_flush(si: &StartInfo) {
             VAL_B
         );
     }
-    check_eq!("uvm_remap_back_no_flush", uvm(fa, UVMF_NO_FLUSH), 0);
+    check_eq!("uvm_remap_back_no_flush", uvm(fa, UVMF_NONE), 0);
     let mask: u64 = 1 << 1;
     // struct mmuext_op: cmd (+pad), arg1, arg2 = vcpumask.
     let op: [u64; 3] = [
@@ -160,7 +129,7 @@ fn remote_tlb_flush(si: &StartInfo) {
         &mask as *const u64 as u64,
     ];
     // SAFETY: one mmuext_op on our stack, its vcpumask too.
-    let rc = unsafe { hypercall4(HC_MMUEXT_OP, op.as_ptr() as u64, 1, 0, DOMID_SELF_ID) };
+    let rc = unsafe { hypercall4(HYPERVISOR_MMUEXT_OP, op.as_ptr() as u64, 1, 0, u64::from(DOMID_SELF)) };
     check_eq!("tlb_flush_multi", rc, 0);
     TLB_PHASE.store(4, Ordering::SeqCst);
     if wait_until("tlb_reader_saw_flush_multi", || TLB_PHASE.load(Ordering::SeqCst) == 5) {
@@ -173,17 +142,7 @@ fn remote_tlb_flush(si: &StartInfo) {
     TLB_PHASE.store(6, Ordering::SeqCst);
 }
 
-fn vcpu_op(cmd: u64, vcpu: u64, arg: u64) -> i64 {
-    // SAFETY: every argument passed here is null or a readable buffer of the op's size.
-    unsafe { hypercall3(HYPERVISOR_VCPU_OP, cmd, vcpu, arg) }
-}
-
-fn yield_now() {
-    // SAFETY: SCHEDOP_yield takes no argument.
-    unsafe { kit::hypercall::sched_op(SCHEDOP_YIELD, 0) };
-}
-
-/// A secondary vCPU's Rust entry (rdi = its id, from the context's user_regs).
+/// A secondary vCPU's entry (its argument is its id).
 extern "C" fn ap_main(id: u64) -> ! {
     let i = id as usize;
     SEEN_ID[i.min(3)].store(id, Ordering::SeqCst);
@@ -209,56 +168,17 @@ extern "C" fn ap_main(id: u64) -> ! {
     vcpu_op(VCPUOP_DOWN, id, 0);
     // Not reached while down; if the VMM let it run on, stay here.
     loop {
-        yield_now();
+        sched_yield();
     }
 }
 
-core::arch::global_asm!(
-    ".globl kit_smp_ap_entry",
-    "kit_smp_ap_entry:",
-    "call {main}",
-    "ud2",
-    main = sym ap_main,
-);
-
-fn put(b: &mut [u8; CTX_SIZE], off: usize, v: u64) {
-    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
-}
-
-/// Build the context of vCPU `id`: entry kit_smp_ap_entry, its own stack, rdi = id, the
-/// current page tables (start_info's pt_base).
+/// The context of vCPU `id`: entry ap_main(id), its own stack, the current page tables.
 fn context(si: &StartInfo, id: u32) -> u64 {
-    extern "C" {
-        fn kit_smp_ap_entry();
-    }
-    // SAFETY: only vCPU 0 builds contexts, one at a time, before the target vCPU runs.
-    let b = unsafe { &mut (*(&raw mut CTX)).0 };
-    b.fill(0);
-    // SAFETY: address of the static stack array; each vCPU uses its own slot.
-    let stack_top = unsafe { (&raw const STACKS.0[id as usize]) as u64 } + STACK as u64;
-    let cr3 = pfn_of(si.pt_base) << 12;
-    put(b, OFF_FLAGS, VGCF_IN_KERNEL);
-    put(b, OFF_REGS + 14 * 8, u64::from(id)); // rdi
-    put(b, OFF_REGS + 16 * 8, kit_smp_ap_entry as *const () as usize as u64); // rip
-    put(b, OFF_REGS + 17 * 8, u64::from(FLAT_KERNEL_CS)); // cs
-    put(b, OFF_REGS + 18 * 8, 0x202); // rflags
-    put(b, OFF_REGS + 19 * 8, stack_top); // rsp: aligned before kit_smp_ap_entry's `call`
-    put(b, OFF_REGS + 20 * 8, u64::from(FLAT_KERNEL_SS)); // ss
-    put(b, OFF_KERNEL_SS, u64::from(FLAT_KERNEL_SS));
-    put(b, OFF_KERNEL_SP, stack_top);
-    put(b, OFF_CTRLREG + 3 * 8, cr3);
-    b.as_ptr() as u64
+    smp::context(si, ap_main, u64::from(id), STACKS.top(id as usize))
 }
 
 fn wait_until(what: &str, cond: impl Fn() -> bool) -> bool {
-    for _ in 0..2_000_000u32 {
-        if cond() {
-            return true;
-        }
-        yield_now();
-    }
-    check!(what, false, "timed out");
-    false
+    kit::test::wait_until(what, 2_000_000, cond)
 }
 
 fn kmain(si: &'static StartInfo) {

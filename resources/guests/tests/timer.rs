@@ -10,65 +10,21 @@
 #[path = "../kit/mod.rs"]
 mod kit;
 
-use core::sync::atomic::{fence, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use kit::abi::*;
 use kit::events::*;
 use kit::hypercall::{hypercall1, hypercall3};
+use kit::time::{pvclock, set_singleshot_timer};
 
 xen_notes!(features = "writable_page_tables");
 
-// xen: public/xen.h, public/vcpu.h, public/errno.h
-const HYPERVISOR_SET_TIMER_OP: u32 = 15;
-const VCPUOP_SET_SINGLESHOT_TIMER: u64 = 8;
-const VCPUOP_STOP_SINGLESHOT_TIMER: u64 = 9;
-const VCPU_SSHOTTMR_FUTURE: u32 = 1;
-const VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA: u64 = 5;
-const RUNSTATE_RUNNING: u64 = 0;
-const RUNSTATE_BLOCKED: usize = 2;
-
 /// vCPU 0's runstate area (struct vcpu_runstate_info: state, state_entry_time, time[4]).
 static RUNSTATE: [AtomicU64; 6] = [const { AtomicU64::new(u64::MAX) }; 6];
-const ETIME: i64 = 62;
 const MS: u64 = 1_000_000;
 
-fn rdtsc() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: rdtsc only reads the time-stamp counter.
-    unsafe { core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
-    (u64::from(hi) << 32) | u64::from(lo)
-}
-
-/// System time (ns) from vcpu_info.time (words 4..8 of the registered vcpu_info), with the
-/// pvclock version protocol; also returns the version read.
+/// System time (ns) from the registered vcpu_info's pvclock, and the version read.
 fn system_time() -> (u64, u32) {
-    loop {
-        let v = VCPU_INFO.0[4].load(Ordering::Acquire) as u32;
-        if v & 1 != 0 {
-            continue;
-        }
-        fence(Ordering::Acquire);
-        let tsc_ts = VCPU_INFO.0[5].load(Ordering::Relaxed);
-        let st = VCPU_INFO.0[6].load(Ordering::Relaxed);
-        let w7 = VCPU_INFO.0[7].load(Ordering::Relaxed);
-        let tsc = rdtsc();
-        fence(Ordering::Acquire);
-        if VCPU_INFO.0[4].load(Ordering::Acquire) as u32 != v {
-            continue;
-        }
-        let mul = w7 as u32;
-        let shift = (w7 >> 32) as u8 as i8;
-        let mut delta = tsc.wrapping_sub(tsc_ts);
-        if (delta as i64) < 0 {
-            delta = 0;
-        }
-        if shift >= 0 {
-            delta <<= shift;
-        } else {
-            delta >>= -shift;
-        }
-        let ns = ((u128::from(delta) * u128::from(mul)) >> 32) as u64;
-        return (st + ns, v);
-    }
+    pvclock(&VCPU_INFO.0)
 }
 
 fn now() -> u64 {
@@ -76,16 +32,7 @@ fn now() -> u64 {
 }
 
 fn singleshot(timeout: u64, flags: u32) -> i64 {
-    let arg: [u64; 2] = [timeout, u64::from(flags)];
-    // SAFETY: `arg` is a readable struct vcpu_set_singleshot_timer.
-    unsafe {
-        hypercall3(
-            HYPERVISOR_VCPU_OP,
-            VCPUOP_SET_SINGLESHOT_TIMER,
-            0,
-            &arg as *const _ as u64,
-        )
-    }
+    set_singleshot_timer(0, timeout, flags)
 }
 
 fn set_timer_op(timeout: u64) -> i64 {
@@ -164,7 +111,7 @@ fn kmain(si: &'static StartInfo) {
         )
     };
     check_eq!("register_runstate_area", rc, 0);
-    let blocked_before = RUNSTATE[2 + RUNSTATE_BLOCKED].load(Ordering::SeqCst);
+    let blocked_before = RUNSTATE[2 + RUNSTATE_BLOCKED as usize].load(Ordering::SeqCst);
 
     // A single-shot timer 10 ms ahead, then block: the VIRQ_TIMER upcall arrives.
     let before = UPCALLS.get();
@@ -189,7 +136,7 @@ fn kmain(si: &'static StartInfo) {
     // ~10 ms spent blocked added to time[blocked].
     let state = RUNSTATE[0].load(Ordering::SeqCst);
     check_eq!("runstate_running_after_block", state, RUNSTATE_RUNNING);
-    let blocked = RUNSTATE[2 + RUNSTATE_BLOCKED]
+    let blocked = RUNSTATE[2 + RUNSTATE_BLOCKED as usize]
         .load(Ordering::SeqCst)
         .wrapping_sub(blocked_before);
     check!(
@@ -271,7 +218,7 @@ fn kmain(si: &'static StartInfo) {
 
     // The wallclock, when the guest can map shared_info.
     if map_shared_info(si) == 0 {
-        let w = SHINFO.0[3072 / 8].load(Ordering::Acquire);
+        let w = SHINFO.0[SHINFO_WC_WORD].load(Ordering::Acquire);
         let (ver, sec) = (w as u32, (w >> 32) as u32);
         check!("wallclock_set", ver != 0 && ver % 2 == 0 && sec != 0, "wc {:#x}", w);
         value!("wallclock_sec", "{}", sec);
