@@ -423,6 +423,109 @@ mod tests {
 pub mod harness {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use kxen::launch::{Domain, LaunchError, LaunchSpec, Outcome};
+    use xen_abi::sched::ShutdownReason;
+
+    use crate::Report;
+
+    /// How long a kit guest may run before the test stops it (it then fails).
+    pub const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// Run `domain` to its end; if it is still running after `timeout`, stop it with
+    /// `reason` (the outcome then says so).
+    pub fn run_with_watchdog(
+        domain: &mut Domain,
+        timeout: Duration,
+        reason: &'static str,
+    ) -> Result<Outcome, LaunchError> {
+        let stop = domain.stop_handle();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if done_rx.recv_timeout(timeout).is_err() {
+                stop.stop(reason);
+            }
+        });
+        let outcome = domain.run();
+        let _ = done_tx.send(());
+        let _ = watchdog.join();
+        outcome
+    }
+
+    /// The launch of kit guest `name` (or the demo guest): 64 MiB, one vCPU, command line
+    /// `kxen-test NAME`.
+    pub fn guest_spec(name: &str, privileged: bool) -> LaunchSpec {
+        let image = match name {
+            "demo" => kxen::demo_image::DEMO_GUEST,
+            _ => crate::guest(name).unwrap_or_else(|| panic!("no test guest {name}")),
+        };
+        LaunchSpec {
+            name: name.into(),
+            kernel: image.to_vec(),
+            initrd: Vec::new(),
+            cmdline: format!("kxen-test {name}"),
+            memory_mib: 64,
+            vcpus: 1,
+            privileged,
+            ..Default::default()
+        }
+    }
+
+    /// A finished guest run: how it ended, its console and the `KXEN-TEST:` report in it.
+    pub struct Run {
+        /// How the domain ended.
+        pub outcome: Outcome,
+        /// Everything it printed.
+        pub console: String,
+        /// Its `KXEN-TEST:` lines.
+        pub report: Report,
+    }
+
+    impl Run {
+        /// Every check passed, the guest finished and powered off (exit status 0).
+        pub fn assert_all_passed(&self) {
+            assert!(
+                self.report.all_passed(),
+                "guest reported failures or did not finish:\n{}",
+                self.console
+            );
+            assert_eq!(
+                self.outcome.reason,
+                ShutdownReason::Poweroff,
+                "{}",
+                self.console
+            );
+            assert_eq!(self.outcome.exit_status(), 0);
+        }
+    }
+
+    /// Boot `spec` with `input` waiting as keyboard input, under [`GUEST_TIMEOUT`]; the
+    /// console is printed for the test log.
+    pub fn boot_with_input(spec: &LaunchSpec, input: &[u8]) -> Result<Run, LaunchError> {
+        let out = Capture::default();
+        let mut domain = Domain::create(spec, Box::new(out.clone()))?;
+        domain.shared().console.lock().unwrap().input.extend(input);
+        let outcome = run_with_watchdog(&mut domain, GUEST_TIMEOUT, "test timeout")?;
+        let console = out.text();
+        eprintln!(
+            "--- {} console ---\n{console}--- {} ---",
+            spec.name,
+            outcome.describe()
+        );
+        let report = Report::parse(&console);
+        Ok(Run {
+            outcome,
+            console,
+            report,
+        })
+    }
+
+    /// Boot kit guest `name`; panics if the domain cannot be created.
+    pub fn boot(name: &str, privileged: bool) -> Run {
+        boot_with_input(&guest_spec(name, privileged), b"")
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
 
     /// A console sink the test can read while the guest runs.
     #[derive(Clone, Default)]

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use kxen::launch::{Domain, LaunchSpec, Outcome};
+use kxen_tests::harness::{run_with_watchdog, GUEST_TIMEOUT};
 use xen_abi::sched::ShutdownReason;
 
 fn boot(name: &str, kernel: &[u8]) -> Option<Outcome> {
@@ -23,16 +24,7 @@ fn boot(name: &str, kernel: &[u8]) -> Option<Outcome> {
         ..Default::default()
     };
     let mut domain = Domain::create(&spec, Box::new(std::io::sink())).expect("create");
-    let stop = domain.stop_handle();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if done_rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            stop.stop("test timeout");
-        }
-    });
-    let outcome = domain.run().expect("run");
-    let _ = done_tx.send(());
-    let _ = watchdog.join();
+    let outcome = run_with_watchdog(&mut domain, GUEST_TIMEOUT, "test timeout").expect("run");
     Some(outcome)
 }
 

@@ -1,85 +1,8 @@
 //! The PV CPU model end to end: boot the `cpu` kit guests under kxen (KVM) and judge what
 //! they print (resources/guests/tests/cpu.rs). Without /dev/kvm every test skips with one line.
 
-use std::time::Duration;
-
-use kxen::launch::{Domain, LaunchError, LaunchSpec, Outcome};
-use kxen_tests::harness::{kvm, Capture};
-use kxen_tests::Report;
+use kxen_tests::harness::{boot, kvm};
 use xen_abi::sched::ShutdownReason;
-
-/// How long a guest may run before the test stops it (it then fails).
-const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn spec(name: &str, privileged: bool) -> LaunchSpec {
-    let image = match name {
-        "demo" => kxen::demo_image::DEMO_GUEST,
-        _ => kxen_tests::guest(name).unwrap_or_else(|| panic!("no test guest {name}")),
-    };
-    LaunchSpec {
-        name: name.into(),
-        kernel: image.to_vec(),
-        initrd: Vec::new(),
-        cmdline: format!("kxen-test {name}"),
-        memory_mib: 64,
-        vcpus: 1,
-        privileged,
-        ..Default::default()
-    }
-}
-
-struct Run {
-    outcome: Outcome,
-    console: String,
-    report: Report,
-}
-
-fn boot_spec(spec: &LaunchSpec) -> Result<Run, LaunchError> {
-    let out = Capture::default();
-    let mut domain = Domain::create(spec, Box::new(out.clone()))?;
-    let stop = domain.stop_handle();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if done_rx.recv_timeout(GUEST_TIMEOUT).is_err() {
-            stop.stop("test timeout");
-        }
-    });
-    let outcome = domain.run();
-    let _ = done_tx.send(());
-    let _ = watchdog.join();
-    let outcome = outcome?;
-    let console = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
-    eprintln!(
-        "--- {} console ---\n{console}--- {} ---",
-        spec.name,
-        outcome.describe()
-    );
-    let report = Report::parse(&console);
-    Ok(Run {
-        outcome,
-        console,
-        report,
-    })
-}
-
-fn boot(name: &str, privileged: bool) -> Run {
-    boot_spec(&spec(name, privileged)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn assert_all_passed(run: &Run) {
-    assert!(
-        run.report.all_passed(),
-        "guest reported failures or did not finish:\n{}",
-        run.console
-    );
-    assert_eq!(
-        run.outcome.reason,
-        ShutdownReason::Poweroff,
-        "{}",
-        run.console
-    );
-    assert_eq!(run.outcome.exit_status(), 0);
-}
 
 #[test]
 fn cpu_model_segments_gdt_ldt_fpu_debugregs_iopl_and_user_mode_behave_as_xen() {
@@ -87,7 +10,7 @@ fn cpu_model_segments_gdt_ldt_fpu_debugregs_iopl_and_user_mode_behave_as_xen() {
         return;
     }
     let run = boot("cpu", false);
-    assert_all_passed(&run);
+    run.assert_all_passed();
     for name in [
         "fs_base_survives_trap_and_hypercall",
         "gs_base_survives_trap_and_hypercall",

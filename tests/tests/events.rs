@@ -7,11 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kxen::launch::{Domain, LaunchSpec, Outcome};
-use kxen_tests::harness::{kvm, Capture};
+use kxen_tests::harness::{kvm, run_with_watchdog, Capture, GUEST_TIMEOUT};
 use kxen_tests::Report;
 use xen_abi::sched::ShutdownReason;
-
-const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn spec(name: &str) -> LaunchSpec {
     LaunchSpec {
@@ -49,24 +47,14 @@ fn boot(
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let stop = domain.stop_handle();
     let shared = domain.shared().clone();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let watchdog = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            if done_rx.recv_timeout(GUEST_TIMEOUT).is_err() {
-                stop.stop("test timeout");
-            }
-        })
-    };
     let helper = {
-        let (stop, out) = (stop.clone(), out.clone());
+        let out = out.clone();
         std::thread::spawn(move || host(stop, shared, out))
     };
     let t0 = Instant::now();
-    let outcome = domain.run().unwrap_or_else(|e| panic!("{name}: {e}"));
+    let outcome = run_with_watchdog(&mut domain, GUEST_TIMEOUT, "test timeout")
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     let elapsed = t0.elapsed();
-    let _ = done_tx.send(());
-    let _ = watchdog.join();
     let _ = helper.join();
     let console = out.text();
     eprintln!(

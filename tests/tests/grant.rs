@@ -2,15 +2,13 @@
 //! (Xen's statuses and errnos) and grants two pages to domain 0; after it powers off, this
 //! test plays kxen's backend and reaches those pages through the domain's grant table.
 
-use std::time::Duration;
-
 use kxen::hypercall::grant::{GuestGrantMem, BACKEND_DOMID};
 use kxen::launch::{Domain, LaunchSpec};
 use kxen_devices::grant::{
     GNTST_BAD_GNTREF, GNTST_GENERAL_ERROR, GTF_PERMIT_ACCESS, GTF_READING, GTF_READONLY,
     GTF_WRITING,
 };
-use kxen_tests::harness::Capture;
+use kxen_tests::harness::{run_with_watchdog, Capture, GUEST_TIMEOUT};
 use kxen_tests::Report;
 use xen_abi::sched::ShutdownReason;
 
@@ -42,16 +40,7 @@ fn guest_grant_table_ops_match_xen_and_backends_reach_granted_pages() {
     };
     let out = Capture::default();
     let mut domain = Domain::create(&spec, Box::new(out.clone())).unwrap();
-    let stop = domain.stop_handle();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if done_rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            stop.stop("test timeout");
-        }
-    });
-    let outcome = domain.run().unwrap();
-    let _ = done_tx.send(());
-    let _ = watchdog.join();
+    let outcome = run_with_watchdog(&mut domain, GUEST_TIMEOUT, "test timeout").unwrap();
     let console = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
     eprintln!(
         "--- grant console ---\n{console}--- {} ---",

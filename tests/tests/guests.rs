@@ -3,91 +3,9 @@
 //! Each guest reports `KXEN-TEST:` lines on its console (resources/guests/README.md); these
 //! tests read them back. Without /dev/kvm every test here skips with one line.
 
-use std::time::Duration;
-
-use kxen::launch::{Domain, LaunchError, LaunchSpec, Outcome};
-use kxen_tests::harness::{kvm, Capture};
-use kxen_tests::Report;
+use kxen::launch::Domain;
+use kxen_tests::harness::{boot, boot_with_input, guest_spec as spec, kvm, Run};
 use xen_abi::sched::ShutdownReason;
-
-/// How long a guest may run before the test stops it (it then fails).
-const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn spec(name: &str, privileged: bool) -> LaunchSpec {
-    let image = match name {
-        "demo" => kxen::demo_image::DEMO_GUEST,
-        _ => kxen_tests::guest(name).unwrap_or_else(|| panic!("no test guest {name}")),
-    };
-    LaunchSpec {
-        name: name.into(),
-        kernel: image.to_vec(),
-        initrd: Vec::new(),
-        cmdline: format!("kxen-test {name}"),
-        memory_mib: 64,
-        vcpus: 1,
-        privileged,
-        ..Default::default()
-    }
-}
-
-struct Run {
-    outcome: Outcome,
-    console: String,
-    report: Report,
-}
-
-fn boot_spec(spec: &LaunchSpec) -> Result<Run, LaunchError> {
-    boot_with_input(spec, b"")
-}
-
-/// Boot with `input` waiting as keyboard input (what kxen's stdin reader queues).
-fn boot_with_input(spec: &LaunchSpec, input: &[u8]) -> Result<Run, LaunchError> {
-    let out = Capture::default();
-    let mut domain = Domain::create(spec, Box::new(out.clone()))?;
-    domain.shared().console.lock().unwrap().input.extend(input);
-    let stop = domain.stop_handle();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if done_rx.recv_timeout(GUEST_TIMEOUT).is_err() {
-            stop.stop("test timeout");
-        }
-    });
-    let outcome = domain.run();
-    let _ = done_tx.send(());
-    let _ = watchdog.join();
-    let outcome = outcome?;
-    let console = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
-    eprintln!(
-        "--- {} console ---\n{console}--- {} ---",
-        spec.name,
-        outcome.describe()
-    );
-    let report = Report::parse(&console);
-    Ok(Run {
-        outcome,
-        console,
-        report,
-    })
-}
-
-fn boot(name: &str, privileged: bool) -> Run {
-    boot_spec(&spec(name, privileged)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn assert_all_passed(run: &Run) {
-    assert!(
-        run.report.all_passed(),
-        "guest reported failures or did not finish:\n{}",
-        run.console
-    );
-    assert_eq!(
-        run.outcome.reason,
-        ShutdownReason::Poweroff,
-        "{}",
-        run.console
-    );
-    assert_eq!(run.outcome.exit_status(), 0);
-}
 
 #[test]
 fn demo_guest_runs_its_self_check_and_powers_off() {
@@ -109,7 +27,7 @@ fn start_of_day_state_matches_xens_contract() {
     if !kvm() {
         return;
     }
-    assert_all_passed(&boot("startinfo", false));
+    boot("startinfo", false).assert_all_passed();
 }
 
 #[test]
@@ -117,7 +35,7 @@ fn hostile_hypercalls_get_xens_errno_and_the_guest_keeps_running() {
     if !kvm() {
         return;
     }
-    assert_all_passed(&boot("hostile", false));
+    boot("hostile", false).assert_all_passed();
 }
 
 #[test]
@@ -125,7 +43,7 @@ fn exceptions_are_bounced_with_xens_frame() {
     if !kvm() {
         return;
     }
-    assert_all_passed(&boot("traps", false));
+    boot("traps", false).assert_all_passed();
 }
 
 fn submap(run: &Run) -> u32 {
@@ -152,7 +70,7 @@ fn features_submap_follows_launch_mode_and_kernel_declaration() {
     ];
     for (guest, privileged, b11, b12) in cases {
         let run = boot(guest, privileged);
-        assert_all_passed(&run);
+        run.assert_all_passed();
         let m = submap(&run);
         assert_eq!(
             m & (1 << 11) != 0,
@@ -215,7 +133,7 @@ fn keyboard_input_reaches_the_guest_through_ring_and_console_io() {
     // domU: console ring; privileged: CONSOLEIO_read.
     for privileged in [false, true] {
         let run = boot_with_input(&spec("echo", privileged), b"hello kxen\n").unwrap();
-        assert_all_passed(&run);
+        run.assert_all_passed();
         assert_eq!(
             run.report.value("echo"),
             Some("hello kxen"),
@@ -229,7 +147,7 @@ fn privileged_operations_are_emulated_as_xen_does() {
     if !kvm() {
         return;
     }
-    assert_all_passed(&boot("privop", false));
+    boot("privop", false).assert_all_passed();
 }
 
 /// The L1 entry mapping `va` in the domain's initial page tables (as installed by kxen).
@@ -271,5 +189,5 @@ fn pte_abi_selects_whether_kernel_mappings_carry_xens_bit_52() {
     // And a guest runs the same under both.
     let mut s = spec("startinfo", false);
     s.pte_abi = xen_abi::pte::PteAbi::Xen;
-    assert_all_passed(&boot_spec(&s).unwrap());
+    boot_with_input(&s, b"").unwrap().assert_all_passed();
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kxen::launch::{Domain, LaunchSpec, Outcome};
-use kxen_tests::harness::Capture;
+use kxen_tests::harness::{run_with_watchdog, Capture};
 use xen_abi::sched::ShutdownReason;
 
 fn assets() -> Option<(Vec<u8>, Vec<u8>)> {
@@ -74,16 +74,12 @@ fn boot_and_type(vcpus: u32, script: &[&str]) -> Option<(String, Outcome)> {
             shared.push_console_input(line.as_bytes());
         }
     });
-    let stop = domain.stop_handle();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if done_rx.recv_timeout(Duration::from_secs(300)).is_err() {
-            stop.stop("Debian boot test timeout");
-        }
-    });
-    let outcome = domain.run().expect("run");
-    let _ = done_tx.send(());
-    let _ = watchdog.join();
+    let outcome = run_with_watchdog(
+        &mut domain,
+        Duration::from_secs(300),
+        "Debian boot test timeout",
+    )
+    .expect("run");
     let _ = typist.join();
     let console = out.text();
     eprintln!("--- console ---\n{console}\n--- {} ---", outcome.describe());

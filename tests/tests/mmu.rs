@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use kxen::launch::{Domain, LaunchSpec};
-use kxen_tests::harness::Capture;
+use kxen_tests::harness::{run_with_watchdog, Capture};
 use kxen_tests::Report;
 use xen_abi::sched::ShutdownReason;
 
@@ -28,16 +28,8 @@ fn mmu_guest_page_table_hypercalls_ptwr_and_hostile_inputs_behave_as_xen() {
     };
     let out = Capture::default();
     let mut domain = Domain::create(&spec, Box::new(out.clone())).expect("create");
-    let stop = domain.stop_handle();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if rx.recv_timeout(Duration::from_secs(120)).is_err() {
-            stop.stop("test timeout");
-        }
-    });
-    let outcome = domain.run().expect("run");
-    let _ = tx.send(());
-    let _ = watchdog.join();
+    let outcome =
+        run_with_watchdog(&mut domain, Duration::from_secs(120), "test timeout").expect("run");
     let console = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
     eprintln!(
         "--- mmu console ---\n{console}--- {} ---",

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kxen::launch::{Domain, LaunchSpec};
-use kxen_tests::harness::Capture;
+use kxen_tests::harness::{run_with_watchdog, Capture};
 use xen_abi::sched::ShutdownReason;
 
 fn pvgrub() -> Option<Vec<u8>> {
@@ -74,16 +74,8 @@ fn pvgrub_reaches_its_prompt_answers_echo_and_halts() {
         let _ = at;
         shared.push_console_input(b"halt\r");
     });
-    let stop = domain.stop_handle();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if done_rx.recv_timeout(Duration::from_secs(90)).is_err() {
-            stop.stop("PV-GRUB test timeout");
-        }
-    });
-    let outcome = domain.run().unwrap();
-    let _ = done_tx.send(());
-    let _ = watchdog.join();
+    let outcome =
+        run_with_watchdog(&mut domain, Duration::from_secs(90), "PV-GRUB test timeout").unwrap();
     let console = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
     let _ = typist.join();
     eprintln!(

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use kxen::launch::{Domain, LaunchSpec, Outcome};
-use kxen_tests::harness::{kvm, Capture};
+use kxen_tests::harness::{kvm, run_with_watchdog, Capture};
 use kxen_tests::Report;
 use xen_abi::sched::ShutdownReason;
 
@@ -43,14 +43,7 @@ fn boot_counting(name: &str, vcpus: u32, timeout: Duration) -> (Outcome, String,
     };
     let out = Capture::default();
     let mut domain = Domain::create(&spec, Box::new(out.clone())).expect("create");
-    let stop = domain.stop_handle();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if rx.recv_timeout(timeout).is_err() {
-            stop.stop("test timeout");
-        }
-    });
-    let outcome = domain.run().expect("run");
+    let outcome = run_with_watchdog(&mut domain, timeout, "test timeout").expect("run");
     let counts = domain
         .shared()
         .smp()
@@ -59,8 +52,6 @@ fn boot_counting(name: &str, vcpus: u32, timeout: Duration) -> (Outcome, String,
             timeouts: s.flush.timeouts(),
         })
         .unwrap_or_default();
-    let _ = tx.send(());
-    let _ = watchdog.join();
     let console = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
     eprintln!(
         "--- {name} console ---\n{console}--- {} ---",

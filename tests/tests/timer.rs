@@ -2,10 +2,10 @@
 //! with VIRQ_TIMER upcalls, -ETIME, cancelling, SCHEDOP_poll's absolute timeout) and the
 //! wallclock kxen writes into shared_info. Without /dev/kvm every test here skips with one line.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use kxen::launch::{Domain, LaunchSpec};
-use kxen_tests::harness::{kvm, Capture};
+use kxen_tests::harness::{kvm, run_with_watchdog, Capture, GUEST_TIMEOUT};
 use kxen_tests::Report;
 use vm_memory::{Bytes, GuestAddress};
 use xen_abi::sched::ShutdownReason;
@@ -32,18 +32,12 @@ fn timer_guest_pvclock_timers_virq_and_poll_timeout_all_pass() {
     }
     let out = Capture::default();
     let mut domain = Domain::create(&spec("timer"), Box::new(out.clone())).expect("create");
-    let stop = domain.stop_handle();
-    let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(60));
-        stop.stop("test timeout");
-    });
-    let outcome = domain.run().expect("run");
+    let outcome = run_with_watchdog(&mut domain, GUEST_TIMEOUT, "test timeout").expect("run");
     let console = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
     eprintln!(
         "--- timer console ---\n{console}--- {} ---",
         outcome.describe()
     );
-    drop(watchdog);
     let report = Report::parse(&console);
     assert_eq!(outcome.reason, ShutdownReason::Poweroff, "{console}");
     assert!(report.all_passed(), "{console}");
