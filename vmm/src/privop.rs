@@ -14,7 +14,7 @@ use xen_abi::arch::PAGE_SIZE;
 
 use crate::domain::DomainShared;
 use crate::emulate::cpuid::{CpuidLeaf, CpuidSource, CpuidTable, PvCpuidConfig};
-use crate::emulate::{self, EmuEffect, EmuEnv, EmuOutcome, EmuRegs, EmuState, Gpr};
+use crate::emulate::{self, EmuEffect, EmuEnv, EmuOutcome, EmuRegs, EmuState, RegWrites};
 use crate::memory::{GuestRam, GuestVirt};
 use crate::vcpu::{GuestRegs, Vcpu};
 
@@ -141,37 +141,12 @@ impl EmuEnv for Env<'_> {
     }
 }
 
-fn emu_regs(r: &GuestRegs) -> EmuRegs {
-    EmuRegs {
-        gpr: [
-            r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
-            r.r12, r.r13, r.r14, r.r15,
-        ],
-        rip: r.rip,
-        rflags: r.rflags,
-    }
-}
-
-fn set_gpr(r: &mut GuestRegs, g: Gpr, v: u64) {
-    let dst = match g {
-        Gpr::Rax => &mut r.rax,
-        Gpr::Rcx => &mut r.rcx,
-        Gpr::Rdx => &mut r.rdx,
-        Gpr::Rbx => &mut r.rbx,
-        Gpr::Rsp => &mut r.rsp,
-        Gpr::Rbp => &mut r.rbp,
-        Gpr::Rsi => &mut r.rsi,
-        Gpr::Rdi => &mut r.rdi,
-        Gpr::R8 => &mut r.r8,
-        Gpr::R9 => &mut r.r9,
-        Gpr::R10 => &mut r.r10,
-        Gpr::R11 => &mut r.r11,
-        Gpr::R12 => &mut r.r12,
-        Gpr::R13 => &mut r.r13,
-        Gpr::R14 => &mut r.r14,
-        Gpr::R15 => &mut r.r15,
-    };
-    *dst = v;
+/// Apply the emulator's register writes to the guest's registers (through KVM's layout,
+/// which `GuestRegs` mirrors field for field).
+fn apply_writes(regs: &mut GuestRegs, writes: &RegWrites) {
+    let mut k = regs.to_kvm();
+    writes.apply_kvm(&mut k);
+    *regs = GuestRegs::from(&k);
 }
 
 /// Try to emulate the instruction behind a guest `#GP(0)` or `#UD` exit. `regs` are the
@@ -197,7 +172,7 @@ pub fn try_emulate(
     let got = env.read_guest(regs.rip, &mut bytes);
     let id = vcpu.id();
     let mut state = EmuState::from_pv(vcpu.pv(), id);
-    let er = emu_regs(regs);
+    let er = EmuRegs::from_kvm(&regs.to_kvm());
     let outcome = if gp {
         emulate::emulate_gp(&bytes[..got], &er, &mut state, &mut env)
     } else {
@@ -218,9 +193,7 @@ pub fn try_emulate(
             if let Some(next) = apply_effect(vcpu, domain, &ram, &state, effect) {
                 return next;
             }
-            for (g, v) in writes.iter() {
-                set_gpr(regs, g, v);
-            }
+            apply_writes(regs, &writes);
             regs.rip = regs.rip.wrapping_add(u64::from(rip_advance));
             // xen: a completed emulation clears RF like a retired instruction
             regs.rflags &= !(1 << 16);
@@ -241,9 +214,7 @@ pub fn try_emulate(
             addr,
             error_code,
         } => {
-            for (g, v) in writes.iter() {
-                set_gpr(regs, g, v);
-            }
+            apply_writes(regs, &writes);
             Next::Inject {
                 vector: VEC_PF,
                 error_code: Some(u64::from(error_code)),

@@ -334,7 +334,7 @@ impl From<&kvm_regs> for GuestRegs {
 }
 
 impl GuestRegs {
-    fn to_kvm(self) -> kvm_regs {
+    pub(crate) fn to_kvm(self) -> kvm_regs {
         kvm_regs {
             rax: self.rax,
             rbx: self.rbx,
