@@ -962,10 +962,6 @@ impl Vcpu {
                 return self.push_state(&regs);
             }
         }
-        let bad = |what| VcpuError::Kvm {
-            what,
-            err: kvm_ioctls::Error::new(libc::EIO),
-        };
         let frame_va = self.replay_frame_va();
         let frame = [
             regs.rdi,
@@ -977,22 +973,27 @@ impl Vcpu {
         ];
         self.ring0
             .write_words(frame_va, &frame)
-            .ok_or_else(|| bad("replay: guest frame"))?;
+            .ok_or_else(|| replay_error("replay: guest frame"))?;
         let code = replay::program(tail, replay::End::Return { reload_cr3: reload });
-        self.ring0
-            .write_bytes(self.r0.replay_code, &code)
-            .ok_or_else(|| bad("replay: program"))?;
         self.in_flight = Some(tail.to_vec());
-        self.sregs.cs = seg(RING0_CS, 11, 0, 1, 0);
-        self.sregs.ss = seg(RING0_DS, 3, 0, 0, 1);
-        let entry = kvm_regs {
+        self.load_program(&code, frame_va, &regs)
+    }
+
+    /// Write `code` into this vCPU's replay pages and make it what `KVM_RUN` enters next:
+    /// ring 0, interrupts off, stack at `rsp`, rdi = the guest-RAM alias base, the other
+    /// registers from `regs`.
+    fn load_program(&mut self, code: &[u8], rsp: u64, regs: &kvm_regs) -> Result<(), VcpuError> {
+        self.ring0
+            .write_bytes(self.r0.replay_code, code)
+            .ok_or_else(|| replay_error("replay: program"))?;
+        set_ring0_segments(&mut self.sregs);
+        self.push_state(&kvm_regs {
             rip: self.r0.replay_code,
-            rsp: frame_va,
+            rsp,
             rdi: GUEST_ALIAS_BASE,
             rflags: rflags::FIXED,
-            ..regs
-        };
-        self.push_state(&entry)
+            ..*regs
+        })
     }
 
     /// If the vCPU stopped inside its folded replay program (a kick interrupted it), finish
@@ -1011,10 +1012,7 @@ impl Vcpu {
             *v = self
                 .ring0
                 .read_u64(frame_va + 8 * i as u64)
-                .ok_or(VcpuError::Kvm {
-                    what: "replay: read guest frame",
-                    err: kvm_ioctls::Error::new(libc::EIO),
-                })?;
+                .ok_or_else(|| replay_error("replay: read guest frame"))?;
         }
         self.run_program(&gpas)?;
         let guest = kvm_regs {
@@ -1037,24 +1035,9 @@ impl Vcpu {
     /// Run a replay program that rewrites `gpas`, reloads CR3 and exits, as a `KVM_RUN` of
     /// its own. Leaves the vCPU's registers as the program left them.
     fn run_program(&mut self, gpas: &[u64]) -> Result<(), VcpuError> {
-        let bad = |what| VcpuError::Kvm {
-            what,
-            err: kvm_ioctls::Error::new(libc::EIO),
-        };
         let code = replay::program(gpas, replay::End::Exit);
-        self.ring0
-            .write_bytes(self.r0.replay_code, &code)
-            .ok_or_else(|| bad("replay: program"))?;
-        self.sregs.cs = seg(RING0_CS, 11, 0, 1, 0);
-        self.sregs.ss = seg(RING0_DS, 3, 0, 0, 1);
-        let regs = kvm_regs {
-            rip: self.r0.replay_code,
-            rsp: self.replay_frame_va() - 64,
-            rdi: GUEST_ALIAS_BASE,
-            rflags: rflags::FIXED,
-            ..Default::default()
-        };
-        self.push_state(&regs)?;
+        let rsp = self.replay_frame_va() - 64;
+        self.load_program(&code, rsp, &kvm_regs::default())?;
         // A kick arriving now interrupts KVM_RUN: keep it pending for the next `run` and
         // retry (bounded: a kick storm must not spin forever).
         for _ in 0..64 {
@@ -1065,7 +1048,7 @@ impl Vcpu {
                 }
                 Ok(KvmExit::Intr) => {}
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-                Ok(_) => return Err(bad("replay program: unexpected exit")),
+                Ok(_) => return Err(replay_error("replay program: unexpected exit")),
                 Err(err) => {
                     return Err(VcpuError::Kvm {
                         what: "run replay program",
@@ -1076,7 +1059,7 @@ impl Vcpu {
             self.set_immediate_exit(false);
             self.kick.pending.store(true, Ordering::SeqCst);
         }
-        Err(bad("replay program interrupted too often"))
+        Err(replay_error("replay program interrupted too often"))
     }
 
     /// Set the start-of-day state: CPL3 in 64-bit mode at `entry.rip` with the given stack,
@@ -1166,8 +1149,7 @@ impl Vcpu {
     #[doc(hidden)]
     pub fn enter_ring0_for_test(&mut self, rip: u64, rsp: u64, cr3: u64) -> Result<(), VcpuError> {
         self.sregs.cr3 = cr3;
-        self.sregs.cs = seg(RING0_CS, 11, 0, 1, 0);
-        self.sregs.ss = seg(RING0_DS, 3, 0, 0, 1);
+        set_ring0_segments(&mut self.sregs);
         let regs = kvm_regs {
             rip,
             rsp,
@@ -1374,6 +1356,21 @@ impl Vcpu {
             regs,
             compat: port == PORT_SYSCALL32,
         })
+    }
+}
+
+/// kxen's ring-0 code and stack segments (CS 0xe008, SS 0xe010).
+fn set_ring0_segments(sregs: &mut kvm_sregs) {
+    sregs.cs = seg(RING0_CS, 11, 0, 1, 0);
+    sregs.ss = seg(RING0_DS, 3, 0, 0, 1);
+}
+
+/// A replay program could not be written, read back or run as expected (a layout bug or an
+/// unexpected exit), reported as an I/O error of the vCPU.
+fn replay_error(what: &'static str) -> VcpuError {
+    VcpuError::Kvm {
+        what,
+        err: kvm_ioctls::Error::new(libc::EIO),
     }
 }
 
