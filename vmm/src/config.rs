@@ -1481,6 +1481,14 @@ mod tests {
         assert!(err_at(&format!("{MIN}pte_abi = 'linux'\n"))
             .2
             .contains("unknown page-table ABI"));
+        assert!(ok(MIN).cpuid_freq_leaf, "on unless turned off");
+        assert!(!ok(&format!("{MIN}cpuid_freq_leaf = 0\n")).cpuid_freq_leaf);
+        assert!(ok(&format!("{MIN}cpuid_freq_leaf = 1\n")).cpuid_freq_leaf);
+        let (_, _, msg) = err_at(&format!("{MIN}cpuid_freq_leaf = 'off'\n"));
+        assert!(msg.contains("not a valid number"), "{msg}");
+        assert!(ok(&format!("{MIN}cpuid_freq_leaf = 0\n"))
+            .unknown
+            .is_empty());
     }
 
     #[test]
