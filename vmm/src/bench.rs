@@ -901,36 +901,21 @@ fn in_vm_syscall(iterations: u64, from_ring3: bool) -> Result<Phase, BenchError>
     let top = a.here();
     a.bytes(&[0x0f, 0x05]).loop_to(top); // syscall
     a.rdtsc64().sub_start().store_rax(exit_va);
-    let mut g = Ring0Vm::new(&a.code)?;
-    g.enter_ring0()?;
-    let start = Instant::now();
-    let exit = g.vcpu.run()?;
-    let wall_ns = start.elapsed().as_secs_f64() * 1e9;
     let name = if from_ring3 {
         "syscall_cpl3"
     } else {
         "syscall"
     };
-    let VcpuExit::Syscall { regs, .. } = exit else {
-        return Err(unexpected(name, &exit));
-    };
-    let what = if from_ring3 {
-        format!(
-            "in-VM syscall from CPL3 to an LSTAR handler (still CPL3 on this host, cs {:#x}) \
-             and back by jmp, no VMM exit",
-            g.vcpu.sregs().cs.selector
-        )
-    } else {
-        "in-VM syscall from ring 0 to an LSTAR handler and back by jmp, no VMM exit".into()
-    };
-    Ok(Phase {
-        name,
-        what,
-        iterations,
-        cycles: regs.rax,
-        wall_ns: Some(wall_ns),
-        round_cycles: Vec::new(),
-        exits: Some(total_exits(&g.vm)),
+    ring0_once(&a.code, name, iterations, |g| {
+        if from_ring3 {
+            format!(
+                "in-VM syscall from CPL3 to an LSTAR handler (still CPL3 on this host, cs {:#x}) \
+                 and back by jmp, no VMM exit",
+                g.vcpu.sregs().cs.selector
+            )
+        } else {
+            "in-VM syscall from ring 0 to an LSTAR handler and back by jmp, no VMM exit".into()
+        }
     })
 }
 
@@ -946,17 +931,31 @@ fn in_vm_sysret(iterations: u64) -> Result<Phase, BenchError> {
     let top = a.here();
     a.bytes(&[0x0f, 0x05]).loop_to(top); // syscall
     a.rdtsc64().sub_start().store_rax(exit_va);
-    let mut g = Ring0Vm::new(&a.code)?;
+    ring0_once(&a.code, "syscall_sysret", iterations, |_| {
+        "in-VM syscall (CPL3) + sysretq, handler at LSTAR in ring 0, no VMM exit".into()
+    })
+}
+
+/// Run `code` from ring 0 once, to the exit-page store that ends it with the loop's cycle
+/// count in rax: a phase that loops inside the VM with no exit of its own. `what` describes
+/// it, from the VM as the run left it.
+fn ring0_once(
+    code: &[u8],
+    name: &'static str,
+    iterations: u64,
+    what: impl FnOnce(&Ring0Vm) -> String,
+) -> Result<Phase, BenchError> {
+    let mut g = Ring0Vm::new(code)?;
     g.enter_ring0()?;
     let start = Instant::now();
     let exit = g.vcpu.run()?;
     let wall_ns = start.elapsed().as_secs_f64() * 1e9;
     let VcpuExit::Syscall { regs, .. } = exit else {
-        return Err(unexpected("syscall_sysret", &exit));
+        return Err(unexpected(name, &exit));
     };
     Ok(Phase {
-        name: "syscall_sysret",
-        what: "in-VM syscall (CPL3) + sysretq, handler at LSTAR in ring 0, no VMM exit".into(),
+        name,
+        what: what(&g),
         iterations,
         cycles: regs.rax,
         wall_ns: Some(wall_ns),
@@ -970,46 +969,15 @@ fn in_vm_sysret(iterations: u64) -> Result<Phase, BenchError> {
 /// with [`crate::vcpu::Vcpu::return_to_guest`]: kxen's hypercall entry and exit, no
 /// dispatch.
 fn vmm_syscall(iterations: u64) -> Result<Phase, BenchError> {
-    let exit_va = Ring0Vm::new(&[])?.vm.ring0().syscall_exit_va();
-    let mut a = Asm::default();
-    a.mov_counter(iterations).rdtsc64().save_start();
-    let top = a.here();
-    a.bytes(&[0x0f, 0x05]).loop_to(top);
-    a.rdtsc64().sub_start();
-    a.mark_done();
-    a.store_rax(exit_va);
-    let mut g = Ring0Vm::new(&a.code)?;
-    let start = Instant::now();
-    let mut calls = 0u64;
-    let cycles = loop {
-        match g.vcpu.run()? {
-            VcpuExit::Syscall { regs, .. } if regs.r13 == DONE => break regs.rax,
-            VcpuExit::Syscall { regs, .. } => {
-                calls += 1;
-                g.vcpu
-                    .return_to_guest(&regs, crate::vcpu::GuestCs::Long64)?;
-            }
-            other => return Err(unexpected("syscall_vmm", &other)),
-        }
-    };
-    let wall_ns = start.elapsed().as_secs_f64() * 1e9;
-    if calls != iterations {
-        return Err(BenchError::UnexpectedExit {
-            phase: "syscall_vmm",
-            exit: format!("{calls} syscall exits for {iterations} iterations"),
-        });
-    }
-    Ok(Phase {
-        name: "syscall_vmm",
-        what: "guest syscall (CPL3) -> kxen LSTAR stub -> VMM -> back to CPL3 \
-               (kvm_bench.rs's \"syscall round trip\")"
-            .into(),
+    timed_loop(
+        "syscall_vmm",
+        "guest syscall (CPL3) -> kxen LSTAR stub -> VMM -> back to CPL3 \
+         (kvm_bench.rs's \"syscall round trip\")",
+        &[0x0f, 0x05], // syscall
+        LoopExit::MmioResume,
+        true,
         iterations,
-        cycles,
-        wall_ns: Some(wall_ns),
-        round_cycles: Vec::new(),
-        exits: Some(calls + 1),
-    })
+    )
 }
 
 /// Whether a `syscall`/`sysretq` loop can run in the VM: ring 0 does `syscall` twice to a
