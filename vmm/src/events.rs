@@ -737,22 +737,23 @@ mod tests {
     const STORE_MFN: u64 = 52;
     const CONSOLE_MFN: u64 = 53;
 
+    /// Domain 1 "t", one vCPU, the store on port 1 and the console on port 2.
+    fn config() -> EventsConfig {
+        EventsConfig {
+            domid: 1,
+            name: "t".into(),
+            memory_kib: 256,
+            vcpus: 1,
+            store_port: 1,
+            store_mfn: STORE_MFN,
+            console_port: 2,
+            console_mfn: CONSOLE_MFN,
+        }
+    }
+
     fn guest() -> Guest {
         let g = Guest::new(LaunchMode::Unprivileged);
-        let ev = DomainEvents::new(
-            g.ram.clone(),
-            &EventsConfig {
-                domid: 1,
-                name: "t".into(),
-                memory_kib: 256,
-                vcpus: 1,
-                store_port: 1,
-                store_mfn: STORE_MFN,
-                console_port: 2,
-                console_mfn: CONSOLE_MFN,
-            },
-        )
-        .unwrap();
+        let ev = DomainEvents::new(g.ram.clone(), &config()).unwrap();
         g.dom.attach_events(ev).unwrap();
         g
     }
@@ -783,22 +784,8 @@ mod tests {
         // The ring page was initialised (server features advertised).
         assert_ne!(word(&g, STORE_MFN * PAGE_SIZE + 2064) & 0xffff_ffff, 0);
         assert!(matches!(
-            g.dom.attach_events(
-                DomainEvents::new(
-                    g.ram.clone(),
-                    &EventsConfig {
-                        domid: 1,
-                        name: "t".into(),
-                        memory_kib: 256,
-                        vcpus: 1,
-                        store_port: 1,
-                        store_mfn: STORE_MFN,
-                        console_port: 2,
-                        console_mfn: CONSOLE_MFN,
-                    }
-                )
-                .unwrap()
-            ),
+            g.dom
+                .attach_events(DomainEvents::new(g.ram.clone(), &config()).unwrap()),
             Err(EventsError::AlreadyAttached)
         ));
     }
@@ -806,19 +793,12 @@ mod tests {
     #[test]
     fn announced_ports_must_match_the_allocation() {
         let g = Guest::new(LaunchMode::Unprivileged);
-        let r = DomainEvents::new(
-            g.ram.clone(),
-            &EventsConfig {
-                domid: 1,
-                name: "t".into(),
-                memory_kib: 256,
-                vcpus: 1,
-                store_port: 2,
-                store_mfn: STORE_MFN,
-                console_port: 1,
-                console_mfn: CONSOLE_MFN,
-            },
-        );
+        let swapped = EventsConfig {
+            store_port: 2,
+            console_port: 1,
+            ..config()
+        };
+        let r = DomainEvents::new(g.ram.clone(), &swapped);
         assert!(matches!(
             r,
             Err(EventsError::PortMismatch {
