@@ -348,10 +348,7 @@ impl DomainTime {
     /// says blocked and a woken one's counts the time it spent blocked).
     pub fn write_runstate_area(&self, ram: &GuestRam, virt: GuestVirt<'_>, vcpu: u32) {
         if let Some(v) = self.vcpu(vcpu) {
-            if let Some(va) = v.runstate_area {
-                let sink = VirtSink::new(ram, virt, va, RUNSTATE_INFO_SIZE);
-                let _ = v.runstate.write_to(&sink, false);
-            }
+            write_area(&v, ram, virt, false);
         }
     }
 
@@ -368,11 +365,19 @@ impl DomainTime {
         let now = self.now();
         if let Some(mut v) = self.vcpu(vcpu) {
             v.runstate.change(state, now);
-            if let (Some(va), Some(virt)) = (v.runstate_area, virt) {
-                let sink = VirtSink::new(ram, virt, va, RUNSTATE_INFO_SIZE);
-                let _ = v.runstate.write_to(&sink, runstate_update_flag);
+            if let Some(virt) = virt {
+                write_area(&v, ram, virt, runstate_update_flag);
             }
         }
+    }
+}
+
+/// Write `v`'s runstate record into its registered area (if any) through `virt`; a guest
+/// that unmapped its area simply gets no update.
+fn write_area(v: &VcpuTime, ram: &GuestRam, virt: GuestVirt<'_>, runstate_update_flag: bool) {
+    if let Some(va) = v.runstate_area {
+        let sink = VirtSink::new(ram, virt, va, RUNSTATE_INFO_SIZE);
+        let _ = v.runstate.write_to(&sink, runstate_update_flag);
     }
 }
 
