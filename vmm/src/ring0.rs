@@ -353,10 +353,8 @@ impl Ring0Layer {
 
     /// Write `words` into the ring-0 area at `va` (private memory only).
     pub fn write_words(&self, va: u64, words: &[u64]) -> Option<()> {
-        let len = u64::try_from(words.len()).ok()?.checked_mul(8)?;
-        let gpa = self.va_to_gpa(va, len)?;
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        self.mem.mem().write_slice(&bytes, GuestAddress(gpa)).ok()
+        self.write_bytes(va, &bytes)
     }
 
     /// The M2P at slot 258: L3 at page `ring0_pages`, L2 next, then the L1s and the table.
